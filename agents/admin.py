@@ -1,0 +1,55 @@
+from django.conf import settings
+from django.contrib import admin
+from django.utils.module_loading import import_string
+
+from agents.models import Agent, AgentEvent
+
+
+class AgentEventInline(admin.TabularInline):
+    model = AgentEvent
+    fields = ["id", "kind", "data", "created_at"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    ordering = ["-id"]
+    max_num = 0
+    show_change_link = False
+
+
+@admin.register(Agent)
+class AgentAdmin(admin.ModelAdmin):
+    list_display = ["id", "task_id", "state", "progress", "runtime", "agent_type",
+                    "repository", "work_branch", "node", "origin", "created_at"]  # fmt: skip
+    list_filter = ["state", "runtime", "agent_type", "sandbox_backend", "node", "origin"]
+    search_fields = ["id", "task_id", "repository", "work_branch", "requested_by", "error"]
+    date_hierarchy = "created_at"
+    readonly_fields = [field.name for field in Agent._meta.fields]
+    inlines = [AgentEventInline]
+
+    # Higher layers contribute actions by dotted path (the kill switch adds
+    # "kill selected agents"), so this app never imports them.
+    def get_actions(self, request):  # noqa: ANN001, ANN201 - Django's signature
+        actions = super().get_actions(request)
+        for path in settings.FLOTILLA_AGENT_ADMIN_ACTIONS:
+            action = import_string(path)
+            actions[action.__name__] = (action, action.__name__,
+                                        getattr(action, "short_description", action.__name__))  # fmt: skip
+        return actions
+
+    def has_add_permission(self, request) -> bool:  # noqa: ANN001
+        return False
+
+
+@admin.register(AgentEvent)
+class AgentEventAdmin(admin.ModelAdmin):
+    list_display = ["id", "agent", "kind", "created_at"]
+    list_filter = ["kind"]
+    search_fields = ["agent__id", "agent__task_id"]
+    readonly_fields = ["id", "agent", "kind", "data", "created_at"]
+    list_select_related = ["agent"]
+
+    def has_add_permission(self, request) -> bool:  # noqa: ANN001
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:  # noqa: ANN001
+        return False

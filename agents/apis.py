@@ -1,0 +1,203 @@
+"""REST endpoints for agents: parse, call one service, shape the answer."""
+
+import re
+
+from django.conf import settings
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.pagination import LimitOffsetPagination
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from agents import workspace
+from agents.models import AgentType, Runtime
+from agents.runtimes import RUNTIMES
+from agents.sandboxes import sandbox_backend
+from agents.sandboxes.base import SandboxUnavailable
+from agents.selectors import agent_events_after, agent_get, agent_list
+from agents.services import SpawnRequest, agent_spawn
+
+GATE_PROFILES = ["strict", "standard", "minimal"]
+_BRANCH = re.compile(r"^(?!/|.*(?:\.\.|//|@\{|\.lock$|/$))[A-Za-z0-9._/-]+$")
+
+
+def principal(request: Request) -> str:
+    return f"user:{request.user.get_username()}"
+
+
+class AgentOutputSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    task_id = serializers.CharField()
+    state = serializers.CharField()
+    progress = serializers.IntegerField()
+    agent_type = serializers.CharField()
+    runtime = serializers.CharField()
+    repository = serializers.CharField()
+    branch = serializers.CharField(source="base_branch")
+    work_branch = serializers.CharField()
+    node = serializers.CharField()
+    origin = serializers.CharField()
+    requested_by = serializers.CharField()
+    sandbox = serializers.CharField(source="sandbox_backend")
+    error = serializers.CharField()
+    result = serializers.JSONField()
+    created_at = serializers.DateTimeField()
+    started_at = serializers.DateTimeField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
+
+
+class SpawnContextSerializer(serializers.Serializer):
+    repository = serializers.CharField(max_length=1000)
+    branch = serializers.CharField(max_length=250, default="main")
+    work_items = serializers.ListField(child=serializers.CharField(max_length=2000),
+                                       default=list, max_length=100)  # fmt: skip
+    skills = serializers.ListField(child=serializers.CharField(max_length=200),
+                                   default=list, max_length=50)  # fmt: skip
+    instructions = serializers.CharField(max_length=100_000, default="", allow_blank=True)
+
+    def validate_repository(self, value: str) -> str:
+        scheme = workspace.repository_scheme(value)
+        if scheme not in settings.FLOTILLA_REPOSITORY_SCHEMES:
+            raise serializers.ValidationError(f"repositories over {scheme} are not allowed")
+        problem = workspace.repository_check_local(value)
+        if problem:
+            raise serializers.ValidationError(problem)
+        return value
+
+    def validate_branch(self, value: str) -> str:
+        if not _BRANCH.match(value):
+            raise serializers.ValidationError("not a valid branch name")
+        return value
+
+class SpawnOptionsSerializer(serializers.Serializer):
+    sandbox = serializers.ChoiceField(choices=list(settings.FLOTILLA_SANDBOX_BACKENDS),
+                                      required=False)  # fmt: skip
+    timeout_s = serializers.IntegerField(min_value=1, required=False,
+                                         max_value=settings.FLOTILLA_AGENT_MAX_RUNTIME_S)  # fmt: skip
+    max_retries = serializers.IntegerField(min_value=0, max_value=10, default=0)
+    gate_profile = serializers.ChoiceField(choices=GATE_PROFILES, default="standard")
+    network = serializers.BooleanField(default=False)
+    budget_usd = serializers.DecimalField(max_digits=10, decimal_places=2, min_value=0,
+                                          required=False)  # fmt: skip
+    memory_mb = serializers.IntegerField(min_value=16, max_value=65536, required=False)
+
+    def validate_sandbox(self, value: str) -> str:
+        try:
+            sandbox_backend(value)
+        except SandboxUnavailable as error:
+            raise serializers.ValidationError(str(error)) from None
+        return value
+
+
+class AgentSpawnApi(APIView):
+    class InputSerializer(serializers.Serializer):
+        task_id = serializers.RegexField(r"^[A-Za-z0-9._-]{1,100}$", max_length=100,
+                                         error_messages={"invalid": "use letters, digits, . _ -"})  # fmt: skip
+        agent_type = serializers.ChoiceField(choices=AgentType.choices, default=AgentType.WORKER)
+        runtime = serializers.ChoiceField(choices=Runtime.choices)
+        script = serializers.CharField(max_length=100_000, required=False, allow_blank=True)
+        context = SpawnContextSerializer()
+        options = SpawnOptionsSerializer(required=False)
+
+        def validate_runtime(self, value: str) -> str:
+            if value not in RUNTIMES:
+                raise serializers.ValidationError(f"runtime {value} is not available on this hub")
+            return value
+
+        def validate(self, data: dict) -> dict:
+            if data["runtime"] == Runtime.SCRIPT and not data.get("script", "").strip():
+                raise serializers.ValidationError({"script": ["a script agent needs a script"]})
+            return data
+
+    class OutputSerializer(serializers.Serializer):
+        agent_id = serializers.UUIDField(source="id")
+        state = serializers.CharField()
+        status = serializers.CharField(source="state")
+
+    @extend_schema(request=InputSerializer, responses={202: OutputSerializer},
+                   operation_id="agents_spawn")  # fmt: skip
+    def post(self, request: Request) -> Response:
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        context, options = data["context"], data.get("options") or {}
+        extra = {key: str(value) if key == "budget_usd" else value
+                 for key, value in options.items() if key in ("budget_usd", "memory_mb")}  # fmt: skip
+        agent = agent_spawn(
+            request=SpawnRequest(
+                task_id=data["task_id"],
+                agent_type=data["agent_type"],
+                runtime=data["runtime"],
+                script=data.get("script", ""),
+                repository=context["repository"],
+                base_branch=context["branch"],
+                work_items=context["work_items"],
+                skills=context["skills"],
+                instructions=context["instructions"],
+                sandbox=options.get("sandbox", ""),
+                timeout_s=options.get("timeout_s", 0),
+                max_retries=options.get("max_retries", 0),
+                gate_profile=options.get("gate_profile", "standard"),
+                network=options.get("network", False),
+                options=extra,
+            ),
+            requested_by=principal(request),
+        )
+        return Response(self.OutputSerializer(agent).data, status=status.HTTP_202_ACCEPTED)
+
+
+class AgentListApi(APIView):
+    class Pagination(LimitOffsetPagination):
+        default_limit = 100
+        max_limit = 1000
+
+    class FilterSerializer(serializers.Serializer):
+        state = serializers.CharField(required=False)
+        task_id = serializers.CharField(required=False)
+
+    @extend_schema(parameters=[FilterSerializer], responses={200: AgentOutputSerializer(many=True)},
+                   operation_id="agents_list")  # fmt: skip
+    def get(self, request: Request) -> Response:
+        filters = self.FilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        paginator = self.Pagination()
+        page = paginator.paginate_queryset(agent_list(**filters.validated_data), request, view=self)
+        return paginator.get_paginated_response(AgentOutputSerializer(page, many=True).data)
+
+
+
+class AgentCollectionApi(AgentListApi, AgentSpawnApi):
+    """``/agents``: two operations on one path, GET lists and POST spawns."""
+
+
+class AgentDetailApi(APIView):
+    @extend_schema(responses={200: AgentOutputSerializer}, operation_id="agents_retrieve")
+    def get(self, request: Request, agent_id: str) -> Response:
+        return Response(AgentOutputSerializer(agent_get(agent_id=agent_id)).data)
+
+
+class AgentEventsApi(APIView):
+    class FilterSerializer(serializers.Serializer):
+        after = serializers.IntegerField(min_value=0, default=0)
+        limit = serializers.IntegerField(min_value=1, max_value=1000, default=500)
+
+    class EventSerializer(serializers.Serializer):
+        id = serializers.IntegerField()
+        kind = serializers.CharField()
+        data = serializers.JSONField()
+        created_at = serializers.DateTimeField()
+
+    @extend_schema(
+        parameters=[OpenApiParameter("after", int), OpenApiParameter("limit", int)],
+        responses={200: inline_serializer("AgentEvents", {
+            "events": EventSerializer(many=True), "last_id": serializers.IntegerField()})},
+        operation_id="agents_events",
+    )  # fmt: skip
+    def get(self, request: Request, agent_id: str) -> Response:
+        filters = self.FilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        agent = agent_get(agent_id=agent_id)
+        events = list(agent_events_after(agent_id=agent.id, **filters.validated_data))
+        last_id = events[-1].id if events else filters.validated_data["after"]
+        return Response({"events": self.EventSerializer(events, many=True).data, "last_id": last_id})

@@ -1,0 +1,70 @@
+"""The agent state machine.
+
+Each transition is a single conditional UPDATE guarded by the states it may
+come from, so when a kill races a completion exactly one of them changes the
+row and the other sees a count of zero. The winner appends the event in the
+same transaction.
+"""
+
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from agents.models import LIVE_STATES, Agent, AgentEvent, AgentEventKind, AgentState
+
+ALLOWED_PREDECESSORS: dict[str, frozenset[str]] = {
+    AgentState.SPAWNING: frozenset({AgentState.QUEUED}),
+    AgentState.RUNNING: frozenset({AgentState.SPAWNING, AgentState.PAUSED}),
+    AgentState.PAUSED: frozenset({AgentState.RUNNING}),
+    AgentState.GATING: frozenset({AgentState.RUNNING}),
+    AgentState.PUSHING: frozenset({AgentState.GATING}),
+    AgentState.COMPLETED: frozenset({AgentState.PUSHING}),
+    AgentState.FAILED: LIVE_STATES,
+    AgentState.KILLED: LIVE_STATES,
+}
+
+_PROGRESS = {
+    AgentState.SPAWNING: 5,
+    AgentState.RUNNING: 10,
+    AgentState.GATING: 80,
+    AgentState.PUSHING: 90,
+    AgentState.COMPLETED: 100,
+}
+
+
+def agent_transition(
+    *,
+    agent_id: Any,
+    to: AgentState,
+    reason: str = "",
+    only_from: frozenset[str] | None = None,
+    **fields: Any,
+) -> bool:
+    """Move an agent to ``to`` if its current state allows it; True if this call won."""
+    allowed = ALLOWED_PREDECESSORS[to]
+    if only_from is not None:
+        allowed = allowed & only_from
+    now = timezone.now()
+    changes: dict[str, Any] = {"state": to, **fields}
+    if to in _PROGRESS:
+        changes["progress"] = _PROGRESS[to]
+    if to == AgentState.RUNNING:
+        changes.setdefault("started_at", now)
+    if to not in LIVE_STATES:
+        changes["finished_at"] = now
+    with transaction.atomic():
+        previous = (
+            Agent.objects.filter(id=agent_id, state__in=allowed)
+            .values_list("state", flat=True)
+            .first()
+        )
+        if previous is None:
+            return False
+        won = Agent.objects.filter(id=agent_id, state=previous).update(**changes) == 1
+        if won:
+            data = {"from": previous, "to": str(to)}
+            if reason:
+                data["reason"] = reason
+            AgentEvent.objects.create(agent_id=agent_id, kind=AgentEventKind.STATE, data=data)
+    return won

@@ -1,0 +1,109 @@
+import uuid
+
+from django.db import models
+
+
+class AgentType(models.TextChoices):
+    WORKER = "worker"
+    REVIEWER = "reviewer"
+    TESTER = "tester"
+
+
+class Runtime(models.TextChoices):
+    CLAUDE = "claude"
+    SCRIPT = "script"
+
+
+class AgentState(models.TextChoices):
+    QUEUED = "queued"
+    SPAWNING = "spawning"
+    RUNNING = "running"
+    PAUSED = "paused"
+    GATING = "gating"
+    PUSHING = "pushing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    KILLED = "killed"
+
+
+FINAL_STATES = frozenset({AgentState.COMPLETED, AgentState.FAILED, AgentState.KILLED})
+LIVE_STATES = frozenset(set(AgentState) - FINAL_STATES)
+
+
+class Agent(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    task_id = models.CharField(max_length=100, db_index=True)
+    agent_type = models.CharField(max_length=20, choices=AgentType.choices)
+    runtime = models.CharField(max_length=20, choices=Runtime.choices)
+    script = models.TextField(blank=True)
+    repository = models.CharField(max_length=1000)
+    base_branch = models.CharField(max_length=250)
+    work_branch = models.CharField(max_length=250)
+    work_items = models.JSONField(default=list, blank=True)
+    skills = models.JSONField(default=list, blank=True)
+    instructions = models.TextField(blank=True)
+    options = models.JSONField(default=dict, blank=True)
+    gate_profile = models.CharField(max_length=20, default="standard")
+    sandbox_backend = models.CharField(max_length=20)
+    timeout_s = models.PositiveIntegerField()
+    network = models.BooleanField(default=False)
+    max_retries = models.PositiveSmallIntegerField(default=0)
+    attempt = models.PositiveSmallIntegerField(default=0)
+
+    state = models.CharField(
+        max_length=20, choices=AgentState.choices, default=AgentState.QUEUED, db_index=True
+    )
+    progress = models.PositiveSmallIntegerField(default=0)
+    sandbox_handle = models.JSONField(default=dict, blank=True)
+    worktree_path = models.CharField(max_length=1000, blank=True)
+    node = models.CharField(max_length=200, blank=True, db_index=True)
+    requested_by = models.CharField(max_length=200)
+    origin = models.CharField(
+        max_length=200, default="local", help_text="The hub that asked for this agent."
+    )
+
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    result = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(progress__lte=100), name="agent_progress_at_most_100"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.id} ({self.state})"
+
+    @property
+    def is_final(self) -> bool:
+        return self.state in FINAL_STATES
+
+
+class AgentEventKind(models.TextChoices):
+    STATE = "state"
+    OUTPUT = "output"
+    LOG = "log"
+    GATE = "gate"
+    TRANSCRIPT = "transcript"
+
+
+class AgentEvent(models.Model):
+    """One thing that happened to an agent; ids only grow, so a reader resumes after one."""
+
+    id = models.BigAutoField(primary_key=True)
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="events")
+    kind = models.CharField(max_length=20, choices=AgentEventKind.choices)
+    data = models.JSONField(default=dict)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["agent", "id"])]
+
+    def __str__(self) -> str:
+        return f"#{self.id} {self.kind} {self.agent_id}"

@@ -1,0 +1,11 @@
+from django.utils.module_loading import import_string
+
+from agents.runtimes.base import AgentRuntime
+
+RUNTIMES = {
+    "script": "agents.runtimes.script.ScriptRuntime",
+}
+
+
+def runtime_for(name: str) -> AgentRuntime:
+    return import_string(RUNTIMES[name])()

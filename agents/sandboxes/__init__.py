@@ -1,0 +1,17 @@
+"""Sandbox backends, chosen by name through ``FLOTILLA_SANDBOX_BACKENDS``."""
+
+from django.conf import settings
+from django.utils.module_loading import import_string
+
+from agents.sandboxes.base import Sandbox, SandboxUnavailable
+
+
+def sandbox_backend(name: str) -> Sandbox:
+    path = settings.FLOTILLA_SANDBOX_BACKENDS.get(name)
+    if path is None:
+        raise SandboxUnavailable(f"unknown sandbox backend {name!r}")
+    try:
+        backend_class = import_string(path)
+    except ImportError as error:
+        raise SandboxUnavailable(f"sandbox backend {name!r} cannot be loaded: {error}") from None
+    return backend_class()

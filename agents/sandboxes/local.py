@@ -1,0 +1,170 @@
+"""Shared machinery of the sandboxes that run as local processes (bwrap, process).
+
+Each command starts in its own session (so its own process group) and is
+placed in the agent's cgroup before it executes, by a one-line shell prelude
+that runs as root, before privileges are dropped.
+"""
+
+import collections
+import logging
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+from django.conf import settings
+from django.db import connections
+
+from agents.sandboxes.base import AGENT_LABEL, ExecResult, OutputSink, SandboxHandle
+from agents.sandboxes.cgroups import AgentCgroup, agent_cgroup_names, cgroups_available
+
+logger = logging.getLogger(__name__)
+
+# A command whose cgroup is gone (its agent was killed and cleaned up) must
+# not run at all, so failing to join is fatal rather than ignored.
+_JOIN_CGROUP = 'for f in $FLOTILLA_CGROUP_PROCS; do echo $$ > "$f" || exit 125; done; exec "$@"'
+_MAX_LINE = 2000
+_FLUSH_EVERY_S = 0.2
+
+
+def cgroup_name(agent_id: str) -> str:
+    return f"agent-{agent_id}"
+
+
+def local_handle(backend: str, agent_id: str, *, limits: dict) -> SandboxHandle:
+    handle: SandboxHandle = {"backend": backend, "agent_id": agent_id}
+    if cgroups_available():
+        group = AgentCgroup(cgroup_name(agent_id))
+        group.create(**limits)
+        handle["cgroup"] = group.name
+    else:
+        logger.warning("cgroups are not writable here: agent %s runs without hard limits", agent_id)
+    return handle
+
+
+def local_exec(
+    handle: SandboxHandle,
+    argv: list[str],
+    *,
+    cwd: Path,
+    timeout_s: float,
+    on_output: OutputSink | None,
+    extra_env: dict[str, str] | None = None,
+) -> ExecResult:
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": os.environ.get("HOME", "/tmp"),
+        **(extra_env or {}),
+        AGENT_LABEL: handle["agent_id"],
+    }
+    if handle.get("cgroup"):
+        env["FLOTILLA_CGROUP_PROCS"] = " ".join(AgentCgroup(handle["cgroup"]).procs_files())
+        argv = ["/bin/sh", "-c", _JOIN_CGROUP, "sh", *argv]
+    started = time.monotonic()
+    process = subprocess.Popen(
+        argv,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    tail: collections.deque[str] = collections.deque(maxlen=settings.FLOTILLA_OUTPUT_TAIL_LINES)
+    reader = threading.Thread(
+        target=_pump_output, args=(process, tail, on_output), daemon=True, name="sandbox-output"
+    )
+    reader.start()
+    timed_out = False
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        local_kill(handle, extra_pgids=[process.pid])
+        process.wait()
+    reader.join(timeout=5)
+    # A process that outlived its command's exit (a daemon it forked) must
+    # not keep running into the next step: the command's group ends with it.
+    _killpg(process.pid)
+    return ExecResult(
+        exit_code=None if timed_out else process.returncode,
+        timed_out=timed_out,
+        output_tail="\n".join(tail),
+        duration_s=time.monotonic() - started,
+    )
+
+
+def _pump_output(
+    process: subprocess.Popen, tail: collections.deque, on_output: OutputSink | None
+) -> None:
+    assert process.stdout is not None
+    batch: list[str] = []
+    last_flush = time.monotonic()
+    for raw in iter(process.stdout.readline, b""):
+        line = raw.decode("utf-8", errors="replace").rstrip("\n")[:_MAX_LINE]
+        tail.append(line)
+        batch.append(line)
+        if on_output and time.monotonic() - last_flush >= _FLUSH_EVERY_S:
+            on_output(batch)
+            batch, last_flush = [], time.monotonic()
+    if on_output and batch:
+        on_output(batch)
+    # The sink may have written to the database from this thread.
+    connections.close_all()
+
+
+def local_kill(handle: SandboxHandle, *, extra_pgids: list[int] | None = None) -> None:
+    for pgid in extra_pgids or []:
+        _killpg(pgid)
+    if handle.get("cgroup"):
+        AgentCgroup(handle["cgroup"]).kill()
+        return
+    # Without cgroups, every command's session leader carries the label and
+    # leads its own process group: killing those groups is the best we have.
+    for pid in labelled_pids(handle["agent_id"]):
+        _killpg(pid)
+
+
+def local_remove(handle: SandboxHandle) -> None:
+    if handle.get("cgroup"):
+        group = AgentCgroup(handle["cgroup"])
+        group.kill()
+        group.remove()
+
+
+def _killpg(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def labelled_pids(agent_id: str | None = None) -> dict[int, str]:
+    """Processes on this machine carrying the agent label, mapped to their agent id.
+
+    Only the process that enters a sandbox carries the label in its
+    environment; everything inside is found through the cgroup.
+    """
+    found: dict[int, str] = {}
+    needle = f"{AGENT_LABEL}=".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        for item in environ.split(b"\0"):
+            if item.startswith(needle):
+                label = item[len(needle) :].decode(errors="replace")
+                if agent_id is None or label == agent_id:
+                    found[int(entry.name)] = label
+                break
+    return found
+
+
+def local_live_agent_ids() -> set[str]:
+    ids = {name.removeprefix("agent-") for name in agent_cgroup_names()}
+    return ids | set(labelled_pids().values())

@@ -1,0 +1,9 @@
+from django.urls import path
+
+from agents import apis
+
+urlpatterns = [
+    path("agents", apis.AgentCollectionApi.as_view(), name="agents"),
+    path("agents/<str:agent_id>", apis.AgentDetailApi.as_view(), name="agent-detail"),
+    path("agents/<str:agent_id>/events", apis.AgentEventsApi.as_view(), name="agent-events"),
+]

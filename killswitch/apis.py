@@ -1,0 +1,89 @@
+"""REST endpoints of the kill switch."""
+
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers
+from rest_framework.permissions import IsAdminUser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from agents.apis import principal
+from agents.selectors import agent_get
+from killswitch.services import agent_kill, agent_kill_all, hub_halt, hub_release
+
+
+class ReasonSerializer(serializers.Serializer):
+    reason = serializers.CharField(max_length=2000)
+
+
+class AgentKillApi(APIView):
+    class OutputSerializer(serializers.Serializer):
+        agent_id = serializers.CharField()
+        killed = serializers.BooleanField(source="terminated")
+        previous_state = serializers.CharField()
+        state = serializers.CharField()
+        latency_ms = serializers.FloatField()
+        branch_kept = serializers.BooleanField()
+
+    @extend_schema(request=ReasonSerializer, responses={200: OutputSerializer},
+                   operation_id="agents_kill")  # fmt: skip
+    def post(self, request: Request, agent_id: str) -> Response:
+        serializer = ReasonSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        termination = agent_kill(agent_id=agent_id, reason=serializer.validated_data["reason"],
+                                 actor=principal(request))  # fmt: skip
+        state = agent_get(agent_id=agent_id).state
+        data = self.OutputSerializer({**termination.__dict__, "state": state}).data
+        return Response(data, status=200 if termination.terminated else 409)
+
+
+class AgentKillAllApi(APIView):
+    permission_classes = [IsAdminUser]
+
+    class OutputSerializer(serializers.Serializer):
+        total = serializers.IntegerField()
+        killed = serializers.IntegerField()
+        failed = serializers.IntegerField()
+        errors = serializers.ListField(child=serializers.DictField())
+
+    @extend_schema(request=ReasonSerializer, responses={200: OutputSerializer},
+                   operation_id="agents_kill_all")  # fmt: skip
+    def post(self, request: Request) -> Response:
+        serializer = ReasonSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        summary = agent_kill_all(reason=serializer.validated_data["reason"], actor=principal(request))
+        return Response(self.OutputSerializer(summary).data)
+
+
+class HaltOutputSerializer(serializers.Serializer):
+    halted = serializers.BooleanField()
+    reason = serializers.CharField()
+    actor = serializers.CharField()
+    changed_at = serializers.DateTimeField()
+
+
+class HubHaltApi(APIView):
+    permission_classes = [IsAdminUser]
+
+    @extend_schema(request=ReasonSerializer, responses={200: HaltOutputSerializer},
+                   operation_id="killswitch_halt")  # fmt: skip
+    def post(self, request: Request) -> Response:
+        serializer = ReasonSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        halt = hub_halt(reason=serializer.validated_data["reason"], actor=principal(request))
+        return Response(HaltOutputSerializer(halt).data)
+
+
+class HubReleaseApi(APIView):
+    permission_classes = [IsAdminUser]
+
+    class InputSerializer(serializers.Serializer):
+        reason = serializers.CharField(max_length=2000, required=False, default="")
+
+    @extend_schema(request=InputSerializer, responses={200: HaltOutputSerializer},
+                   operation_id="killswitch_release")  # fmt: skip
+    def post(self, request: Request) -> Response:
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        halt = hub_release(actor=principal(request), reason=serializer.validated_data["reason"])
+        return Response(HaltOutputSerializer(halt).data)

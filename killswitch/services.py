@@ -1,0 +1,74 @@
+"""Operator kills: one agent or all of them, with who, why, when and how fast."""
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from typing import Any
+
+from django.db import connections
+
+from agents.errors import AgentError
+from agents.selectors import agent_get, live_agent_ids
+from agents.services import Termination, agent_terminate
+from audit.services import audit_record
+from killswitch.models import HubHalt
+
+# Kill-all fans out over a few threads: each kill is mostly waiting on the
+# kernel (freezing a cgroup, reaping processes) and on git cleanup.
+_KILL_ALL_THREADS = 8
+
+
+def agent_kill(*, agent_id: Any, reason: str, actor: str) -> Termination:
+    agent = agent_get(agent_id=agent_id)
+    termination = agent_terminate(agent_id=agent.id, reason=f"killed by {actor}: {reason}")
+    audit_record(
+        actor=actor,
+        action="agent.kill",
+        target=f"agent:{agent.id}",
+        reason=reason,
+        data={
+            "state_at_kill": termination.previous_state,
+            "killed": termination.terminated,
+            "latency_ms": termination.latency_ms,
+            "branch_kept": termination.branch_kept,
+            "errors": termination.errors,
+        },
+    )
+    return termination
+
+
+def agent_kill_all(*, reason: str, actor: str) -> dict[str, Any]:
+    ids = live_agent_ids()
+    with ThreadPoolExecutor(max_workers=_KILL_ALL_THREADS) as pool:
+        outcomes = list(pool.map(lambda agent_id: _kill_one(agent_id, reason, actor), ids))
+    killed = [outcome for outcome in outcomes if isinstance(outcome, Termination)
+              and outcome.terminated]  # fmt: skip
+    errors = [outcome for outcome in outcomes if isinstance(outcome, dict)]
+    summary = {"total": len(ids), "killed": len(killed), "failed": len(errors), "errors": errors}
+    audit_record(actor=actor, action="agent.kill_all", target="hub", reason=reason,
+                 data={**summary, "kills": [asdict(outcome) for outcome in killed]})  # fmt: skip
+    return summary
+
+
+def _kill_one(agent_id: Any, reason: str, actor: str) -> Termination | dict[str, str]:
+    try:
+        return agent_kill(agent_id=agent_id, reason=reason, actor=actor)
+    except (AgentError, OSError) as error:
+        return {"agent_id": str(agent_id), "error": str(error)}
+    finally:
+        connections.close_all()
+
+
+def hub_halt(*, reason: str, actor: str) -> HubHalt:
+    halt, _ = HubHalt.objects.update_or_create(
+        id=1, defaults={"halted": True, "reason": reason, "actor": actor}
+    )
+    audit_record(actor=actor, action="hub.halt", target="hub", reason=reason)
+    return halt
+
+
+def hub_release(*, actor: str, reason: str = "") -> HubHalt:
+    halt, _ = HubHalt.objects.update_or_create(
+        id=1, defaults={"halted": False, "reason": "", "actor": actor}
+    )
+    audit_record(actor=actor, action="hub.release", target="hub", reason=reason)
+    return halt

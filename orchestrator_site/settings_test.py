@@ -1,0 +1,25 @@
+"""Test settings: the production module with a few overrides only."""
+
+import os
+import tempfile
+
+# Each test run gets its own data directory (worktrees, mirrors, logs) unless
+# the caller chose one; subprocesses started by the tests inherit it.
+if "DATA_DIR" not in os.environ:
+    os.environ["DATA_DIR"] = tempfile.mkdtemp(prefix="flotilla-test-")
+    # The sandbox user must be able to reach the worktrees below it.
+    os.chmod(os.environ["DATA_DIR"], 0o755)
+
+from orchestrator_site.settings import *  # noqa: F403
+from orchestrator_site.settings import DATABASES, DATA_DIR, Q_CLUSTER
+
+# Threads and subprocesses in the tests need a database they can all open, so
+# the SQLite test database is a file rather than Django's in-memory default.
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / f"test-{os.getpid()}.sqlite3")}
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+# Agent runs go through a real django-q2 cluster that the tests start
+# (tests/conftest.py: worker_cluster), never inline.
+Q_CLUSTER = {**Q_CLUSTER, "workers": 12}
+FLOTILLA_DEFAULT_TIMEOUT_S = 60
