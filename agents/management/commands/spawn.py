@@ -1,0 +1,38 @@
+"""Spawn a script agent from the command line."""
+
+from django.core.management.base import BaseCommand, CommandError
+
+from agents.errors import AgentError
+from agents.services import SpawnRequest, agent_spawn
+from agents.workspace import repository_check_local
+
+
+class Command(BaseCommand):
+    help = "Spawn a script agent on a repository; prints the new agent's id."
+
+    def add_arguments(self, parser) -> None:  # noqa: ANN001
+        parser.add_argument("repository", help="path or URL of a git repository")
+        parser.add_argument("script", help="shell command to run in the sandbox")
+        parser.add_argument("--branch", default="main")
+        parser.add_argument("--task-id", default="cli")
+        parser.add_argument("--timeout", type=int, default=0, help="seconds")
+        parser.add_argument("--sandbox", default="", help="bwrap, docker or process")
+        parser.add_argument("--network", action="store_true")
+
+    def handle(self, *args, **options) -> None:
+        problem = repository_check_local(options["repository"])
+        if problem:
+            raise CommandError(problem)
+        if options["timeout"] < 0:
+            raise CommandError("--timeout must not be negative")
+        request = SpawnRequest(
+            task_id=options["task_id"], agent_type="worker", runtime="script",
+            repository=options["repository"], base_branch=options["branch"],
+            script=options["script"], timeout_s=options["timeout"],
+            sandbox=options["sandbox"], network=options["network"],
+        )  # fmt: skip
+        try:
+            agent = agent_spawn(request=request, requested_by="cli")
+        except AgentError as error:
+            raise CommandError(str(error)) from None
+        self.stdout.write(str(agent.id))
