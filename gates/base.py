@@ -1,0 +1,160 @@
+"""What a gate is handed, what it returns, and the small protocol every gate implements.
+
+Gates never run anything themselves: the agents layer hands them a
+``run_command`` callable that executes inside the agent's sandbox, and (before
+a push) a ``conflict_check`` callable backed by git. That keeps this app below
+``agents`` in the layering and lets the same gates run anywhere a command can.
+"""
+
+import functools
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from gates.config import GateConfig, gate_config_parse
+from gates.diffs import diff_added_lines, diff_files
+from gates.models import GateOutcome
+
+
+class CommandOutcome(Protocol):
+    """What ``run_command`` returns; the sandboxes' ``ExecResult`` has this shape."""
+
+    exit_code: int | None
+    timed_out: bool
+    output_tail: str
+    duration_s: float
+
+
+RunCommand = Callable[[str, float], CommandOutcome]
+
+
+@dataclass(frozen=True)
+class GateContext:
+    agent_id: str
+    task: str
+    diff: str
+    run_command: RunCommand
+    config_text: str | None = None
+    config_overrides: dict[str, Any] | None = None
+    conflict_check: Callable[[], list[str]] | None = None
+    # The branch the change is headed for, and the task's id, for messages
+    # and the external coordinator.
+    target: str = ""
+    task_id: str = ""
+
+    @functools.cached_property
+    def added_lines(self) -> dict[str, list[tuple[int, str]]]:
+        return diff_added_lines(self.diff)
+
+    @functools.cached_property
+    def files(self) -> list[str]:
+        return diff_files(self.diff)
+
+    @functools.cached_property
+    def config(self) -> GateConfig:
+        return gate_config_parse(text=self.config_text, overrides=self.config_overrides)
+
+
+@dataclass(frozen=True)
+class GateResult:
+    gate: str
+    outcome: GateOutcome
+    summary: str
+    output: str = ""
+    duration_s: float = 0.0
+    confidence: float | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    blocking: bool = False
+    # Secret values a gate found, used to redact every other gate's output;
+    # never serialised, never stored.
+    secrets: tuple[str, ...] = field(default=(), repr=False, compare=False)
+
+    @property
+    def passed(self) -> bool:
+        return not self.blocking
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "gate": self.gate,
+            "outcome": str(self.outcome),
+            "passed": self.passed,
+            "summary": self.summary,
+            "output": self.output,
+            "duration_s": round(self.duration_s, 3),
+            "confidence": self.confidence,
+            "details": self.details,
+        }
+
+
+def gate_passed(gate: str, summary: str, **extra: Any) -> GateResult:
+    return GateResult(gate, GateOutcome.PASSED, summary, **extra)
+
+
+def gate_failed(gate: str, summary: str, **extra: Any) -> GateResult:
+    return GateResult(gate, GateOutcome.FAILED, summary, blocking=True, **extra)
+
+
+_MARKS = {
+    GateOutcome.PASSED: "PASS",
+    GateOutcome.FAILED: "FAIL",
+    GateOutcome.WARNING: "WARN",
+    GateOutcome.SKIPPED: "SKIP",
+    GateOutcome.NOT_CONFIGURED: "NONE",
+}
+
+
+@dataclass(frozen=True)
+class GateReport:
+    stage: str
+    profile: str
+    results: list[GateResult]
+    yolo: bool = False
+
+    @property
+    def passed(self) -> bool:
+        return all(result.passed for result in self.results)
+
+    @property
+    def failures(self) -> list[GateResult]:
+        return [result for result in self.results if not result.passed]
+
+    @property
+    def text(self) -> str:
+        """The report as a person (or a model) reads it: verdict first, then each gate."""
+        verdict = "passed" if self.passed else "REJECTED"
+        failed = ", ".join(result.gate for result in self.failures)
+        lines = [
+            f"{self.stage} gates ({self.profile} profile): {verdict}"
+            + (f" by {failed}" if failed else "")
+            + (" (YOLO mode: gates skipped)" if self.yolo else "")
+        ]
+        for result in self.results:
+            blocking = " (blocking)" if result.blocking and result.outcome != "failed" else ""
+            lines.append(f"[{_MARKS[result.outcome]}] {result.gate}: {result.summary}{blocking}")
+            if result.blocking and result.output:
+                lines.extend(f"    {line}" for line in result.output.splitlines())
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "stage": self.stage,
+            "profile": self.profile,
+            "passed": self.passed,
+            "yolo": self.yolo,
+            "results": [result.as_dict() for result in self.results],
+            "text": self.text,
+        }
+
+
+class Gate(ABC):
+    """One check. ``is_configured`` False means the repository did not ask for it."""
+
+    name: str
+
+    def is_configured(self, context: GateContext) -> bool:
+        return True
+
+    @abstractmethod
+    def run(self, context: GateContext) -> GateResult:
+        """Judge the change; never raise for a bad change, only return a failed result."""

@@ -1,0 +1,1 @@
+"""One module per gate; ``gates.registry`` maps names to them through settings."""

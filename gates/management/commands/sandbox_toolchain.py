@@ -1,0 +1,18 @@
+from django.core.management.base import BaseCommand, CommandError
+
+from gates.toolchain import ToolchainError, toolchain_ensure
+
+
+class Command(BaseCommand):
+    help = "Build the virtualenv of gate tools (ruff, pytest, coverage) that sandboxes run."
+
+    def add_arguments(self, parser) -> None:  # noqa: ANN001 - Django's signature
+        parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
+
+    def handle(self, *args, **options) -> None:
+        try:
+            report = toolchain_ensure(force=options["force"])
+        except ToolchainError as error:
+            raise CommandError(str(error)) from None
+        verb = "built" if report.built else "already up to date"
+        self.stdout.write(f"sandbox toolchain {verb}: {report.path}")

@@ -1,0 +1,125 @@
+"""Running a stage's gates: the single entry point the agents layer calls."""
+
+import json
+import time
+from dataclasses import replace
+
+from django.conf import settings
+
+from gates.base import Gate, GateContext, GateReport, GateResult, gate_failed
+from gates.config import Requirement, profile_gates
+from gates.errors import GateConfigError
+from gates.models import GateOutcome, GateRun
+from gates.registry import gate_get
+from gates.yolo import gate_skip_allowed
+
+_REDACTED = "[redacted secret]"
+
+
+def gates_run(*, stage: str, profile: str, context: GateContext) -> GateReport:
+    """Run every gate ``profile`` asks for at ``stage``; record each verdict; report them.
+
+    Every gate runs even after one fails, so an agent gets all its problems in
+    one report. A gate that crashes counts as failed: the gates fail closed.
+    """
+    results: list[GateResult] = []
+    yolo = False
+    try:
+        wanted = profile_gates(profile, stage)
+        context.config  # noqa: B018 - parse now so a malformed config fails the whole stage
+    except GateConfigError as error:
+        wanted = []
+        results.append(gate_failed("config", str(error)))
+    for name, requirement in wanted:
+        gate = gate_get(name)
+        configured = _gate_configured(gate, context)
+        if not configured and requirement is Requirement.IF_CONFIGURED:
+            continue  # the repository did not ask for it and the profile does not need it
+        if gate_skip_allowed(
+            agent_id=context.agent_id, stage=stage, gate=name, target=context.target
+        ):
+            yolo = True
+            results.append(GateResult(name, GateOutcome.SKIPPED, "skipped: YOLO mode is on"))
+        elif not configured:
+            results.append(_not_configured(name, profile))
+        else:
+            results.append(_gate_run_one(gate, context))
+    results = _redact(results)
+    report = GateReport(stage=stage, profile=profile, results=results, yolo=yolo)
+    gate_runs_record(agent_id=context.agent_id, report=report)
+    return report
+
+
+def _gate_configured(gate: Gate, context: GateContext) -> bool:
+    try:
+        return gate.is_configured(context)
+    except Exception:  # noqa: BLE001 - counted as unconfigured: required gates then say so
+        return False
+
+
+def _not_configured(name: str, profile: str) -> GateResult:
+    strict = profile == "strict"
+    return GateResult(
+        name,
+        GateOutcome.NOT_CONFIGURED,
+        f"not configured: the {profile} profile asks for {name}, and neither "
+        f"the repository's .flotilla.toml nor the spawn gives it"
+        + ("; strict fails on it" if strict else "; a warning under this profile"),
+        blocking=strict,
+    )
+
+
+def _gate_run_one(gate: Gate, context: GateContext) -> GateResult:
+    started = time.monotonic()
+    try:
+        return gate.run(context)
+    except Exception as error:  # noqa: BLE001 - a crashing gate must reject, not pass
+        return gate_failed(
+            gate.name,
+            f"the gate itself failed, so the change is rejected: {type(error).__name__}: {error}",
+            duration_s=time.monotonic() - started,
+        )
+
+
+def _redact(results: list[GateResult]) -> list[GateResult]:
+    """Remove every secret a gate found (and the hub's API key) from every gate's text."""
+    secrets = {secret for result in results for secret in result.secrets if secret}
+    if settings.ANTHROPIC_API_KEY:
+        secrets.add(settings.ANTHROPIC_API_KEY)
+    if not secrets:
+        return results
+    ordered = sorted(secrets, key=len, reverse=True)
+
+    def clean(text: str) -> str:
+        for secret in ordered:
+            text = text.replace(secret, _REDACTED)
+        return text
+
+    return [
+        replace(
+            result,
+            summary=clean(result.summary),
+            output=clean(result.output),
+            details=json.loads(clean(json.dumps(result.details))),
+        )
+        for result in results
+    ]
+
+
+def gate_runs_record(*, agent_id: str, report: GateReport) -> list[GateRun]:
+    return GateRun.objects.bulk_create(
+        GateRun(
+            agent_id=agent_id,
+            stage=report.stage,
+            profile=report.profile,
+            gate=result.gate,
+            outcome=result.outcome,
+            passed=result.passed,
+            summary=result.summary[:500],
+            output_tail=result.output,
+            duration_s=round(result.duration_s, 4),
+            confidence=result.confidence,
+            details=result.details,
+        )
+        for result in report.results
+    )
