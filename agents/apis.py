@@ -11,19 +11,36 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from agents import workspace
-from agents.models import AgentType, Runtime
+from agents.models import Agent, AgentType, Runtime
 from agents.runtimes import RUNTIMES
+from agents.runtimes.claude.accounting import model_price
 from agents.sandboxes import sandbox_backend
 from agents.sandboxes.base import SandboxUnavailable
 from agents.selectors import agent_events_after, agent_get, agent_list
-from agents.services import SpawnRequest, agent_spawn
+from agents.services import SpawnRequest, agent_resume, agent_spawn
 
 GATE_PROFILES = ["strict", "standard", "minimal"]
+# Spawn options stored on the agent as they are (SpawnRequest.options).
+_OPTIONS_KEPT = ("budget_usd", "memory_mb", "pids", "gates", "model", "max_tokens", "max_turns")
 _BRANCH = re.compile(r"^(?!/|.*(?:\.\.|//|@\{|\.lock$|/$))[A-Za-z0-9._/-]+$")
 
 
 def principal(request: Request) -> str:
     return f"user:{request.user.get_username()}"
+
+
+class AgentUsageSerializer(serializers.Serializer):
+    """What a Claude agent has spent so far, against its budget (null: no limit)."""
+
+    input_tokens = serializers.IntegerField()
+    output_tokens = serializers.IntegerField()
+    cache_read_input_tokens = serializers.IntegerField(source="cache_read_tokens")
+    cache_creation_input_tokens = serializers.IntegerField(source="cache_write_tokens")
+    cost_usd = serializers.DecimalField(max_digits=14, decimal_places=6)
+    budget_usd = serializers.SerializerMethodField()
+
+    def get_budget_usd(self, agent: Agent) -> str | None:
+        return (agent.options or {}).get("budget_usd")
 
 
 class AgentOutputSerializer(serializers.Serializer):
@@ -45,6 +62,7 @@ class AgentOutputSerializer(serializers.Serializer):
     created_at = serializers.DateTimeField()
     started_at = serializers.DateTimeField(allow_null=True)
     finished_at = serializers.DateTimeField(allow_null=True)
+    usage = AgentUsageSerializer(source="*")
 
 
 class SpawnContextSerializer(serializers.Serializer):
@@ -70,6 +88,18 @@ class SpawnContextSerializer(serializers.Serializer):
             raise serializers.ValidationError("not a valid branch name")
         return value
 
+class SpawnGatesSerializer(serializers.Serializer):
+    """Gate commands for this spawn; they override the repository's ``.flotilla.toml``."""
+
+    lint = serializers.CharField(max_length=2000, required=False, allow_blank=True)
+    typecheck = serializers.CharField(max_length=2000, required=False, allow_blank=True)
+    tests = serializers.CharField(max_length=2000, required=False, allow_blank=True)
+    coverage = serializers.CharField(max_length=2000, required=False, allow_blank=True)
+    coverage_threshold = serializers.FloatField(min_value=0, max_value=100, required=False)
+    build = serializers.CharField(max_length=2000, required=False, allow_blank=True)
+    timeout_s = serializers.IntegerField(min_value=1, max_value=86400, required=False)
+
+
 class SpawnOptionsSerializer(serializers.Serializer):
     sandbox = serializers.ChoiceField(choices=list(settings.FLOTILLA_SANDBOX_BACKENDS),
                                       required=False)  # fmt: skip
@@ -81,6 +111,20 @@ class SpawnOptionsSerializer(serializers.Serializer):
     budget_usd = serializers.DecimalField(max_digits=10, decimal_places=2, min_value=0,
                                           required=False)  # fmt: skip
     memory_mb = serializers.IntegerField(min_value=16, max_value=65536, required=False)
+    pids = serializers.IntegerField(min_value=8, max_value=65536, required=False)
+    gates = SpawnGatesSerializer(required=False)
+    # The claude runtime's model and limits; the hub's settings when absent.
+    model = serializers.CharField(max_length=100, required=False)
+    max_tokens = serializers.IntegerField(min_value=256, max_value=128_000, required=False)
+    max_turns = serializers.IntegerField(min_value=1, max_value=10_000, required=False)
+
+    def validate_model(self, value: str) -> str:
+        if model_price(value) is None:
+            raise serializers.ValidationError(
+                f"no price is configured for {value} (FLOTILLA_CLAUDE_PRICES), so its "
+                "budget could not be kept"
+            )
+        return value
 
     def validate_sandbox(self, value: str) -> str:
         try:
@@ -123,7 +167,7 @@ class AgentSpawnApi(APIView):
         data = serializer.validated_data
         context, options = data["context"], data.get("options") or {}
         extra = {key: str(value) if key == "budget_usd" else value
-                 for key, value in options.items() if key in ("budget_usd", "memory_mb")}  # fmt: skip
+                 for key, value in options.items() if key in _OPTIONS_KEPT}  # fmt: skip
         agent = agent_spawn(
             request=SpawnRequest(
                 task_id=data["task_id"],
@@ -201,3 +245,30 @@ class AgentEventsApi(APIView):
         events = list(agent_events_after(agent_id=agent.id, **filters.validated_data))
         last_id = events[-1].id if events else filters.validated_data["after"]
         return Response({"events": self.EventSerializer(events, many=True).data, "last_id": last_id})
+
+
+class AgentResumeApi(APIView):
+    """Raise a paused agent's budget and let it continue where it stopped."""
+
+    class InputSerializer(serializers.Serializer):
+        budget_usd = serializers.DecimalField(max_digits=10, decimal_places=2, min_value=0)
+        reason = serializers.CharField(max_length=1000, required=False, allow_blank=True)
+
+    class OutputSerializer(serializers.Serializer):
+        agent_id = serializers.UUIDField(source="id")
+        state = serializers.CharField()
+        budget_usd = serializers.CharField(source="options.budget_usd")
+        cost_usd = serializers.DecimalField(max_digits=14, decimal_places=6)
+
+    @extend_schema(request=InputSerializer, responses={202: OutputSerializer},
+                   operation_id="agents_resume")  # fmt: skip
+    def post(self, request: Request, agent_id: str) -> Response:
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        agent = agent_resume(
+            agent_id=agent_get(agent_id=agent_id).id,
+            budget_usd=serializer.validated_data["budget_usd"],
+            actor=principal(request),
+            reason=serializer.validated_data.get("reason", ""),
+        )
+        return Response(self.OutputSerializer(agent).data, status=status.HTTP_202_ACCEPTED)

@@ -35,3 +35,8 @@ class ConcurrencyLimitReached(AgentError):
 class InvalidTransition(AgentError):
     code = "invalid_transition"
     http_status = 409
+
+
+class InvalidBudget(AgentError):
+    code = "invalid_budget"
+    http_status = 400

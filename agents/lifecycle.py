@@ -8,14 +8,24 @@ same transaction.
 
 from typing import Any
 
-from django.db import transaction
+from django.db import models, transaction
+from django.db.models import F, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from agents.models import LIVE_STATES, Agent, AgentEvent, AgentEventKind, AgentState
+from agents.signals import agent_finished
 
 ALLOWED_PREDECESSORS: dict[str, frozenset[str]] = {
+    # Only the reconciler moves an agent back to the queue: its supervisor
+    # died mid-run and it has retries left.
+    AgentState.QUEUED: frozenset(
+        {AgentState.SPAWNING, AgentState.RUNNING, AgentState.GATING, AgentState.PUSHING}
+    ),
     AgentState.SPAWNING: frozenset({AgentState.QUEUED}),
-    AgentState.RUNNING: frozenset({AgentState.SPAWNING, AgentState.PAUSED}),
+    # A Claude agent goes back to work after its commit or finish was gated
+    # (a rejection is a tool result it must act on) and after a resume.
+    AgentState.RUNNING: frozenset({AgentState.SPAWNING, AgentState.PAUSED, AgentState.GATING}),
     AgentState.PAUSED: frozenset({AgentState.RUNNING}),
     AgentState.GATING: frozenset({AgentState.RUNNING}),
     AgentState.PUSHING: frozenset({AgentState.GATING}),
@@ -50,7 +60,9 @@ def agent_transition(
     if to in _PROGRESS:
         changes["progress"] = _PROGRESS[to]
     if to == AgentState.RUNNING:
-        changes.setdefault("started_at", now)
+        # Coming back to running (after a pause or a gate) keeps the first start.
+        first_start = Value(now, output_field=models.DateTimeField())
+        changes.setdefault("started_at", Coalesce(F("started_at"), first_start))
     if to not in LIVE_STATES:
         changes["finished_at"] = now
     with transaction.atomic():
@@ -67,4 +79,12 @@ def agent_transition(
             if reason:
                 data["reason"] = reason
             AgentEvent.objects.create(agent_id=agent_id, kind=AgentEventKind.STATE, data=data)
+            if to not in LIVE_STATES:
+                agent_finished_send(agent_id=agent_id, state=str(to))
     return won
+
+
+def agent_finished_send(*, agent_id: Any, state: str) -> None:
+    """Tell subscribers (projects, federation) once the final state is committed."""
+    transaction.on_commit(lambda: agent_finished.send(sender=Agent, agent_id=str(agent_id),
+                                                      state=state))  # fmt: skip

@@ -57,6 +57,11 @@ class Agent(models.Model):
     sandbox_handle = models.JSONField(default=dict, blank=True)
     worktree_path = models.CharField(max_length=1000, blank=True)
     node = models.CharField(max_length=200, blank=True, db_index=True)
+    # The worker process running the agent on ``node``, and its start time in
+    # clock ticks since boot, so the reconciler can tell a dead supervisor
+    # even when its pid has been reused.
+    supervisor_pid = models.PositiveIntegerField(null=True, blank=True)
+    supervisor_started = models.BigIntegerField(null=True, blank=True)
     requested_by = models.CharField(max_length=200)
     origin = models.CharField(
         max_length=200, default="local", help_text="The hub that asked for this agent."
@@ -67,6 +72,12 @@ class Agent(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     error = models.TextField(blank=True)
     result = models.JSONField(default=dict, blank=True)
+    # What the Claude runtime has spent so far, from the usage of every reply.
+    input_tokens = models.PositiveBigIntegerField(default=0)
+    output_tokens = models.PositiveBigIntegerField(default=0)
+    cache_read_tokens = models.PositiveBigIntegerField(default=0)
+    cache_write_tokens = models.PositiveBigIntegerField(default=0)
+    cost_usd = models.DecimalField(max_digits=14, decimal_places=6, default=0)
 
     class Meta:
         ordering = ["-created_at"]
@@ -82,6 +93,25 @@ class Agent(models.Model):
     @property
     def is_final(self) -> bool:
         return self.state in FINAL_STATES
+
+
+class AgentConversation(models.Model):
+    """The Claude conversation of a paused agent, so that resuming it continues where it stopped.
+
+    ``attempt`` is the agent's attempt it belongs to: a retry after a crash
+    starts from a fresh worktree, so it must not continue an old conversation.
+    """
+
+    agent = models.OneToOneField(
+        Agent, on_delete=models.CASCADE, primary_key=True, related_name="conversation"
+    )
+    attempt = models.PositiveSmallIntegerField(default=0)
+    turns = models.PositiveIntegerField(default=0)
+    messages = models.JSONField(default=list)
+    saved_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"conversation of {self.agent_id} ({self.turns} turns)"
 
 
 class AgentEventKind(models.TextChoices):

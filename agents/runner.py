@@ -13,13 +13,15 @@ from typing import Any
 from django.conf import settings
 
 from agents import workspace
+from agents.delivery import DeliveryReport, agent_commit, agent_push
 from agents.lifecycle import agent_transition
 from agents.models import Agent, AgentEventKind, AgentState
+from agents.reconciler import supervisor_identity
 from agents.runtimes import runtime_for
 from agents.runtimes.base import RunContext, RunOutcome
 from agents.sandboxes import sandbox_backend
 from agents.sandboxes.base import SandboxError, SandboxSpec
-from agents.services import agent_cleanup, agent_event_append
+from agents.services import agent_cleanup, agent_enqueue_resume, agent_event_append
 
 logger = logging.getLogger(__name__)
 
@@ -30,40 +32,94 @@ class RunLost(Exception):
 
 def agent_run(*, agent_id: Any) -> None:
     if not agent_transition(agent_id=agent_id, to=AgentState.SPAWNING,
-                            node=settings.FLOTILLA_NODE_NAME):  # fmt: skip
+                            node=settings.FLOTILLA_NODE_NAME, **supervisor_identity()):  # fmt: skip
         logger.info("agent %s is not queued any more; nothing to do", agent_id)
         return
-    agent = Agent.objects.get(id=agent_id)
+    _supervise(Agent.objects.get(id=agent_id), resuming=False)
+
+
+# How many times a resume task may be handed on to find the node holding the worktree.
+_RESUME_HOPS = 50
+
+
+def agent_resume_run(*, agent_id: Any, hops: int = 0) -> None:
+    """Continue a paused agent, on the node that holds its worktree (docs/claude.md)."""
+    agent = Agent.objects.filter(id=agent_id, state=AgentState.PAUSED).first()
+    if agent is None:
+        logger.info("agent %s is not paused any more; nothing to resume", agent_id)
+        return
+    if agent.node != settings.FLOTILLA_NODE_NAME:
+        if hops < _RESUME_HOPS:
+            agent_enqueue_resume(agent_id=agent.id, hops=hops + 1)
+        else:
+            message = f"no worker on node {agent.node} took the resume; resume it again"
+            agent_event_append(agent_id=agent.id, kind=AgentEventKind.LOG,
+                               data={"message": message})  # fmt: skip
+        return
+    if not agent_transition(agent_id=agent.id, to=AgentState.RUNNING, error="",
+                            only_from=frozenset({AgentState.PAUSED}),
+                            **supervisor_identity()):  # fmt: skip
+        return
+    agent.refresh_from_db()
+    _supervise(agent, resuming=True)
+
+
+def _supervise(agent: Agent, *, resuming: bool) -> None:
+    """Prepare, run the runtime, deliver or pause; whatever happens, clean up after the run."""
+    keep_worktree = False
     try:
-        context = _prepare(agent)
-        _advance(agent, AgentState.RUNNING)
+        context = _prepare(agent, resuming=resuming)
+        if not resuming:
+            _advance(agent, AgentState.RUNNING)
         outcome = runtime_for(agent.runtime).run(context)
         if context.is_cancelled():
             raise RunLost()
+        if outcome.paused:
+            keep_worktree = _pause(context, outcome)
+            return
         if not outcome.succeeded:
             agent_transition(agent_id=agent.id, to=AgentState.FAILED, reason=outcome.error,
                              error=outcome.error, result=outcome.result)  # fmt: skip
             return
+        if outcome.delivered:
+            # The runtime's own finish pushed through the gates and left the agent in pushing.
+            result = {**outcome.result, "summary": outcome.summary}
+            _advance(agent, AgentState.COMPLETED, result=result)
+            return
         agent_deliver(context=context, outcome=outcome)
     except RunLost:
-        logger.info("agent %s was taken over (killed?); the run stops", agent_id)
+        logger.info("agent %s was taken over (killed?); the run stops", agent.id)
     except (workspace.WorkspaceError, SandboxError) as error:
         agent_transition(agent_id=agent.id, to=AgentState.FAILED, reason=str(error), error=str(error))
     except Exception as error:
-        logger.exception("agent %s crashed", agent_id)
+        logger.exception("agent %s crashed", agent.id)
         message = f"internal error: {type(error).__name__}: {error}"
         agent_transition(agent_id=agent.id, to=AgentState.FAILED, reason=message, error=message)
     finally:
-        agent.refresh_from_db()
-        agent_cleanup(agent=agent)
+        if not keep_worktree:
+            agent.refresh_from_db()
+            agent_cleanup(agent=agent)
 
 
-def _prepare(agent: Agent) -> RunContext:
+def _pause(context: RunContext, outcome: RunOutcome) -> bool:
+    """Free the sandbox, then pause: no resume can start before it is gone. The worktree stays."""
+    context.sandbox.remove(context.handle)
+    return agent_transition(agent_id=context.agent.id, to=AgentState.PAUSED,
+                            reason=outcome.error, error=outcome.error, result=outcome.result,
+                            sandbox_handle={})  # fmt: skip
+
+
+def _prepare(agent: Agent, *, resuming: bool = False) -> RunContext:
     path = workspace.worktree_path(agent_id=str(agent.id), task_id=agent.task_id)
-    Agent.objects.filter(id=agent.id).update(worktree_path=str(path))
-    agent.worktree_path = str(path)
-    workspace.worktree_create(repository=agent.repository, base_branch=agent.base_branch,
-                              work_branch=agent.work_branch, path=path)  # fmt: skip
+    if resuming:
+        # A paused agent keeps its worktree (and any commits in it); only the sandbox is new.
+        if not path.is_dir():
+            raise workspace.WorkspaceError(f"the worktree of the paused agent is gone: {path}")
+    else:
+        Agent.objects.filter(id=agent.id).update(worktree_path=str(path))
+        agent.worktree_path = str(path)
+        workspace.worktree_create(repository=agent.repository, base_branch=agent.base_branch,
+                                  work_branch=agent.work_branch, path=path)  # fmt: skip
     sandbox = sandbox_backend(agent.sandbox_backend)
     spec = SandboxSpec(
         agent_id=str(agent.id),
@@ -107,21 +163,26 @@ def agent_deliver(*, context: RunContext, outcome: RunOutcome) -> None:
     """Commit what the agent changed and push its branch: the orchestrator's job alone."""
     agent = context.agent
     _advance(agent, AgentState.GATING)
-    sha = workspace.worktree_commit(path=context.worktree, message=_commit_message(agent, outcome))
-    if sha:
-        context.emit(AgentEventKind.LOG, {"message": f"committed {sha[:12]}", "commit": sha})
-    _advance(agent, AgentState.PUSHING)
     result = {**outcome.result, "summary": outcome.summary}
-    if workspace.branch_unpushed_commits(repository=agent.repository,
-                                         work_branch=agent.work_branch):  # fmt: skip
-        pushed = workspace.branch_push(repository=agent.repository, work_branch=agent.work_branch)
-        result["pushed_commit"] = pushed
-        context.emit(AgentEventKind.LOG, {"message": f"pushed {agent.work_branch}",
-                                          "commit": pushed})  # fmt: skip
-    else:
-        result["pushed_commit"] = None
-        context.emit(AgentEventKind.LOG, {"message": "nothing changed; nothing to push"})
+    committed = agent_commit(context=context, message=_commit_message(agent, outcome))
+    if not committed.approved:
+        _fail_on_gates(agent, committed, result)
+        return
+    pushed = agent_push(context=context, summary=outcome.summary,
+                        on_approved=lambda: _advance(agent, AgentState.PUSHING))  # fmt: skip
+    if not pushed.approved:
+        _fail_on_gates(agent, pushed, result)
+        return
+    result["pushed_commit"] = pushed.sha
     _advance(agent, AgentState.COMPLETED, result=result)
+
+
+def _fail_on_gates(agent: Agent, report: DeliveryReport, result: dict[str, Any]) -> None:
+    """A gate rejection ends a script agent: it cannot try again, so it fails with the report."""
+    result = {**result, "pushed_commit": None, "gates": report.as_dict()}
+    if not agent_transition(agent_id=agent.id, to=AgentState.FAILED, reason=report.message,
+                            error=report.text, result=result):  # fmt: skip
+        raise RunLost()
 
 
 def _commit_message(agent: Agent, outcome: RunOutcome) -> str:

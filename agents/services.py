@@ -1,20 +1,24 @@
 """Writes on agents: spawn, terminate, events."""
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.utils import timezone
 from django.utils.module_loading import import_string
 from django_q.tasks import async_task
 
 from agents import workspace
-from agents.errors import AgentNotFound, ConcurrencyLimitReached
-from agents.lifecycle import agent_transition
+from agents.errors import AgentNotFound, ConcurrencyLimitReached, InvalidBudget, InvalidTransition
+from agents.lifecycle import _PROGRESS, agent_finished_send, agent_transition
 from agents.models import LIVE_STATES, Agent, AgentEvent, AgentEventKind, AgentState
 from agents.sandboxes import sandbox_backend
 from agents.sandboxes.base import SandboxError
+from audit.services import audit_record
 
 # Any constant will do: it only has to be the same in every process.
 _SPAWN_LOCK_KEY = 0x466C6F74
@@ -54,7 +58,9 @@ def agent_spawn(*, request: SpawnRequest, requested_by: str) -> Agent:
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor:
                 cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_SPAWN_LOCK_KEY])
-        live = Agent.objects.filter(state__in=LIVE_STATES).count()
+        # Agents that run on a peer hub take no slot here.
+        live = (Agent.objects.filter(state__in=LIVE_STATES)
+                .exclude(sandbox_backend=REMOTE_SANDBOX).count())  # fmt: skip
         if live >= settings.MAX_CONCURRENT_AGENTS:
             raise ConcurrencyLimitReached(
                 f"{live} agents are already live; the limit is {settings.MAX_CONCURRENT_AGENTS}"
@@ -87,9 +93,102 @@ def agent_spawn(*, request: SpawnRequest, requested_by: str) -> Agent:
     return agent
 
 
+# The sandbox name of an agent that runs on a peer hub; its backend (registered
+# in settings by federation) forwards a kill to that peer.
+REMOTE_SANDBOX = "remote"
+
+
+def agent_register_remote(*, request: SpawnRequest, requested_by: str, node: str,
+                          sandbox_handle: dict[str, Any]) -> Agent:  # fmt: skip
+    """Record an agent that a peer hub runs for us: a row to watch and kill, never enqueued."""
+    spawn_guards_check(request=request, requested_by=requested_by)
+    with transaction.atomic():
+        agent = Agent.objects.create(
+            task_id=request.task_id, agent_type=request.agent_type, runtime=request.runtime,
+            script=request.script, repository=request.repository,
+            base_branch=request.base_branch, work_branch="", work_items=request.work_items,
+            skills=request.skills, instructions=request.instructions, options=request.options,
+            gate_profile=request.gate_profile, sandbox_backend=REMOTE_SANDBOX,
+            sandbox_handle=sandbox_handle, node=node,
+            timeout_s=request.timeout_s or settings.FLOTILLA_DEFAULT_TIMEOUT_S,
+            network=request.network, max_retries=request.max_retries,
+            requested_by=requested_by, origin=request.origin,
+        )  # fmt: skip
+        agent_event_append(agent_id=agent.id, kind=AgentEventKind.STATE,
+                           data={"from": None, "to": AgentState.QUEUED})  # fmt: skip
+    return agent
+
+
+def agent_mirror_state(*, agent_id: Any, state: str, data: dict[str, Any] | None = None,
+                       **fields: Any) -> bool:  # fmt: skip
+    """Copy a state that the hub running a remote agent reported, with its event.
+
+    ``fields`` may set progress, result, error, work_branch. A final state is
+    never left, and a state the row already has adds no event; True if the
+    row changed.
+    """
+    now = timezone.now()
+    changes: dict[str, Any] = {"state": state, **fields}
+    changes.setdefault("progress", _PROGRESS.get(state, 0))
+    if state not in LIVE_STATES:
+        changes.setdefault("finished_at", now)
+    with transaction.atomic():
+        current = (Agent.objects.filter(id=agent_id, state__in=LIVE_STATES)
+                   .values_list("state", "started_at").first())  # fmt: skip
+        if current is None or current[0] == state:
+            return False
+        if state != AgentState.QUEUED and current[1] is None:
+            changes.setdefault("started_at", now)
+        if not Agent.objects.filter(id=agent_id, state=current[0]).update(**changes):
+            return False
+        event = {"from": current[0], "to": state, **(data or {})}
+        agent_event_append(agent_id=agent_id, kind=AgentEventKind.STATE, data=event)
+        if state not in LIVE_STATES:
+            agent_finished_send(agent_id=agent_id, state=state)
+    return True
+
+
 def agent_enqueue(*, agent_id: Any) -> None:
     async_task("agents.tasks.agent_run", str(agent_id), task_name=f"agent-run-{agent_id}",
                group="agents")  # fmt: skip
+
+
+def agent_enqueue_resume(*, agent_id: Any, hops: int = 0) -> None:
+    async_task("agents.tasks.agent_resume", str(agent_id), hops,
+               task_name=f"agent-resume-{agent_id}-{hops}", group="agents")  # fmt: skip
+
+
+def agent_resume(*, agent_id: Any, budget_usd: Decimal, actor: str, reason: str = "") -> Agent:
+    """Raise a paused agent's budget and hand it back to a worker, which continues its conversation.
+
+    The agent stays ``paused`` until a worker takes it (``paused → running``),
+    so a resume that two workers receive runs once, and no worker is held
+    while it waits. Resuming again is harmless, and re-sends a lost task.
+    """
+    agent = Agent.objects.filter(id=agent_id).first()
+    if agent is None:
+        raise AgentNotFound(f"no agent with id {agent_id}")
+    if agent.state != AgentState.PAUSED:
+        raise InvalidTransition(f"agent {agent.id} is {agent.state}; only a paused agent resumes")
+    if budget_usd <= agent.cost_usd:
+        raise InvalidBudget(
+            f"the budget must be above the ${agent.cost_usd} already spent",
+            fields={"budget_usd": [f"must be more than {agent.cost_usd}"]},
+        )
+    previous = (agent.options or {}).get("budget_usd")
+    with transaction.atomic():
+        options = {**(agent.options or {}), "budget_usd": str(budget_usd)}
+        if not Agent.objects.filter(id=agent.id, state=AgentState.PAUSED).update(options=options):
+            raise InvalidTransition(f"agent {agent.id} is not paused any more")
+        message = f"budget raised from ${previous} to ${budget_usd} by {actor}; resuming"
+        agent_event_append(agent_id=agent.id, kind=AgentEventKind.LOG, data={"message": message})
+        audit_record(actor=actor, action="agent.resume", target=f"agent:{agent.id}",
+                     reason=reason or "budget raised",
+                     data={"budget_usd": str(budget_usd), "previous_budget_usd": previous,
+                           "spent_usd": str(agent.cost_usd)})  # fmt: skip
+        transaction.on_commit(lambda: agent_enqueue_resume(agent_id=agent.id))
+    agent.refresh_from_db()
+    return agent
 
 
 def agent_event_append(*, agent_id: Any, kind: str, data: dict[str, Any]) -> AgentEvent:
@@ -107,10 +206,19 @@ class Termination:
 
 
 def agent_terminate(*, agent_id: Any, reason: str, to: AgentState = AgentState.KILLED) -> Termination:
-    """Stop an agent now: mark it final, kill its sandbox, remove its worktree.
+    """Stop an agent now (see ``agent_stop``), then remove its sandbox and worktree."""
+    stopped = agent_stop(agent_id=agent_id, reason=reason, to=to)
+    if not stopped.terminated:
+        return stopped
+    return agent_stopped_cleanup(termination=stopped)
+
+
+def agent_stop(*, agent_id: Any, reason: str, to: AgentState = AgentState.KILLED) -> Termination:
+    """Mark the agent final and kill every process of its sandbox; no cleanup yet.
 
     Marking comes first, so a run that finishes at the same moment loses its
-    own transition and stops; everything after is idempotent.
+    own transition and stops; everything after is idempotent. Kill-all stops
+    every agent before cleaning any up, so processes die as early as possible.
     """
     started = time.monotonic()
     agent = Agent.objects.filter(id=agent_id).first()
@@ -121,9 +229,14 @@ def agent_terminate(*, agent_id: Any, reason: str, to: AgentState = AgentState.K
         return Termination(str(agent.id), previous, False, _ms_since(started))
     agent.refresh_from_db()
     errors = agent_sandbox_kill(agent=agent)
-    latency = _ms_since(started)
-    branch_kept, cleanup_errors = agent_cleanup(agent=agent)
-    return Termination(str(agent.id), previous, True, latency, branch_kept, errors + cleanup_errors)
+    return Termination(str(agent.id), previous, True, _ms_since(started), errors=errors)
+
+
+def agent_stopped_cleanup(*, termination: Termination) -> Termination:
+    agent = Agent.objects.get(id=termination.agent_id)
+    branch_kept, errors = agent_cleanup(agent=agent)
+    return dataclasses.replace(termination, branch_kept=branch_kept,
+                               errors=termination.errors + errors)  # fmt: skip
 
 
 def agent_sandbox_kill(*, agent: Agent) -> list[str]:

@@ -6,4 +6,5 @@ urlpatterns = [
     path("agents", apis.AgentCollectionApi.as_view(), name="agents"),
     path("agents/<str:agent_id>", apis.AgentDetailApi.as_view(), name="agent-detail"),
     path("agents/<str:agent_id>/events", apis.AgentEventsApi.as_view(), name="agent-events"),
+    path("agents/<str:agent_id>/resume", apis.AgentResumeApi.as_view(), name="agent-resume"),
 ]

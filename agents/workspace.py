@@ -163,6 +163,69 @@ def worktree_diff(*, path: Path, base_branch: str) -> str:
     return _run(path, "diff", f"refs/remotes/origin/{base_branch}")
 
 
+def worktree_stage(*, path: Path) -> str:
+    """Stage everything that changed and return the staged diff ('' when nothing did).
+
+    The gates judge exactly this snapshot and ``worktree_commit_staged``
+    commits exactly it, so nothing written while the gates run (caches,
+    coverage data, a late edit) slips into the commit unjudged.
+    """
+    _run(path, "add", "--all")
+    return _run(path, "diff", "--cached", "--no-color", "--no-ext-diff", "--binary", "HEAD")
+
+
+def worktree_commit_staged(*, path: Path, message: str) -> str | None:
+    """Commit what is staged; the new sha, or None if nothing is."""
+    if not _run(path, "diff", "--cached", "--name-only", "HEAD"):
+        return None
+    name, email = settings.FLOTILLA_GIT_AUTHOR_NAME, settings.FLOTILLA_GIT_AUTHOR_EMAIL
+    _run(path, "-c", f"user.name={name}", "-c", f"user.email={email}",
+         "commit", "--quiet", "--no-verify", "-m", message)  # fmt: skip
+    return _run(path, "rev-parse", "HEAD")
+
+
+def branch_diff(*, repository: str, work_branch: str, base_branch: str) -> str:
+    """What the work branch changes since it left its base (the three-dot diff)."""
+    mirror = mirror_path(repository)
+    return _run(mirror, "diff", "--no-color", "--no-ext-diff",
+                f"refs/remotes/origin/{base_branch}...refs/heads/{work_branch}")  # fmt: skip
+
+
+def branch_file_read(*, repository: str, base_branch: str, path: str) -> str | None:
+    """A file's text on the base branch as last fetched, or None if it has no such file."""
+    mirror = mirror_path(repository)
+    ref = f"refs/remotes/origin/{base_branch}:{path}"
+    if not _ref_exists(mirror, ref):
+        return None
+    return _run(mirror, "show", ref)
+
+
+def branch_conflicts(*, repository: str, work_branch: str, base_branch: str) -> list[str]:
+    """Fetch, then the files that conflict when the work branch merges into its base.
+
+    ``git merge-tree --write-tree`` merges in memory (no worktree, no index);
+    it exits 1 on conflicts and lists the conflicted paths after the tree id.
+    """
+    mirror = mirror_path(repository)
+    with _mirror_lock(mirror):
+        _mirror_sync_locked(repository, mirror)
+    if not _ref_exists(mirror, f"refs/remotes/origin/{base_branch}"):
+        raise WorkspaceError(f"branch {base_branch!r} no longer exists in {repository}")
+    runner = git.Git(str(mirror))
+    runner.update_environment(**_GIT_ENV)
+    status, out, err = runner.execute(
+        ["git", "merge-tree", "--write-tree", "--name-only", "--no-messages",
+         f"refs/heads/{work_branch}", f"refs/remotes/origin/{base_branch}"],
+        with_extended_output=True, with_exceptions=False,
+        kill_after_timeout=settings.FLOTILLA_GIT_TIMEOUT_S,
+    )  # type: ignore[misc]  # fmt: skip
+    if status == 0:
+        return []
+    if status == 1:
+        return [line for line in str(out).splitlines()[1:] if line.strip()]
+    raise WorkspaceError(f"git merge-tree failed: {str(err).strip()}")
+
+
 def branch_push(*, repository: str, work_branch: str) -> str:
     """Push the work branch to the repository's remote; returns the pushed sha."""
     mirror = mirror_path(repository)
@@ -219,3 +282,128 @@ def _ref_exists(repo_dir: Path, ref: str) -> bool:
     except WorkspaceError:
         return False
     return True
+
+
+def mirror_repositories() -> list[str]:
+    """Every repository that has a mirror on this hub (for the reconciler)."""
+    repositories = []
+    for mirror in sorted((Path(settings.DATA_DIR) / "mirrors").glob("*.git")):
+        if (mirror / "HEAD").exists():
+            try:
+                repositories.append(_run(mirror, "config", "remote.origin.url"))
+            except WorkspaceError:
+                continue
+    return repositories
+
+
+def worktree_dirs() -> list[Path]:
+    """Every directory where an agent worktree lives or once lived, registered or not."""
+    root = Path(settings.DATA_DIR) / "worktrees"
+    return sorted(path for path in root.iterdir() if path.is_dir()) if root.exists() else []
+
+
+def worktree_discard(path: Path) -> None:
+    """Delete a worktree directory that no mirror knows (it holds no commit of its own)."""
+    shutil.rmtree(path, ignore_errors=True)
+
+
+# --- projects: scratch repositories and integration branches -----------------
+
+
+@dataclass(frozen=True)
+class IntegrationReport:
+    """The outcome of merging dependency branches onto a base: a sha, or the conflicts."""
+
+    sha: str | None
+    conflicts: list[str]
+    conflicting_branch: str = ""
+
+
+def scratch_repository_ensure(*, path: Path) -> str:
+    """A bare repository at ``path`` whose ``main`` holds one empty commit; returns its path.
+
+    Tasks that name no repository work in one of these, so every task has a
+    worktree, a branch and a diff, and the dependency merges work the same way.
+    """
+    with _mirror_lock(path):
+        if not (path / "HEAD").exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _run(None, "init", "--bare", "--quiet", "--initial-branch=main", str(path))
+        if not _ref_exists(path, "refs/heads/main"):
+            empty_tree = _run(path, "hash-object", "-t", "tree", "-w", "/dev/null")
+            sha = _run(path, *_identity(), "commit-tree", empty_tree, "-m", "scratch workspace")
+            _run(path, "update-ref", "refs/heads/main", sha)
+    return str(path)
+
+
+def branch_integrate(
+    *, repository: str, base_branch: str, branches: list[str], target: str
+) -> IntegrationReport:
+    """Merge ``branches`` (in order) onto ``base_branch`` and push the result as ``target``.
+
+    The merges happen in the bare mirror with ``git merge-tree --write-tree``
+    (no worktree, no index), so nothing is checked out. A branch already
+    contained in the result is skipped and one that contains it is taken
+    as it is. ``target`` is force-pushed: it is derived entirely from its
+    inputs, so building it again for a retry replaces it. On a conflict
+    nothing is pushed and the report names the conflicting files.
+    """
+    mirror = mirror_path(repository)
+    with _mirror_lock(mirror):
+        _mirror_sync_locked(repository, mirror)
+        for branch in [base_branch, *branches]:
+            if not _ref_exists(mirror, f"refs/remotes/origin/{branch}"):
+                raise WorkspaceError(f"branch {branch!r} does not exist in {repository}")
+        head = _run(mirror, "rev-parse", f"refs/remotes/origin/{base_branch}")
+        for branch in branches:
+            other = _run(mirror, "rev-parse", f"refs/remotes/origin/{branch}")
+            if _is_ancestor(mirror, other, head):
+                continue
+            if _is_ancestor(mirror, head, other):
+                head = other
+                continue
+            status, out, err = _merge_tree(mirror, head, other)
+            if status == 1:
+                files = [line for line in out.splitlines()[1:] if line.strip()]
+                return IntegrationReport(None, files, branch)
+            if status != 0:
+                raise WorkspaceError(f"git merge-tree failed: {err.strip()}")
+            tree = out.splitlines()[0].strip()
+            head = _run(mirror, *_identity(), "commit-tree", tree, "-p", head, "-p", other,
+                        "-m", f"Merge {branch} into {target}")  # fmt: skip
+        _run(mirror, "push", "--quiet", "--force", "origin", f"{head}:refs/heads/{target}")
+        _run(mirror, "update-ref", f"refs/remotes/origin/{target}", head)
+    return IntegrationReport(head, [])
+
+
+def remote_branch_diff(*, repository: str, branch: str, base_branch: str) -> str:
+    """What a pushed branch changes since it left ``base_branch`` ('' if either is gone)."""
+    mirror = mirror_sync(repository)
+    refs = [f"refs/remotes/origin/{branch}", f"refs/remotes/origin/{base_branch}"]
+    if not all(_ref_exists(mirror, ref) for ref in refs):
+        return ""
+    return _run(mirror, "diff", "--no-color", "--no-ext-diff", f"{refs[1]}...{refs[0]}")
+
+
+def _identity() -> list[str]:
+    name, email = settings.FLOTILLA_GIT_AUTHOR_NAME, settings.FLOTILLA_GIT_AUTHOR_EMAIL
+    return ["-c", f"user.name={name}", "-c", f"user.email={email}"]
+
+
+def _is_ancestor(repo_dir: Path, ancestor: str, descendant: str) -> bool:
+    runner = git.Git(str(repo_dir))
+    runner.update_environment(**_GIT_ENV)
+    status = runner.execute(["git", "merge-base", "--is-ancestor", ancestor, descendant],
+                            with_extended_output=True, with_exceptions=False)[0]  # type: ignore[index]  # fmt: skip
+    return status == 0
+
+
+def _merge_tree(repo_dir: Path, ours: str, theirs: str) -> tuple[int, str, str]:
+    runner = git.Git(str(repo_dir))
+    runner.update_environment(**_GIT_ENV)
+    status, out, err = runner.execute(
+        ["git", "merge-tree", "--write-tree", "--name-only", "--no-messages", ours, theirs],
+        with_extended_output=True, with_exceptions=False,
+        kill_after_timeout=settings.FLOTILLA_GIT_TIMEOUT_S,
+    )  # type: ignore[misc]  # fmt: skip
+    return int(status), str(out), str(err)

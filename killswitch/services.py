@@ -8,7 +8,7 @@ from django.db import connections
 
 from agents.errors import AgentError
 from agents.selectors import agent_get, live_agent_ids
-from agents.services import Termination, agent_terminate
+from agents.services import Termination, agent_stop, agent_stopped_cleanup, agent_terminate
 from audit.services import audit_record
 from killswitch.models import HubHalt
 
@@ -20,10 +20,47 @@ _KILL_ALL_THREADS = 8
 def agent_kill(*, agent_id: Any, reason: str, actor: str) -> Termination:
     agent = agent_get(agent_id=agent_id)
     termination = agent_terminate(agent_id=agent.id, reason=f"killed by {actor}: {reason}")
+    _audit_kill(termination, reason=reason, actor=actor)
+    return termination
+
+
+def agent_kill_all(*, reason: str, actor: str) -> dict[str, Any]:
+    """Kill every live agent: first every process everywhere, then the cleanup."""
+    ids = live_agent_ids()
+    with ThreadPoolExecutor(max_workers=_KILL_ALL_THREADS) as pool:
+        stops = list(pool.map(lambda agent_id: _stop_one(agent_id, reason, actor), ids))
+        stopped = [stop for stop in stops if isinstance(stop, Termination) and stop.terminated]
+        killed = list(pool.map(lambda stop: _cleanup_one(stop, reason, actor), stopped))
+    errors = [stop for stop in stops if isinstance(stop, dict)]
+    summary = {"total": len(ids), "killed": len(killed), "failed": len(errors), "errors": errors}
+    audit_record(actor=actor, action="agent.kill_all", target="hub", reason=reason,
+                 data={**summary, "kills": [asdict(termination) for termination in killed]})  # fmt: skip
+    return summary
+
+
+def _stop_one(agent_id: Any, reason: str, actor: str) -> Termination | dict[str, str]:
+    try:
+        return agent_stop(agent_id=agent_id, reason=f"killed by {actor}: {reason}")
+    except (AgentError, OSError) as error:
+        return {"agent_id": str(agent_id), "error": str(error)}
+    finally:
+        connections.close_all()
+
+
+def _cleanup_one(stopped: Termination, reason: str, actor: str) -> Termination:
+    try:
+        termination = agent_stopped_cleanup(termination=stopped)
+        _audit_kill(termination, reason=reason, actor=actor)
+        return termination
+    finally:
+        connections.close_all()
+
+
+def _audit_kill(termination: Termination, *, reason: str, actor: str) -> None:
     audit_record(
         actor=actor,
         action="agent.kill",
-        target=f"agent:{agent.id}",
+        target=f"agent:{termination.agent_id}",
         reason=reason,
         data={
             "state_at_kill": termination.previous_state,
@@ -33,29 +70,6 @@ def agent_kill(*, agent_id: Any, reason: str, actor: str) -> Termination:
             "errors": termination.errors,
         },
     )
-    return termination
-
-
-def agent_kill_all(*, reason: str, actor: str) -> dict[str, Any]:
-    ids = live_agent_ids()
-    with ThreadPoolExecutor(max_workers=_KILL_ALL_THREADS) as pool:
-        outcomes = list(pool.map(lambda agent_id: _kill_one(agent_id, reason, actor), ids))
-    killed = [outcome for outcome in outcomes if isinstance(outcome, Termination)
-              and outcome.terminated]  # fmt: skip
-    errors = [outcome for outcome in outcomes if isinstance(outcome, dict)]
-    summary = {"total": len(ids), "killed": len(killed), "failed": len(errors), "errors": errors}
-    audit_record(actor=actor, action="agent.kill_all", target="hub", reason=reason,
-                 data={**summary, "kills": [asdict(outcome) for outcome in killed]})  # fmt: skip
-    return summary
-
-
-def _kill_one(agent_id: Any, reason: str, actor: str) -> Termination | dict[str, str]:
-    try:
-        return agent_kill(agent_id=agent_id, reason=reason, actor=actor)
-    except (AgentError, OSError) as error:
-        return {"agent_id": str(agent_id), "error": str(error)}
-    finally:
-        connections.close_all()
 
 
 def hub_halt(*, reason: str, actor: str) -> HubHalt:

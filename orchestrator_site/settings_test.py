@@ -23,3 +23,6 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 # (tests/conftest.py: worker_cluster), never inline.
 Q_CLUSTER = {**Q_CLUSTER, "workers": 12}
 FLOTILLA_DEFAULT_TIMEOUT_S = 60
+# Webhook retries in tests wait tenths of a second, not minutes.
+FLOTILLA_WEBHOOK_BACKOFF_S = 0.2
+FLOTILLA_WEBHOOK_TIMEOUT_S = 5.0

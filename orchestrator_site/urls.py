@@ -8,6 +8,8 @@ api_v1 = [
     path("health", HealthApi.as_view(), name="health"),
     path("", include("killswitch.urls")),
     path("", include("agents.urls")),
+    path("", include("taskqueue.urls")),
+    path("", include("federation.peer_urls")),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
 ]
@@ -15,7 +17,9 @@ api_v1 = [
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/", include("django.contrib.auth.urls")),
+    path("dashboard/", include("dashboard.urls")),
     path("api/v1/", include(api_v1)),
+    path("federation/v1/", include("federation.urls")),
 ]
 
 handler400 = "orchestrator_site.errors.bad_request"

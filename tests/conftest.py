@@ -108,11 +108,26 @@ def subprocess_env() -> dict[str, str]:
     return env
 
 
+# The Anthropic key of the test hub's worker: tests search for it everywhere it must not be.
+HUB_ANTHROPIC_KEY = "sk-ant-api03-flotilla-hub-test-key-" + "0123456789abcdef" * 2
+
+
 @pytest.fixture(scope="session")
-def worker_cluster(django_db_setup, django_db_blocker):
+def hub_messages_server():
+    """The Messages API server that the worker cluster's anthropic client talks to."""
+    from tests.messages_server import MessagesServer
+
+    with MessagesServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def worker_cluster(django_db_setup, django_db_blocker, hub_messages_server):
     """A real django-q2 cluster (``manage.py qcluster``) on the test database."""
     env = {**subprocess_env(), "FLOTILLA_WORKERS": "12", "FLOTILLA_DEFAULT_TIMEOUT_S": "60",
-           "DJANGO_SETTINGS_MODULE": "orchestrator_site.settings_test"}  # fmt: skip
+           "DJANGO_SETTINGS_MODULE": "orchestrator_site.settings_test",
+           "ANTHROPIC_BASE_URL": hub_messages_server.url, "ANTHROPIC_API_KEY": HUB_ANTHROPIC_KEY,
+           "ANTHROPIC_MAX_RETRIES": "2"}  # fmt: skip
     log = open(Path(settings.DATA_DIR) / "qcluster.log", "wb")
     process = subprocess.Popen([sys.executable, "manage.py", "qcluster"], cwd=ROOT, env=env,
                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
@@ -143,3 +158,63 @@ def hub(worker_cluster, transactional_db):
     for agent_id in live_agent_ids():
         agent_terminate(agent_id=agent_id, reason="test teardown")
     time.sleep(0.1)
+
+
+def docker_unavailable_reason() -> str | None:
+    """Why docker tests cannot run here (None if they can); builds a missing sandbox image."""
+    try:
+        from agents.sandboxes.base import SandboxError
+        from agents.sandboxes.docker import docker_image_build
+
+        docker_image_build()
+    except ImportError as error:
+        return f"the docker SDK is not installed ({error})"
+    except SandboxError as error:
+        return str(error)
+    return None
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    docker_items = [item for item in items if item.get_closest_marker("docker")]
+    if not docker_items:
+        return
+    reason = docker_unavailable_reason()
+    if reason is None:
+        return
+    skip = pytest.mark.skip(reason=f"Docker engine unavailable: {reason}")
+    for item in docker_items:
+        item.add_marker(skip)
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    line = f"!!! SKIPPING {len(docker_items)} DOCKER TESTS: {reason}"
+    if reporter:
+        reporter.write_line(line, red=True, bold=True)
+    else:
+        print(line, file=sys.stderr)
+
+
+@pytest.fixture(scope="session")
+def sandbox_toolchain():
+    """The gate toolchain (ruff, pytest, coverage) that bwrap sandboxes run; built once if missing."""
+    from gates.toolchain import toolchain_ensure
+
+    return toolchain_ensure().path
+
+
+@pytest.fixture
+def messages_server(settings):
+    """A real HTTP server speaking the Messages API; the hub's anthropic client points at it."""
+    from tests.messages_server import MessagesServer
+
+    with MessagesServer() as server:
+        settings.ANTHROPIC_BASE_URL = server.url
+        settings.ANTHROPIC_API_KEY = "sk-ant-" + "test-0000000000000000000000000000"
+        settings.ANTHROPIC_MAX_RETRIES = 1
+        yield server
+
+
+@pytest.fixture
+def claude_server(hub, hub_messages_server):
+    """The hub's Messages API server, emptied for this test; Claude agents spawned now use it."""
+    hub_messages_server.reset()
+    yield hub_messages_server
+    hub_messages_server.reset()

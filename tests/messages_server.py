@@ -15,12 +15,23 @@ scripted in order; each request takes the next one::
 
 A reply may also be a callable taking the request body and returning a reply,
 for conversations that depend on what the client sent. Every request is
-recorded in ``server.requests`` (method, path, headers, parsed JSON body).
-With nothing scripted, the server answers 500 with an ``api_error``.
+recorded in ``server.requests`` (method, path, headers, parsed JSON body,
+``received_at`` and ``replied_at`` monotonic times).
+With nothing scripted, the server answers ``server.default`` (a reply or a
+callable), and 500 with an ``api_error`` when that is None.
+
+``conversation(turn, turn, ...)`` is a callable reply for tool-use loops: it
+answers turn N of whatever conversation the request carries (N = assistant
+messages already in it), so it needs no state, survives a paused and resumed
+agent, and serves many agents at once. While a reply is delayed the server
+watches the connection; a client that gives up is recorded in
+``server.disconnects`` (monotonic time, request index).
 """
 
 import itertools
 import json
+import select
+import socket
 import threading
 import time
 from collections import deque
@@ -110,6 +121,26 @@ def error_reply(status: int, message: str = "", *, delay_s: float = 0.0) -> Repl
     return Reply(status, body, delay_s, {"retry-after-ms": "10", "x-should-retry": "true"})
 
 
+def conversation(*turns: Reply | Callable[[dict], Reply]) -> Callable[[dict], Reply]:
+    """A reply that answers the request's turn: the number of assistant messages sent so far."""
+
+    def reply(body: dict) -> Reply:
+        turn = sum(1 for message in body.get("messages", []) if message.get("role") == "assistant")
+        if turn >= len(turns):
+            return error_reply(400, f"the scripted conversation has no turn {turn}")
+        chosen = turns[turn]
+        return chosen(body) if callable(chosen) else chosen
+
+    return reply
+
+
+def tool_results(body: dict) -> list[dict[str, Any]]:
+    """The tool_result blocks of the last user message of a request body."""
+    content = body["messages"][-1]["content"]
+    return [block for block in content if isinstance(block, dict)
+            and block.get("type") == "tool_result"]  # fmt: skip
+
+
 def raw_reply(
     body: bytes | str, status: int = 200, content_type: str = "application/json"
 ) -> Reply:
@@ -120,6 +151,8 @@ class MessagesServer:
     def __init__(self) -> None:
         self.replies: deque[Reply | Callable[[dict], Reply]] = deque()
         self.requests: list[dict[str, Any]] = []
+        self.default: Reply | Callable[[dict], Reply] | None = None
+        self.disconnects: list[tuple[float, int]] = []
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self.server.daemon_threads = True
@@ -134,6 +167,14 @@ class MessagesServer:
         with self.lock:
             self.replies.extend(replies)
 
+    def reset(self) -> None:
+        """Forget the script, the default, the requests and the disconnects."""
+        with self.lock:
+            self.replies.clear()
+            self.requests.clear()
+            self.disconnects.clear()
+            self.default = None
+
     def __enter__(self) -> "MessagesServer":
         self.thread.start()
         return self
@@ -144,7 +185,7 @@ class MessagesServer:
 
     def _next_reply(self, body: dict) -> Reply:
         with self.lock:
-            reply = self.replies.popleft() if self.replies else None
+            reply = self.replies.popleft() if self.replies else self.default
         if reply is None:
             return error_reply(500, "the test server has no scripted reply left")
         return reply(body) if callable(reply) else reply
@@ -166,12 +207,14 @@ class MessagesServer:
                 except ValueError:
                     body = {"_unparseable": raw.decode("utf-8", "replace")}
                 with server.lock:
+                    self.request_index = len(server.requests)
                     server.requests.append(
                         {
                             "method": "POST",
                             "path": self.path,
                             "headers": dict(self.headers),
                             "body": body,
+                            "received_at": time.monotonic(),
                         }
                     )
                 if not self.path.split("?")[0].endswith("/v1/messages"):
@@ -180,8 +223,8 @@ class MessagesServer:
                 self._send(server._next_reply(body))
 
             def _send(self, reply: Reply) -> None:
-                if reply.delay_s:
-                    time.sleep(reply.delay_s)
+                if reply.delay_s and not self._wait(reply.delay_s):
+                    return
                 if isinstance(reply.body, dict | list):
                     payload = json.dumps(reply.body).encode()
                 elif isinstance(reply.body, str):
@@ -200,7 +243,23 @@ class MessagesServer:
                     self.send_header("content-length", str(len(payload)))
                     self.end_headers()
                     self.wfile.write(payload)
+                    self.wfile.flush()
+                    with server.lock:
+                        if self.request_index < len(server.requests):
+                            server.requests[self.request_index]["replied_at"] = time.monotonic()
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (a kill cancelled the request)
+
+            def _wait(self, delay_s: float) -> bool:
+                """Sleep ``delay_s``, unless the client goes away first (then False)."""
+                deadline = time.monotonic() + delay_s
+                while (left := deadline - time.monotonic()) > 0:
+                    readable, _, _ = select.select([self.connection], [], [], min(left, 0.01))
+                    if readable and not self.connection.recv(1, socket.MSG_PEEK):
+                        with server.lock:
+                            server.disconnects.append((time.monotonic(), self.request_index))
+                        self.close_connection = True
+                        return False
+                return True
 
         return Handler

@@ -4,6 +4,7 @@ from agents.runtimes.base import AgentRuntime
 
 RUNTIMES = {
     "script": "agents.runtimes.script.ScriptRuntime",
+    "claude": "agents.runtimes.claude.ClaudeRuntime",
 }
 
 

@@ -27,6 +27,12 @@ class RunOutcome:
     summary: str = ""
     error: str = ""
     result: dict[str, Any] = field(default_factory=dict)
+    # The runtime committed and pushed through the gates itself (the Claude
+    # ``finish`` tool) and left the agent in ``pushing``: the runner completes it.
+    delivered: bool = False
+    # The runtime stopped to wait for an operator (budget exhausted) with its
+    # state saved; ``error`` says why. The runner keeps the worktree.
+    paused: bool = False
 
 
 class AgentRuntime(ABC):

@@ -106,6 +106,12 @@ class BwrapSandbox(Sandbox):
                 argv += ["--ro-bind", link, link]
         for extra in (*_ETC_FILES, *settings.FLOTILLA_SANDBOX_RO_BINDS):
             argv += ["--ro-bind-try", extra, extra]
+        # The gate toolchain (manage.py sandbox_toolchain) comes first on PATH.
+        search_path = settings.FLOTILLA_SANDBOX_PATH
+        toolchain = Path(settings.FLOTILLA_SANDBOX_TOOLCHAIN)
+        if (toolchain / "bin" / "python").exists():
+            argv += ["--ro-bind", str(toolchain), str(toolchain)]
+            search_path = f"{toolchain / 'bin'}:{search_path}"
         if handle.get("network"):
             argv.append("--share-net")
         argv += [
@@ -114,8 +120,11 @@ class BwrapSandbox(Sandbox):
             # The worktree's .git file points the hub's git at its metadata;
             # the agent may read it but never redirect it.
             "--ro-bind-try", f"{workspace}/.git", f"{WORKSPACE}/.git",
+            # bwrap builds the root on a tmpfs; making it read-only leaves
+            # /workspace and /tmp as the only places a command can write.
+            "--remount-ro", "/",
             "--chdir", WORKSPACE, "--clearenv",
-            "--setenv", "PATH", settings.FLOTILLA_SANDBOX_PATH,
+            "--setenv", "PATH", search_path,
             "--setenv", "HOME", "/tmp", "--setenv", "LANG", "C.UTF-8",
             "--setenv", "FLOTILLA_AGENT_ID", handle["agent_id"],
         ]  # fmt: skip

@@ -50,7 +50,8 @@ class AgentCgroup:
     def pids(self) -> list[int]:
         try:
             text = (self.path("freezer") / "cgroup.procs").read_text()
-        except FileNotFoundError:
+        except OSError:
+            # Gone (ENOENT), or being removed by another process (ENODEV).
             return []
         return [int(line) for line in text.split()]
 

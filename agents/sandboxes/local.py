@@ -8,6 +8,7 @@ that runs as root, before privileges are dropped.
 import collections
 import logging
 import os
+import select
 import signal
 import subprocess
 import threading
@@ -99,16 +100,36 @@ def local_exec(
 def _pump_output(
     process: subprocess.Popen, tail: collections.deque, on_output: OutputSink | None
 ) -> None:
+    """Collect output lines; hand them to the sink at most every 0.2 s, and promptly when idle."""
     assert process.stdout is not None
+    fd = process.stdout.fileno()
+    pending = b""
     batch: list[str] = []
     last_flush = time.monotonic()
-    for raw in iter(process.stdout.readline, b""):
-        line = raw.decode("utf-8", errors="replace").rstrip("\n")[:_MAX_LINE]
+
+    def take(raw: bytes) -> None:
+        line = raw.decode("utf-8", errors="replace").rstrip("\r")[:_MAX_LINE]
         tail.append(line)
         batch.append(line)
-        if on_output and time.monotonic() - last_flush >= _FLUSH_EVERY_S:
+
+    while True:
+        ready, _, _ = select.select([fd], [], [], _FLUSH_EVERY_S)
+        if ready:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            *lines, pending = (pending + chunk).split(b"\n")
+            for raw in lines:
+                take(raw)
+            if len(pending) > _MAX_LINE:
+                take(pending)
+                pending = b""
+        idle = not ready or time.monotonic() - last_flush >= _FLUSH_EVERY_S
+        if on_output and batch and idle:
             on_output(batch)
             batch, last_flush = [], time.monotonic()
+    if pending:
+        take(pending)
     if on_output and batch:
         on_output(batch)
     # The sink may have written to the database from this thread.

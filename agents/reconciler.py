@@ -1,0 +1,302 @@
+"""The reconciler: make what exists on this node agree with the database.
+
+It runs when a hub starts (``manage.py reconcile``) and then as a django-q2
+schedule. It compares the agents in non-final states with what really runs:
+the worker process supervising each run, containers by label, cgroups and
+labelled processes, the worktrees on disk and in ``git worktree list``, and
+the django-q2 queue. An agent whose supervisor died is retried when it has
+retries left, otherwise it fails with the reason "hub restarted"; whatever
+belongs to no live agent is killed and removed. A branch holding unpushed
+commits is never deleted. Every action is audited.
+
+Things are listed before the live agents are read, so a sandbox or worktree
+that a new agent creates meanwhile always belongs to an agent the reconciler
+already counts as live.
+"""
+
+import logging
+import os
+import re
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+
+from agents import workspace
+from agents.lifecycle import agent_transition
+from agents.models import LIVE_STATES, Agent, AgentState
+from agents.sandboxes import sandbox_backend
+from agents.sandboxes.base import SandboxError, SandboxUnavailable
+from agents.sandboxes.cgroups import AgentCgroup
+from agents.sandboxes.local import cgroup_name, local_kill, local_live_agent_ids, local_remove
+from agents.services import agent_cleanup, agent_enqueue, agent_sandbox_kill, agent_terminate
+from audit.services import audit_record
+
+logger = logging.getLogger(__name__)
+
+ACTOR = "system:reconciler"
+HUB_RESTARTED = "hub restarted"
+SCHEDULE_NAME = "flotilla-reconcile"
+# States in which a worker process owns the agent.
+SUPERVISED_STATES = (AgentState.SPAWNING, AgentState.RUNNING, AgentState.GATING,
+                     AgentState.PUSHING)  # fmt: skip
+# A queued agent is only looked for in the queue once the commit that
+# enqueues it has surely happened.
+QUEUED_GRACE_S = 30
+_UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+_WORKTREE_DIR = re.compile(rf"^agent-({_UUID})-")
+
+
+@dataclass
+class ReconcileReport:
+    node: str
+    retried: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    requeued: list[str] = field(default_factory=list)
+    sandboxes_removed: list[str] = field(default_factory=list)
+    worktrees_removed: list[str] = field(default_factory=list)
+    branches_kept: list[str] = field(default_factory=list)
+    # Local sandboxes of agents this hub's database does not know: another
+    # hub on the same machine may own them, so they are reported, not killed.
+    unattributed: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --- supervisors --------------------------------------------------------------
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """When ``pid`` started, in clock ticks since boot; None when it is gone or a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return None if fields[0] in ("Z", "X") else int(fields[19])
+
+
+def supervisor_identity() -> dict[str, Any]:
+    """The fields the runner stores to name the process supervising an agent."""
+    pid = os.getpid()
+    return {"supervisor_pid": pid, "supervisor_started": process_start_ticks(pid)}
+
+
+def supervisor_alive(agent: Agent) -> bool:
+    if agent.supervisor_pid is None:
+        return False
+    started = process_start_ticks(agent.supervisor_pid)
+    return started is not None and started == agent.supervisor_started
+
+
+# --- the pass -----------------------------------------------------------------
+
+
+def agents_reconcile(*, node: str) -> ReconcileReport:
+    """One reconciliation pass over ``node``, which must be the machine this runs on."""
+    report = ReconcileReport(node=node)
+    for agent in Agent.objects.filter(node=node, state__in=SUPERVISED_STATES):
+        if not supervisor_alive(agent):
+            _recover(agent, report)
+    _requeue_lost(report)
+    containers = _docker_containers(node, report)
+    local_ids = local_live_agent_ids()
+    worktrees = _worktrees(report)
+    live = {str(agent_id) for agent_id in
+            Agent.objects.filter(state__in=LIVE_STATES).values_list("id", flat=True)}  # fmt: skip
+    _sweep_docker(containers, live, report)
+    _sweep_local(local_ids, live, report)
+    _sweep_worktrees(worktrees, live, report)
+    return report
+
+
+def _recover(agent: Agent, report: ReconcileReport) -> None:
+    """The worker running ``agent`` is gone: run it again if it may, else fail it."""
+    unpushed = _unpushed(agent)
+    if agent.attempt < agent.max_retries and unpushed == 0:
+        attempt = agent.attempt + 1
+        reason = f"{HUB_RESTARTED}: retry {attempt} of {agent.max_retries}"
+        won = agent_transition(
+            agent_id=agent.id, to=AgentState.QUEUED, reason=reason,
+            only_from=frozenset({agent.state}), attempt=attempt, progress=0,
+            sandbox_handle={}, worktree_path="", node="",
+            supervisor_pid=None, supervisor_started=None, started_at=None,
+        )  # fmt: skip
+        if not won:
+            return
+        # The row no longer names the old sandbox and worktree; this object still does.
+        errors = agent_sandbox_kill(agent=agent)
+        branch_kept, cleanup_errors = agent_cleanup(agent=agent)
+        agent_enqueue(agent_id=agent.id)
+        report.retried.append(str(agent.id))
+        report.errors += cleanup_errors + errors
+        _audit("agent.retry", agent.id, reason, {"from_state": agent.state, "attempt": attempt,
+                                                 "errors": errors + cleanup_errors})  # fmt: skip
+        return
+    termination = agent_terminate(agent_id=agent.id, reason=HUB_RESTARTED, to=AgentState.FAILED)
+    if not termination.terminated:
+        return
+    report.failed.append(str(agent.id))
+    report.errors += termination.errors
+    if termination.branch_kept:
+        report.branches_kept.append(agent.work_branch)
+    _audit("agent.fail", agent.id, HUB_RESTARTED, {
+        "from_state": agent.state, "attempt": agent.attempt, "max_retries": agent.max_retries,
+        "unpushed_commits": unpushed, "branch_kept": termination.branch_kept,
+        "errors": termination.errors})  # fmt: skip
+
+
+def _unpushed(agent: Agent) -> int:
+    try:
+        return workspace.branch_unpushed_commits(repository=agent.repository,
+                                                 work_branch=agent.work_branch)  # fmt: skip
+    except workspace.WorkspaceError:
+        return 0
+
+
+def _requeue_lost(report: ReconcileReport) -> None:
+    """Queued agents whose run task is in no queue (the enqueue was lost) go back in.
+
+    Only the database broker can be searched; with Redis a lost enqueue is
+    left to the operator. A duplicate delivery would be harmless anyway: the
+    first run takes the agent out of ``queued`` and the second finds nothing.
+    """
+    if settings.Q_CLUSTER.get("orm") is None:
+        return
+    from django_q.conf import Conf
+    from django_q.models import OrmQ
+
+    cutoff = time.time() - QUEUED_GRACE_S
+    stale = [agent for agent in Agent.objects.filter(state=AgentState.QUEUED)
+             if agent.created_at.timestamp() < cutoff]  # fmt: skip
+    if not stale:
+        return
+    queued_names = {message.name() for message in OrmQ.objects.filter(key=Conf.CLUSTER_NAME)}
+    for agent in stale:
+        if f"agent-run-{agent.id}" not in queued_names:
+            agent_enqueue(agent_id=agent.id)
+            report.requeued.append(str(agent.id))
+            _audit("agent.requeue", agent.id, "its run task was in no queue", {})
+
+
+# --- sandboxes ----------------------------------------------------------------
+
+
+def _docker_containers(node: str, report: ReconcileReport) -> dict[str, str]:
+    try:
+        backend = sandbox_backend("docker")
+    except SandboxUnavailable:
+        return {}  # no engine, so no container either
+    try:
+        return backend.containers_by_agent(node=node)  # type: ignore[attr-defined]
+    except SandboxError as error:
+        report.errors.append(f"docker: {error}")
+        return {}
+
+
+def _sweep_docker(containers: dict[str, str], live: set[str], report: ReconcileReport) -> None:
+    for agent_id, name in containers.items():
+        if agent_id in live:
+            continue
+        try:
+            backend = sandbox_backend("docker")
+            backend.remove({"backend": "docker", "agent_id": agent_id, "container": name})
+        except SandboxError as error:
+            report.errors.append(f"container {name}: {error}")
+            continue
+        report.sandboxes_removed.append(f"docker:{agent_id}")
+        _audit("sandbox.remove", agent_id, "no live agent owns this container",
+               {"backend": "docker", "container": name})  # fmt: skip
+
+
+def _sweep_local(agent_ids: set[str], live: set[str], report: ReconcileReport) -> None:
+    candidates = {agent_id for agent_id in agent_ids - live if _is_uuid(agent_id)}
+    rows = Agent.objects.filter(id__in=candidates).values_list("id", "sandbox_backend")
+    known = {str(agent_id): backend for agent_id, backend in rows}
+    report.unattributed += sorted(agent_ids - live - set(known))
+    for agent_id, backend in known.items():
+        handle: dict[str, Any] = {"backend": backend, "agent_id": agent_id}
+        if AgentCgroup(cgroup_name(agent_id)).path("freezer").exists():
+            handle["cgroup"] = cgroup_name(agent_id)
+        local_kill(handle)
+        local_remove(handle)
+        report.sandboxes_removed.append(f"local:{agent_id}")
+        _audit("sandbox.remove", agent_id, "no live agent owns these processes",
+               {"backend": backend, "cgroup": handle.get("cgroup", "")})  # fmt: skip
+
+
+# --- worktrees ----------------------------------------------------------------
+
+
+def _worktrees(report: ReconcileReport) -> dict[Path, str]:
+    """Agent worktrees on disk or registered in a mirror → their repository ('' if unknown)."""
+    found: dict[Path, str] = {path: "" for path in workspace.worktree_dirs()}
+    for repository in workspace.mirror_repositories():
+        try:
+            for path in workspace.worktree_list(repository):
+                found[path] = repository
+        except workspace.WorkspaceError as error:
+            report.errors.append(f"worktree list of {repository}: {error}")
+    return {path: repo for path, repo in found.items() if _WORKTREE_DIR.match(path.name)}
+
+
+def _sweep_worktrees(worktrees: dict[Path, str], live: set[str], report: ReconcileReport) -> None:
+    ids = {path: _WORKTREE_DIR.match(path.name).group(1) for path in worktrees}  # type: ignore[union-attr]
+    stale = {path: agent_id for path, agent_id in ids.items() if agent_id not in live}
+    agents = {str(agent.id): agent for agent in Agent.objects.filter(id__in=set(stale.values()))}
+    for path, agent_id in stale.items():
+        agent = agents.get(agent_id)
+        repository = agent.repository if agent else worktrees[path]
+        branch = agent.work_branch if agent else f"flotilla/{agent_id}"
+        try:
+            if repository:
+                removal = workspace.worktree_remove(repository=repository, path=path,
+                                                    work_branch=branch)  # fmt: skip
+                kept = removal.branch_kept
+            else:
+                workspace.worktree_discard(path)
+                kept = False
+        except workspace.WorkspaceError as error:
+            report.errors.append(f"worktree {path}: {error}")
+            continue
+        report.worktrees_removed.append(str(path))
+        if kept:
+            report.branches_kept.append(branch)
+        _audit("worktree.remove", agent_id, "no live agent owns this worktree",
+               {"path": str(path), "branch": branch, "branch_kept": kept})  # fmt: skip
+
+
+# --- helpers ------------------------------------------------------------------
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _audit(action: str, agent_id: Any, reason: str, data: dict[str, Any]) -> None:
+    audit_record(actor=ACTOR, action=action, target=f"agent:{agent_id}", reason=reason, data=data)
+
+
+def reconcile_schedule_ensure() -> None:
+    """Create or update the django-q2 schedule that runs the reconciler (idempotent)."""
+    from django_q.models import Schedule
+
+    minutes = settings.FLOTILLA_RECONCILE_EVERY_MINUTES
+    Schedule.objects.update_or_create(
+        name=SCHEDULE_NAME,
+        defaults={
+            "func": "agents.tasks.agents_reconcile",
+            "schedule_type": Schedule.MINUTES,
+            "minutes": minutes,
+            "repeats": -1,
+        },  # fmt: skip
+    )

@@ -1,0 +1,83 @@
+"""Docker spawn latency: API → running, beside a bare `docker run` in the same run. Prints JSON.
+
+    .venv/bin/python bench/docker_spawn.py [--samples 10]
+
+"API → running" is the time from sending POST /api/v1/agents to the moment
+the agent's `running` event was recorded (the container is started and the
+command is being exec'd); "bare docker run" is `docker run -d` of the same
+image with the same hardening, until the CLI returns.
+"""
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.throwaway_hub import ThrowawayHub, make_repository  # noqa: E402
+
+IMAGE = "flotilla-sandbox:latest"
+
+
+def bare_docker_run() -> float:
+    name = f"flotilla-bench-{uuid.uuid4().hex[:8]}"
+    argv = ["docker", "run", "-d", "--name", name, "--read-only", "--user", "65534:65534",
+            "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--network", "none",
+            "--init", "--pids-limit", "256", "--memory", "1g", "--tmpfs", "/tmp",
+            "-v", "/usr:/usr:ro", IMAGE, "/bin/sleep", "infinity"]  # fmt: skip
+    started = time.monotonic()
+    subprocess.run(argv, check=True, capture_output=True)
+    elapsed = time.monotonic() - started
+    subprocess.run(["docker", "rm", "-f", name], check=True, capture_output=True)
+    return elapsed
+
+
+def api_to_running(hub: ThrowawayHub, repository: Path) -> float:
+    sent = time.time()
+    agent_id = hub.spawn(repository, "sleep 60", sandbox="docker")
+    hub.wait_state(agent_id, {"running"})
+    events = hub.get(f"/api/v1/agents/{agent_id}/events")["events"]
+    running = next(e for e in events if e["kind"] == "state" and e["data"]["to"] == "running")
+    at = datetime.fromisoformat(running["created_at"].replace("Z", "+00:00")).timestamp()
+    hub.request("POST", f"/api/v1/agents/{agent_id}/kill", {"reason": "bench"})
+    return at - sent
+
+
+def summary(samples: list[float]) -> dict:
+    ms = sorted(round(s * 1000, 1) for s in samples)
+    return {"n": len(ms), "p50_ms": round(statistics.median(ms), 1), "min_ms": ms[0],
+            "max_ms": ms[-1], "samples_ms": ms}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--samples", type=int, default=10)
+    args = parser.parse_args()
+    subprocess.run([sys.executable, "manage.py", "sandbox_image"], check=True, capture_output=True,
+                   cwd=Path(__file__).resolve().parent.parent)  # fmt: skip
+    bare_docker_run()  # warm the engine's caches, as the first spawn below does too
+    bare = [bare_docker_run() for _ in range(args.samples)]
+    with tempfile.TemporaryDirectory() as scratch, ThrowawayHub(workers=4) as hub:
+        repository = make_repository(Path(scratch))
+        api_to_running(hub, repository)  # the first spawn also creates the mirror
+        cold = [api_to_running(hub, repository) for _ in range(args.samples)]
+    result = {
+        "bench": "docker_spawn",
+        "bare_docker_run": summary(bare),
+        "cold_api_to_running": summary(cold),
+        "cold_p50_over_bare_p50": round(statistics.median(cold) / statistics.median(bare), 2),
+        "target": "cold p50 < 1.3x bare docker run; warm p50 < 100 ms",
+        "warm_api_to_running": None,
+        "warm_note": "warm pool not implemented (FLOTILLA_DOCKER_WARM_POOL is ignored)",
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,8 @@
+from django.urls import path
+
+from dashboard import consumers
+
+websocket_urlpatterns = [
+    path("ws/dashboard/agents/", consumers.AgentBoardConsumer.as_asgi()),
+    path("ws/dashboard/agents/<str:agent_id>/", consumers.AgentDetailConsumer.as_asgi()),
+]

@@ -1,0 +1,16 @@
+from django.urls import path
+
+from dashboard import views
+
+app_name = "dashboard"
+
+urlpatterns = [
+    path("", views.agents_board, name="agents"),
+    path("agents/<str:agent_id>/", views.agent_detail, name="agent"),
+    path("agents/<str:agent_id>/kill", views.agent_kill_action, name="agent-kill"),
+    path("kill-all", views.kill_all_action, name="kill-all"),
+    path("halt", views.halt_action, name="halt"),
+    path("release", views.release_action, name="release"),
+    path("peers/", views.peers_board, name="peers"),
+    path("peers/<str:peer_id>/<str:action>", views.peer_action, name="peer-action"),
+]

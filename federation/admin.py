@@ -1,0 +1,68 @@
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from federation.errors import FederationError
+from federation.models import InboundMessage, InstanceKey, Peer, RemoteAgent
+from federation.services import PEER_ACTIONS, peer_transition
+
+
+def _peer_action(action: str):  # noqa: ANN202 - an admin action
+    def run(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet) -> None:
+        actor = f"user:{request.user.get_username()}"
+        done, refused = 0, []
+        for peer in queryset:
+            try:
+                peer_transition(
+                    peer_id=peer.id, action=action, actor=actor, reason="from the admin"
+                )
+                done += 1
+            except FederationError as error:
+                refused.append(f"{peer.instance_id}: {error.message}")
+        modeladmin.message_user(request, f"{action}: {done} of {queryset.count()} peers."
+                                + (f" Refused: {'; '.join(refused)}" if refused else ""),
+                                messages.SUCCESS if not refused else messages.WARNING)  # fmt: skip
+
+    run.__name__ = f"peer_{action}"
+    run.short_description = f"{action.title()} selected peers"
+    run.allowed_permissions = ("change",)
+    return run
+
+
+@admin.register(Peer)
+class PeerAdmin(admin.ModelAdmin):
+    list_display = ["instance_id", "name", "url", "state", "last_seen", "initiated_here"]
+    list_filter = ["state", "initiated_here"]
+    search_fields = ["instance_id", "name", "url"]
+    # State and keys change only through the audited actions; quotas and
+    # allowed commands are the operator's to edit here.
+    readonly_fields = ["id", "instance_id", "name", "url", "state", "keys", "capabilities",
+                       "initiated_here", "last_seen", "created_at", "updated_at"]  # fmt: skip
+    actions = [_peer_action(action) for action in PEER_ACTIONS]
+
+    def has_add_permission(self, request) -> bool:  # noqa: ANN001
+        return False
+
+
+@admin.register(InstanceKey)
+class InstanceKeyAdmin(admin.ModelAdmin):
+    list_display = ["version", "public_key", "created_at", "expires_at"]
+    exclude = ["private_key_encrypted"]
+    readonly_fields = ["version", "public_key", "created_at", "expires_at"]
+
+    def has_add_permission(self, request) -> bool:  # noqa: ANN001
+        return False
+
+
+@admin.register(InboundMessage)
+class InboundMessageAdmin(admin.ModelAdmin):
+    list_display = ["message_id", "peer", "command", "response_status", "created_at"]
+    list_filter = ["command", "response_status"]
+    readonly_fields = ["peer", "message_id", "command", "body_sha256", "response_status",
+                       "response_body", "created_at"]  # fmt: skip
+
+
+@admin.register(RemoteAgent)
+class RemoteAgentAdmin(admin.ModelAdmin):
+    list_display = ["agent", "peer", "remote_agent_id", "last_event_id"]
+    readonly_fields = ["agent", "peer", "remote_agent_id", "last_event_id"]

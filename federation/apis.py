@@ -1,0 +1,222 @@
+"""Federation endpoints: the signed inbox (``/federation/v1/``) and the staff peers API."""
+
+from typing import Any
+
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers, status
+from rest_framework.pagination import LimitOffsetPagination
+from rest_framework.permissions import AllowAny, IsAdminUser, IsAuthenticated
+from rest_framework.renderers import JSONRenderer
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from federation import signing
+from federation.authentication import (
+    FederationConnectAuthentication,
+    FederationSignatureAuthentication,
+    inbound_request,
+)
+from federation.commands import command_handle, response_envelope
+from federation.errors import FederationError
+from federation.identity import identity_document, signing_key
+from federation.relay import events_receive
+from federation.remote import peer_connect, remote_agent_spawn
+from federation.selectors import peer_list
+from federation.services import (
+    PEER_ACTIONS,
+    federation_rejection_audit,
+    peer_register_inbound,
+    peer_transition,
+)
+
+# --- the signed inbox ----------------------------------------------------------
+
+
+def response_sign(response: Any) -> None:
+    """Sign a rendered response (RFC 9421, @status content-type content-digest)."""
+    key_id, private_key = signing_key()
+    headers = signing.response_sign(status=response.status_code, body=response.content,
+                                    key_id=key_id, private_key=private_key,
+                                    headers={"Content-Type": response["Content-Type"]})  # fmt: skip
+    for name in ("Content-Digest", "Signature-Input", "Signature"):
+        response[name] = headers[name]
+
+
+class FederationApi(APIView):
+    """Base of every inbox view: signature-authenticated, JSON, signed answers."""
+
+    authentication_classes = [FederationSignatureAuthentication]
+    permission_classes: list = []
+    throttle_classes: list = []
+    parser_classes: list = []  # the chokepoint already parsed the verified body
+    renderer_classes = [JSONRenderer]
+
+    def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:
+        response = super().finalize_response(request, response, *args, **kwargs)
+        if hasattr(response, "add_post_render_callback"):
+            response.add_post_render_callback(response_sign)
+        return response
+
+
+class IdentityApi(FederationApi):
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    @extend_schema(operation_id="federation_identity", responses={200: dict})
+    def get(self, request: Request) -> Response:
+        return Response(identity_document())
+
+
+class ConnectApi(FederationApi):
+    authentication_classes = [FederationConnectAuthentication]
+
+    @extend_schema(operation_id="federation_connect", request=dict, responses={202: dict})
+    def post(self, request: Request) -> Response:
+        try:
+            peer = peer_register_inbound(document=request.auth.body, key_id=request.auth.key_id)
+        except FederationError as error:
+            federation_rejection_audit(request=inbound_request(request), error=error)
+            raise
+        return Response({**identity_document(), "peer_state": peer.state},
+                        status=status.HTTP_202_ACCEPTED)  # fmt: skip
+
+
+class CommandsApi(FederationApi):
+    @extend_schema(operation_id="federation_commands", request=dict, responses={200: dict})
+    def post(self, request: Request) -> Response:
+        try:
+            answer_status, body = command_handle(peer=request.auth.peer, body=request.auth.body)
+        except FederationError as error:
+            federation_rejection_audit(request=inbound_request(request), error=error)
+            raise
+        return Response(body, status=answer_status)
+
+
+class EventsApi(FederationApi):
+    @extend_schema(operation_id="federation_events", request=dict, responses={200: dict})
+    def post(self, request: Request) -> Response:
+        body = request.auth.body
+        try:
+            data = events_receive(peer=request.auth.peer, body=body)
+        except FederationError as error:
+            federation_rejection_audit(request=inbound_request(request), error=error)
+            raise
+        correlation = str(body.get("message_id", ""))[:200]
+        return Response(response_envelope(correlation_id=correlation, success=True, data=data))
+
+
+# --- the staff peers API ---------------------------------------------------------
+
+
+class PeerOutputSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    instance_id = serializers.CharField()
+    name = serializers.CharField()
+    url = serializers.CharField()
+    state = serializers.CharField()
+    last_seen = serializers.DateTimeField(allow_null=True)
+    initiated_here = serializers.BooleanField()
+    keys = serializers.ListField(child=serializers.DictField())
+    allowed_commands = serializers.ListField(child=serializers.CharField())
+    max_concurrent_agents = serializers.IntegerField()
+    requests_per_minute = serializers.IntegerField()
+
+
+def _actor(request: Request) -> str:
+    return f"user:{request.user.get_username()}"
+
+
+class PeerListApi(APIView):
+    permission_classes = [IsAdminUser]
+
+    class Pagination(LimitOffsetPagination):
+        default_limit = 100
+        max_limit = 1000
+
+    @extend_schema(operation_id="peers_list", responses={200: PeerOutputSerializer(many=True)})
+    def get(self, request: Request) -> Response:
+        paginator = self.Pagination()
+        page = paginator.paginate_queryset(peer_list(state=request.query_params.get("state")),
+                                           request, view=self)  # fmt: skip
+        return paginator.get_paginated_response(PeerOutputSerializer(page, many=True).data)
+
+
+class PeerConnectApi(APIView):
+    permission_classes = [IsAdminUser]
+
+    class InputSerializer(serializers.Serializer):
+        url = serializers.RegexField(r"^https?://[^\s/]+(/\S*)?$", max_length=500)
+
+    @extend_schema(operation_id="peers_connect", request=InputSerializer,
+                   responses={201: PeerOutputSerializer})  # fmt: skip
+    def post(self, request: Request) -> Response:
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        peer = peer_connect(url=serializer.validated_data["url"], actor=_actor(request))
+        return Response(PeerOutputSerializer(peer).data, status=status.HTTP_201_CREATED)
+
+
+class PeerActionApi(APIView):
+    """POST /peers/{id}/accept|reject|suspend|disconnect."""
+
+    permission_classes = [IsAdminUser]
+    action_name = ""
+
+    class InputSerializer(serializers.Serializer):
+        reason = serializers.CharField(max_length=2000, required=False, default="")
+
+    @extend_schema(request=InputSerializer, responses={200: PeerOutputSerializer})
+    def post(self, request: Request, peer_id: str) -> Response:
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        peer = peer_transition(peer_id=peer_id, action=self.action_name, actor=_actor(request),
+                               reason=serializer.validated_data["reason"])  # fmt: skip
+        return Response(PeerOutputSerializer(peer).data)
+
+
+def peer_action_views() -> dict[str, Any]:
+    return {action: type(f"Peer{action.title()}Api", (PeerActionApi,), {"action_name": action})
+            for action in PEER_ACTIONS}  # fmt: skip
+
+
+class PeerAgentSpawnApi(APIView):
+    """POST /peers/{id}/agents: the same body as POST /agents, run on the peer."""
+
+    permission_classes = [IsAuthenticated]
+
+    class ContextSerializer(serializers.Serializer):
+        repository = serializers.CharField(max_length=1000)
+        branch = serializers.CharField(max_length=250, default="main")
+        work_items = serializers.ListField(child=serializers.CharField(max_length=2000),
+                                           default=list, max_length=100)  # fmt: skip
+        skills = serializers.ListField(child=serializers.CharField(max_length=200), default=list,
+                                       max_length=50)  # fmt: skip
+        instructions = serializers.CharField(max_length=100_000, default="", allow_blank=True)
+
+    class InputSerializer(serializers.Serializer):
+        task_id = serializers.RegexField(r"^[A-Za-z0-9._-]{1,100}$", max_length=100)
+        agent_type = serializers.ChoiceField(choices=["worker", "reviewer", "tester"],
+                                             default="worker")  # fmt: skip
+        runtime = serializers.ChoiceField(choices=["claude", "script"])
+        script = serializers.CharField(max_length=100_000, required=False, allow_blank=True)
+        options = serializers.DictField(required=False, default=dict)
+
+    class OutputSerializer(serializers.Serializer):
+        agent_id = serializers.UUIDField(source="id")
+        state = serializers.CharField()
+        status = serializers.CharField(source="state")
+        node = serializers.CharField()
+
+    @extend_schema(operation_id="peers_agents_spawn", request=InputSerializer,
+                   responses={202: OutputSerializer})  # fmt: skip
+    def post(self, request: Request, peer_id: str) -> Response:
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        context = self.ContextSerializer(data=request.data.get("context"))
+        context.is_valid(raise_exception=True)
+        spawn = {**serializer.validated_data, "context": context.validated_data}
+        agent = remote_agent_spawn(peer_id=peer_id, spawn=spawn, requested_by=_actor(request))
+        data = self.OutputSerializer(agent).data
+        data["remote_agent_id"] = agent.sandbox_handle["remote_agent_id"]
+        return Response(data, status=status.HTTP_202_ACCEPTED)

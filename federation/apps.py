@@ -1,0 +1,35 @@
+from django.apps import AppConfig
+from django.db.models.signals import post_migrate, post_save
+
+
+class FederationConfig(AppConfig):
+    name = "federation"
+    verbose_name = "Federation"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        # agents must not import federation, so federation listens for its events.
+        post_save.connect(_agent_event_saved, sender="agents.AgentEvent",
+                          dispatch_uid="federation.relay")  # fmt: skip
+        post_migrate.connect(_after_migrate, sender=self, dispatch_uid="federation.setup")
+
+
+def _agent_event_saved(sender, instance, created, **kwargs) -> None:  # noqa: ANN001
+    if created and not kwargs.get("raw"):
+        from federation.relay import relay_event_recorded
+
+        relay_event_recorded(agent_id=instance.agent_id)
+
+
+def _after_migrate(sender, **kwargs) -> None:  # noqa: ANN001
+    """A new hub gets its signing key and the nonce-pruning schedule right after migrate."""
+    from django_q.models import Schedule
+
+    from federation.identity import instance_key_ensure
+
+    instance_key_ensure()
+    Schedule.objects.get_or_create(
+        name="federation-nonces-prune",
+        defaults={"func": "federation.tasks.nonces_prune", "schedule_type": Schedule.MINUTES,
+                  "minutes": 5, "repeats": -1},
+    )  # fmt: skip

@@ -1,0 +1,344 @@
+"""Writes of federation: peers, and the one chokepoint that admits an inbound message.
+
+``federation_request_verify`` is the only place that decides whether a
+signed request from another hub is let in (DESIGN.md, "Federation wire
+protocol (v1)"); the DRF authentication class of every inbound view calls it,
+and every refusal is audited here.
+"""
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from audit.services import audit_record
+from federation import signing
+from federation.errors import (
+    FederationError,
+    MessageMalformed,
+    MessageTooLarge,
+    PeerForbidden,
+    PeerQuotaExceeded,
+    PeerStateConflict,
+    SignatureInvalid,
+)
+from federation.models import Peer, PeerState, SeenNonce
+from federation.selectors import peer_get
+
+MAX_BODY_BYTES = 1024 * 1024
+INSTANCE_ID = re.compile(r"^[A-Za-z0-9._~-]{1,100}$")
+
+
+@dataclass(frozen=True)
+class InboundRequest:
+    method: str
+    url: str
+    path: str
+    headers: Mapping[str, str]
+    body: bytes
+    content_length: int = 0
+    remote_addr: str = ""
+
+
+@dataclass(frozen=True)
+class VerifiedRequest:
+    peer: Peer | None
+    key_id: str
+    body: dict[str, Any]
+
+
+def federation_request_verify(*, request: InboundRequest, connect: bool = False) -> VerifiedRequest:
+    """Admit a signed message or raise the FederationError that says why not (audited).
+
+    ``connect`` is the handshake: its sender need not be a peer yet, so its key
+    may come from the body it signed; every other message must be signed by a
+    key pinned for the peer named in the body, which must be ACTIVE.
+    """
+    context: dict[str, Any] = {"key_id": _claimed_key_id(request.headers)}
+    try:
+        return _admit(request, connect, context)
+    except FederationError as error:
+        audit_record(
+            actor=f"peer:{context['key_id'].rsplit('#', 1)[0]}" if context["key_id"] else "unknown",
+            action="federation.rejected",
+            target=request.path[:200],
+            reason=error.message,
+            data={"status": error.http_status, "code": error.code, "method": request.method,
+                  "key_id": context["key_id"][:200], "remote_addr": request.remote_addr},
+        )  # fmt: skip
+        raise
+
+
+def _admit(request: InboundRequest, connect: bool, context: dict[str, Any]) -> VerifiedRequest:
+    if max(len(request.body), request.content_length) > MAX_BODY_BYTES:
+        raise MessageTooLarge(f"the body is over {MAX_BODY_BYTES} bytes")
+    document = _json_object(request.body) if connect else None
+    peers: dict[str, Peer | None] = {}
+
+    def sender_peer(key_id: str) -> Peer | None:
+        instance_id = key_id.rsplit("#", 1)[0]
+        if instance_id not in peers:
+            peers[instance_id] = Peer.objects.filter(instance_id=instance_id).first()
+        return peers[instance_id]
+
+    lookup = (_connect_key_lookup(document, sender_peer) if connect
+              else lambda key_id: _pinned_key_lookup(key_id, sender_peer(key_id)))  # fmt: skip
+    try:
+        verified = signing.request_verify(method=request.method, url=request.url,
+                                          headers=request.headers, body=request.body,
+                                          key_lookup=lookup)  # fmt: skip
+    except signing.SignatureRejected as error:
+        raise SignatureInvalid(error.reason) from None
+    context["key_id"] = verified.key_id
+    sender = verified.key_id.rsplit("#", 1)[0]
+    peer = sender_peer(verified.key_id)
+    _nonce_record(verified, peer)
+    body = document if document is not None else _json_object(request.body)
+    if body.get("instance_id") != sender:
+        raise SignatureInvalid(f"key {verified.key_id} does not belong to the sender "
+                               f"{str(body.get('instance_id'))[:100]!r}")  # fmt: skip
+    if not connect:
+        _peer_admit(peer)
+    return VerifiedRequest(peer=peer, key_id=verified.key_id, body=body)
+
+
+def _claimed_key_id(headers: Mapping[str, str]) -> str:
+    """The keyid a request claims, for the audit trail only (nothing trusts it)."""
+    for name, value in headers.items():
+        if name.lower() == "signature-input":
+            match = re.search(r'keyid="([^"]{1,200})"', value)
+            return match.group(1) if match else ""
+    return ""
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise MessageMalformed("the body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise MessageMalformed("the body must be a JSON object")
+    return data
+
+
+def key_is_current(key: Mapping[str, Any], now: datetime | None = None) -> bool:
+    expires = key.get("expires")
+    if not expires:
+        return True
+    try:
+        return datetime.fromisoformat(expires) > (now or timezone.now())
+    except (TypeError, ValueError):
+        return False
+
+
+def key_lookup_in(keys: list[dict[str, Any]]):  # noqa: ANN201 - a KeyLookup
+    """A key lookup over a list of published keys (pinned ones, or an identity document's)."""
+
+    def lookup(key_id: str) -> Ed25519PublicKey:
+        for key in keys if isinstance(keys, list) else []:
+            if isinstance(key, dict) and key.get("key_id") == key_id:
+                if key.get("alg") != signing.ALGORITHM or not key_is_current(key):
+                    raise signing.UnknownKey(f"key {key_id} has expired or is not ed25519")
+                try:
+                    return signing.public_key_load(str(key.get("public_key")))
+                except ValueError:
+                    raise signing.UnknownKey(f"key {key_id} is not a valid ed25519 key") from None
+        raise signing.UnknownKey(f"unknown key {key_id}")
+
+    return lookup
+
+
+def _pinned_key_lookup(key_id: str, peer: Peer | None) -> Ed25519PublicKey:
+    if peer is None:
+        raise signing.UnknownKey(f"unknown key {key_id}")
+    return key_lookup_in(peer.keys)(key_id)
+
+
+def _connect_key_lookup(document: dict[str, Any], sender_peer):  # noqa: ANN001, ANN202
+    """A known peer's pinned keys come first; a stranger proves it holds a key it publishes."""
+
+    def lookup(key_id: str) -> Ed25519PublicKey:
+        peer = sender_peer(key_id)
+        if peer is not None and peer.state in (PeerState.ACTIVE, PeerState.SUSPENDED):
+            return key_lookup_in(peer.keys)(key_id)
+        return key_lookup_in(document.get("keys"))(key_id)
+
+    return lookup
+
+
+def _nonce_record(verified: signing.VerifiedSignature, peer: Peer | None) -> None:
+    expires = datetime.fromtimestamp(verified.created, tz=UTC) + timedelta(
+        seconds=signing.MAX_AGE_S + signing.MAX_AHEAD_S
+    )
+    try:
+        with transaction.atomic():
+            SeenNonce.objects.create(key_id=verified.key_id, nonce=verified.nonce, peer=peer,
+                                     expires_at=expires)  # fmt: skip
+    except IntegrityError:
+        raise SignatureInvalid("the nonce was seen before: a replayed request") from None
+
+
+def _peer_admit(peer: Peer | None) -> None:
+    if peer is None or peer.state != PeerState.ACTIVE:
+        state = peer.state if peer else "unknown"
+        raise PeerForbidden(f"the peer is {state}; only an ACTIVE peer may send messages")
+    window = timezone.now() - timedelta(seconds=60)
+    recent = SeenNonce.objects.filter(peer=peer, received_at__gt=window).count()
+    if recent > peer.requests_per_minute:
+        raise PeerQuotaExceeded(f"more than {peer.requests_per_minute} requests in a minute")
+    now = timezone.now()
+    # last_seen is for operators; a write per request would only slow the inbox.
+    if peer.last_seen is None or now - peer.last_seen > timedelta(seconds=10):
+        Peer.objects.filter(id=peer.id).update(last_seen=now)
+
+
+def nonces_prune() -> int:
+    """Forget nonces whose signatures are too old to be accepted anyway."""
+    deleted, _ = SeenNonce.objects.filter(expires_at__lt=timezone.now()).delete()
+    return deleted
+
+
+def federation_rejection_audit(*, request: InboundRequest, error: FederationError) -> None:
+    """Audit a refusal that happened after admission (command not allowed, bad payload)."""
+    audit_record(actor=f"peer:{_claimed_key_id(request.headers).rsplit('#', 1)[0]}",
+                 action="federation.rejected", target=request.path[:200], reason=error.message,
+                 data={"status": error.http_status, "code": error.code})  # fmt: skip
+
+
+# --- peers ------------------------------------------------------------------
+
+_KEY_FIELDS = {"key_id", "alg", "public_key", "created", "expires"}
+
+
+def identity_validate(document: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts of an identity document we keep, checked; raises MessageMalformed."""
+    instance_id = document.get("instance_id")
+    if not isinstance(instance_id, str) or not INSTANCE_ID.match(instance_id):
+        raise MessageMalformed("instance_id must be 1-100 URL-safe characters")
+    url = document.get("url")
+    if not isinstance(url, str) or not re.match(r"^https?://[^\s]{1,490}$", url):
+        raise MessageMalformed("url must be an http(s) URL")
+    keys = document.get("keys")
+    if not isinstance(keys, list) or not 1 <= len(keys) <= 20:
+        raise MessageMalformed("keys must list 1 to 20 keys")
+    pinned = []
+    for key in keys:
+        if (not isinstance(key, dict) or not isinstance(key.get("key_id"), str)
+                or not key["key_id"].startswith(f"{instance_id}#")):  # fmt: skip
+            raise MessageMalformed(f"every key_id must be {instance_id}#<version>")
+        try:
+            signing.public_key_load(str(key.get("public_key")))
+        except ValueError:
+            raise MessageMalformed(f"key {key['key_id']} is not an ed25519 public key") from None
+        pinned.append({name: key.get(name) for name in _KEY_FIELDS})
+    name = document.get("name")
+    capabilities = document.get("capabilities")
+    return {
+        "instance_id": instance_id,
+        "name": name[:200] if isinstance(name, str) and name else instance_id,
+        "url": url.rstrip("/"),
+        "keys": pinned,
+        "capabilities": [c for c in capabilities if isinstance(c, str)][:50]
+        if isinstance(capabilities, list) else [],
+    }  # fmt: skip
+
+
+def _peer_defaults() -> dict[str, Any]:
+    return {
+        "allowed_commands": list(settings.FLOTILLA_FEDERATION_PEER_COMMANDS),
+        "max_concurrent_agents": settings.FLOTILLA_FEDERATION_PEER_MAX_AGENTS,
+        "requests_per_minute": settings.FLOTILLA_FEDERATION_PEER_REQUESTS_PER_MINUTE,
+    }
+
+
+def peer_register_inbound(*, document: Mapping[str, Any], key_id: str) -> Peer:
+    """Handle a connect: a stranger becomes PENDING; a known peer may roll its keys.
+
+    Keys are pinned when an admin accepts; after that they change only
+    through a connect signed with a key already pinned (a key rotation),
+    never by fetching them again.
+    """
+    identity = identity_validate(document)
+    if identity["instance_id"] == settings.FLOTILLA_INSTANCE_ID:
+        raise MessageMalformed("a hub cannot peer with itself")
+    with transaction.atomic():
+        peer = Peer.objects.select_for_update().filter(instance_id=identity["instance_id"]).first()
+        if peer is None:
+            peer = Peer.objects.create(**identity, state=PeerState.PENDING, **_peer_defaults())
+            action = "peer.connect_requested"
+        elif peer.state in (PeerState.PENDING, PeerState.DISCONNECTED):
+            _peer_update(peer, identity, state=PeerState.PENDING)
+            action = "peer.connect_requested"
+        elif any(key.get("key_id") == key_id for key in peer.keys):
+            _peer_update(peer, identity, state=peer.state)
+            action = "peer.keys_updated"
+        else:
+            raise PeerStateConflict(
+                "this peer's keys are pinned; disconnect it before reconnecting"
+            )
+    audit_record(actor=f"peer:{peer.instance_id}", action=action, target=f"peer:{peer.id}",
+                 data={"keys": [key["key_id"] for key in identity["keys"]]})  # fmt: skip
+    return peer
+
+
+def _peer_update(peer: Peer, identity: dict[str, Any], *, state: str) -> None:
+    for name, value in identity.items():
+        setattr(peer, name, value)
+    peer.state = state
+    peer.save()
+
+
+def peer_record_outbound(*, identity: Mapping[str, Any], actor: str) -> Peer:
+    """Trust a hub the operator asked to connect to: its keys are pinned now, it is ACTIVE."""
+    identity = identity_validate(identity)
+    if identity["instance_id"] == settings.FLOTILLA_INSTANCE_ID:
+        raise MessageMalformed("a hub cannot peer with itself")
+    with transaction.atomic():
+        peer = Peer.objects.select_for_update().filter(instance_id=identity["instance_id"]).first()
+        if peer is None:
+            peer = Peer.objects.create(**identity, state=PeerState.ACTIVE, initiated_here=True,
+                                       **_peer_defaults())  # fmt: skip
+        elif (
+            peer.state in (PeerState.ACTIVE, PeerState.SUSPENDED) and peer.keys != identity["keys"]
+        ):
+            pinned = {key["key_id"] for key in peer.keys}
+            if not pinned & {key["key_id"] for key in identity["keys"]}:
+                raise PeerStateConflict("this peer's keys are pinned and the new ones differ; "
+                                        "disconnect it before reconnecting")  # fmt: skip
+        else:
+            _peer_update(peer, identity, state=PeerState.ACTIVE)
+            Peer.objects.filter(id=peer.id).update(initiated_here=True)
+    audit_record(actor=actor, action="peer.connect", target=f"peer:{peer.id}",
+                 data={"url": identity["url"], "instance_id": peer.instance_id,
+                       "keys": [key["key_id"] for key in identity["keys"]]})  # fmt: skip
+    return peer
+
+
+_TRANSITIONS = {
+    "accept": (PeerState.ACTIVE, {PeerState.PENDING, PeerState.SUSPENDED}),
+    "reject": (PeerState.DISCONNECTED, {PeerState.PENDING}),
+    "suspend": (PeerState.SUSPENDED, {PeerState.ACTIVE}),
+    "disconnect": (PeerState.DISCONNECTED,
+                   {PeerState.PENDING, PeerState.ACTIVE, PeerState.SUSPENDED}),
+}  # fmt: skip
+PEER_ACTIONS = tuple(_TRANSITIONS)
+
+
+def peer_transition(*, peer_id: Any, action: str, actor: str, reason: str = "") -> Peer:
+    """accept, reject, suspend or disconnect a peer: one conditional update, audited."""
+    to, allowed = _TRANSITIONS[action]
+    peer = peer_get(peer_id=peer_id)
+    if not Peer.objects.filter(id=peer.id, state__in=allowed).update(state=to):
+        raise PeerStateConflict(f"cannot {action} a peer that is {peer.state}")
+    previous, peer.state = peer.state, to
+    audit_record(actor=actor, action=f"peer.{action}", target=f"peer:{peer.id}", reason=reason,
+                 data={"instance_id": peer.instance_id, "from": previous, "to": to,
+                       "keys": [key.get("key_id") for key in peer.keys]})  # fmt: skip
+    return peer

@@ -1,0 +1,11 @@
+"""django-q2 entry points of federation: ids in, one service call."""
+
+from federation import relay, services
+
+
+def agent_events_push(agent_id: str, attempt: int = 0) -> None:
+    relay.relay_push(agent_id=agent_id, attempt=attempt)
+
+
+def nonces_prune() -> int:
+    return services.nonces_prune()

@@ -1,0 +1,31 @@
+"""django-q2 entry points: ids in, one service call."""
+
+from datetime import datetime
+from typing import Any
+
+from taskqueue import dispatcher, webhooks
+
+
+def project_dispatch(project_id: int) -> None:
+    dispatcher.project_dispatch(project_id=project_id)
+
+
+def task_agent_finished(agent_id: str) -> None:
+    dispatcher.task_agent_finished(agent_id=agent_id)
+
+
+def projects_dispatch_waiting() -> None:
+    dispatcher.projects_dispatch_waiting()
+
+
+def project_wake(project_id: int, at: str) -> None:
+    dispatcher.project_wake(project_id=project_id, at=datetime.fromisoformat(at))
+
+
+def projects_tick() -> dict[str, Any]:
+    """The periodic schedule (created by migration 0002): catch up and dispatch."""
+    return dispatcher.projects_tick()
+
+
+def project_webhook_deliver(project_id: int) -> None:
+    webhooks.webhook_deliver(project_id=project_id)
