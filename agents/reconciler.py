@@ -110,7 +110,7 @@ def agents_reconcile(*, node: str) -> ReconcileReport:
     live = {str(agent_id) for agent_id in
             Agent.objects.filter(state__in=LIVE_STATES).values_list("id", flat=True)}  # fmt: skip
     _sweep_docker(containers, live, report)
-    _sweep_local(local_ids, live, report)
+    _sweep_local(node, local_ids, live, report)
     _sweep_worktrees(worktrees, live, report)
     return report
 
@@ -171,7 +171,7 @@ def _requeue_lost(report: ReconcileReport) -> None:
     from django_q.conf import Conf
     from django_q.models import OrmQ
 
-    cutoff = time.time() - QUEUED_GRACE_S
+    cutoff = time.time() - getattr(settings, "FLOTILLA_RECONCILE_QUEUED_GRACE_S", QUEUED_GRACE_S)
     stale = [agent for agent in Agent.objects.filter(state=AgentState.QUEUED)
              if agent.created_at.timestamp() < cutoff]  # fmt: skip
     if not stale:
@@ -214,9 +214,12 @@ def _sweep_docker(containers: dict[str, str], live: set[str], report: ReconcileR
                {"backend": "docker", "container": name})  # fmt: skip
 
 
-def _sweep_local(agent_ids: set[str], live: set[str], report: ReconcileReport) -> None:
+def _sweep_local(node: str, agent_ids: set[str], live: set[str], report: ReconcileReport) -> None:
     candidates = {agent_id for agent_id in agent_ids - live if _is_uuid(agent_id)}
-    rows = Agent.objects.filter(id__in=candidates).values_list("id", "sandbox_backend")
+    # An agent another node ran is that node's to reconcile: several node
+    # names may share one machine (docs/scaling.md), each with its own sandboxes.
+    rows = (Agent.objects.filter(id__in=candidates, node__in=("", node))
+            .values_list("id", "sandbox_backend"))  # fmt: skip
     known = {str(agent_id): backend for agent_id, backend in rows}
     report.unattributed += sorted(agent_ids - live - set(known))
     for agent_id, backend in known.items():

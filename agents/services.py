@@ -16,6 +16,7 @@ from agents import workspace
 from agents.errors import AgentNotFound, ConcurrencyLimitReached, InvalidBudget, InvalidTransition
 from agents.lifecycle import _PROGRESS, agent_finished_send, agent_transition
 from agents.models import LIVE_STATES, Agent, AgentEvent, AgentEventKind, AgentState
+from agents.noderouting import node_is_local, node_kill_request
 from agents.sandboxes import sandbox_backend
 from agents.sandboxes.base import SandboxError
 from audit.services import audit_record
@@ -168,6 +169,8 @@ def agent_resume(*, agent_id: Any, budget_usd: Decimal, actor: str, reason: str 
     agent = Agent.objects.filter(id=agent_id).first()
     if agent is None:
         raise AgentNotFound(f"no agent with id {agent_id}")
+    if agent.sandbox_backend == REMOTE_SANDBOX:
+        raise InvalidTransition(f"agent {agent.id} runs on {agent.node}; resume it on that hub")
     if agent.state != AgentState.PAUSED:
         raise InvalidTransition(f"agent {agent.id} is {agent.state}; only a paused agent resumes")
     if budget_usd <= agent.cost_usd:
@@ -203,6 +206,8 @@ class Termination:
     latency_ms: float
     branch_kept: bool = False
     errors: list[str] = field(default_factory=list)
+    # The node the kill was routed to, when the agent runs on another node.
+    routed_to: str = ""
 
 
 def agent_terminate(*, agent_id: Any, reason: str, to: AgentState = AgentState.KILLED) -> Termination:
@@ -228,11 +233,18 @@ def agent_stop(*, agent_id: Any, reason: str, to: AgentState = AgentState.KILLED
     if not agent_transition(agent_id=agent.id, to=to, reason=reason, error=reason):
         return Termination(str(agent.id), previous, False, _ms_since(started))
     agent.refresh_from_db()
+    if (agent.sandbox_backend != REMOTE_SANDBOX and not node_is_local(agent.node)
+            and node_kill_request(agent=agent)):  # fmt: skip
+        # Its processes live on another machine: that node kills and cleans up.
+        return Termination(str(agent.id), previous, True, _ms_since(started),
+                           routed_to=agent.node)  # fmt: skip
     errors = agent_sandbox_kill(agent=agent)
     return Termination(str(agent.id), previous, True, _ms_since(started), errors=errors)
 
 
 def agent_stopped_cleanup(*, termination: Termination) -> Termination:
+    if termination.routed_to:
+        return termination  # the agent's node cleans up after its kill
     agent = Agent.objects.get(id=termination.agent_id)
     branch_kept, errors = agent_cleanup(agent=agent)
     return dataclasses.replace(termination, branch_kept=branch_kept,

@@ -68,6 +68,8 @@ def _audit_kill(termination: Termination, *, reason: str, actor: str) -> None:
             "latency_ms": termination.latency_ms,
             "branch_kept": termination.branch_kept,
             "errors": termination.errors,
+            # A kill routed to another node: that node audits "agent.sandbox_kill".
+            "routed_to": termination.routed_to,
         },
     )
 

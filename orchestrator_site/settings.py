@@ -37,6 +37,11 @@ def _secret_key() -> str:
     if configured:
         if len(configured) < 32:
             raise ImproperlyConfigured("SECRET_KEY must be at least 32 characters long")
+        # Django's deploy check (security.W009) wants 50 characters and 5 distinct ones.
+        if PRODUCTION and (len(configured) < 50 or len(set(configured)) < 5):
+            raise ImproperlyConfigured(
+                "SECRET_KEY must be at least 50 characters (5 distinct) when FLOTILLA_ENV=production"
+            )
         return configured
     if PRODUCTION:
         raise ImproperlyConfigured("SECRET_KEY must be set when FLOTILLA_ENV=production")
@@ -158,7 +163,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "orchestrator_site.schema.ViewScopedAutoSchema",
     "EXCEPTION_HANDLER": "orchestrator_site.errors.api_exception_handler",
     "UNAUTHENTICATED_USER": None,
 }
@@ -169,6 +174,13 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    # The spawn APIs of agents and federation share these choice sets.
+    "ENUM_NAME_OVERRIDES": {
+        "AgentTypeEnum": "agents.models.AgentType",
+        "RuntimeEnum": "agents.models.Runtime",
+        "PeerAgentTypeEnum": ["worker", "reviewer", "tester"],
+        "PeerRuntimeEnum": ["claude", "script"],
+    },
 }
 
 # Redis is optional: without REDIS_URL the django-q2 broker is the database,
@@ -239,6 +251,15 @@ FLOTILLA_DOCKER_TIMEOUT_S = env_int("FLOTILLA_DOCKER_TIMEOUT_S", 30, minimum=1)
 FLOTILLA_DOCKER_WARM_POOL = env_int("FLOTILLA_DOCKER_WARM_POOL", 0, minimum=0)
 # How often the reconciler schedule runs (manage.py reconcile creates it).
 FLOTILLA_RECONCILE_EVERY_MINUTES = env_int("FLOTILLA_RECONCILE_EVERY_MINUTES", 1, minimum=1)
+# Several nodes (docs/scaling.md): a kill of an agent on another node is sent
+# there by this router, and each worker node's kill listener sweeps this often
+# for kills that no notification brought.
+FLOTILLA_NODE_KILL_ROUTER = "agents.noderouting.notify_node"
+FLOTILLA_KILL_SWEEP_S = env_float("FLOTILLA_KILL_SWEEP_S", 0.5, minimum=0.05)
+# How old a queued agent must be before the reconciler looks for its task in the queue.
+FLOTILLA_RECONCILE_QUEUED_GRACE_S = env_int("FLOTILLA_RECONCILE_QUEUED_GRACE_S", 30, minimum=1)
+# Prometheus scrapes /metrics with this bearer token; staff users may read it too.
+FLOTILLA_METRICS_TOKEN = env_str("FLOTILLA_METRICS_TOKEN") or None
 FLOTILLA_CGROUP_ROOT = Path(env_str("FLOTILLA_CGROUP_ROOT", "/sys/fs/cgroup") or "")
 FLOTILLA_DEFAULT_TIMEOUT_S = env_int("FLOTILLA_DEFAULT_TIMEOUT_S", 1800, minimum=1)
 FLOTILLA_OUTPUT_TAIL_LINES = env_int("FLOTILLA_OUTPUT_TAIL_LINES", 40, minimum=1)
@@ -355,6 +376,10 @@ def _claude_prices() -> dict[str, dict[str, float]]:
 
 
 FLOTILLA_CLAUDE_PRICES = _claude_prices()
+if not any(FLOTILLA_CLAUDE_MODEL.startswith(prefix) for prefix in FLOTILLA_CLAUDE_PRICES):
+    raise ImproperlyConfigured(
+        f"FLOTILLA_CLAUDE_MODEL {FLOTILLA_CLAUDE_MODEL!r} has no price in FLOTILLA_CLAUDE_PRICES"
+    )
 
 # --- Federation (docs/federation.md) -----------------------------------------
 

@@ -17,6 +17,10 @@ from orchestrator_site.settings import DATABASES, DATA_DIR, Q_CLUSTER
 # the SQLite test database is a file rather than Django's in-memory default.
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / f"test-{os.getpid()}.sqlite3")}
+else:
+    # Two test runs on one PostgreSQL server (a developer's and CI's, say)
+    # must not share, and so drop, each other's database.
+    DATABASES["default"]["TEST"] = {"NAME": f"test_flotilla_{os.getpid()}"}
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 # Agent runs go through a real django-q2 cluster that the tests start

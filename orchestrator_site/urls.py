@@ -1,5 +1,6 @@
 from django.contrib import admin
 from django.urls import include, path
+from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from orchestrator_site.apis import HealthApi
@@ -17,6 +18,7 @@ api_v1 = [
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/", include("django.contrib.auth.urls")),
+    path("", RedirectView.as_view(url="/dashboard/", permanent=False)),
     path("dashboard/", include("dashboard.urls")),
     path("api/v1/", include(api_v1)),
     path("federation/v1/", include("federation.urls")),

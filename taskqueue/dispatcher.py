@@ -126,11 +126,8 @@ def _claim(project_id: int, report: DispatchReport) -> list[int]:
         limit = _free_slots(project)
         if limit <= 0:
             return []
-        due = list(Task.objects.filter(project_id=project_id, state=TaskState.READY)
-                   .filter(_due(now)).order_by("-priority", "id")
-                   .values_list("id", flat=True)[:limit])  # fmt: skip
         claimed = []
-        for task_id in due:
+        for task_id in tasks_due(project_id=project_id, now=now, limit=limit):
             if Task.objects.filter(id=task_id, state=TaskState.READY).update(
                 state=TaskState.RUNNING, attempts=F("attempts") + 1, retry_at=None,
                 started_at=now,
@@ -147,6 +144,13 @@ def tasks_promote(*, project_id: int) -> int:
     )
     return (Task.objects.filter(project_id=project_id, state=TaskState.PENDING)
             .filter(~Exists(blocking)).update(state=TaskState.READY))  # fmt: skip
+
+
+def tasks_due(*, project_id: int, now: datetime, limit: int) -> list[int]:
+    """Ready tasks whose time has come, in dispatch order: highest priority, then oldest."""
+    return list(Task.objects.filter(project_id=project_id, state=TaskState.READY)
+                .filter(_due(now)).order_by("-priority", "id")
+                .values_list("id", flat=True)[:limit])  # fmt: skip
 
 
 def _free_slots(project: Project) -> int:

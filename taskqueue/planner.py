@@ -74,7 +74,7 @@ def project_plan(*, goal: str, repository: str, branch: str = "main") -> dict[st
             {"role": "user", "content": [{
                 "type": "tool_result", "tool_use_id": tool_use["id"], "is_error": True,
                 "content": "The plan is not valid; fix these and call submit_plan again:\n"
-                           + json.dumps(problems, indent=1)}]},
+                           + json.dumps(problems, indent=1, ensure_ascii=False)}]},
         ]  # fmt: skip
     raise PlannerFailed("the planner's proposal is not a valid project", fields=problems)
 

@@ -58,6 +58,7 @@ class ProjectSpec:
     max_parallel: int = 0
     webhook_url: str = ""
     webhook_secret: str = ""
+    paused: bool = False  # created paused: nothing starts until it is resumed
 
 
 def project_validate(*, spec: ProjectSpec) -> dict[str, list[str]]:
@@ -79,6 +80,7 @@ def project_create(*, spec: ProjectSpec, created_by: str) -> Project:
             name=spec.name, mode=spec.mode, failure_policy=spec.failure_policy,
             max_parallel=spec.max_parallel, webhook_url=spec.webhook_url,
             webhook_secret=secret, created_by=created_by,
+            state=ProjectState.PAUSED if spec.paused else ProjectState.PENDING,
         )  # fmt: skip
         tasks = Task.objects.bulk_create(
             [_task_row(project, task) for task in spec.tasks], batch_size=1000

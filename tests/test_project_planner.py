@@ -63,7 +63,7 @@ def test_a_planner_that_keeps_proposing_invalid_plans_is_a_502_with_the_errors(
 
 
 def test_planner_errors_are_reported_without_a_plan(api, messages_server, remote_repo):
-    messages_server.script(error_reply(400, "bad request"))
+    messages_server.script(error_reply(400, "bad request"), error_reply(400, "bad request"))
     first = api.post("/api/v1/projects/plan", {"goal": "g", "repository": str(remote_repo)},
                      format="json")  # fmt: skip
     messages_server.script(text_reply("I would rather chat"))

@@ -5,45 +5,53 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('agents', '0002_agent_supervisor'),
+        ("agents", "0002_agent_supervisor"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='AgentConversation',
+            name="AgentConversation",
             fields=[
-                ('agent', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, primary_key=True, related_name='conversation', serialize=False, to='agents.agent')),
-                ('attempt', models.PositiveSmallIntegerField(default=0)),
-                ('turns', models.PositiveIntegerField(default=0)),
-                ('messages', models.JSONField(default=list)),
-                ('saved_at', models.DateTimeField(auto_now=True)),
+                (
+                    "agent",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        primary_key=True,
+                        related_name="conversation",
+                        serialize=False,
+                        to="agents.agent",
+                    ),
+                ),
+                ("attempt", models.PositiveSmallIntegerField(default=0)),
+                ("turns", models.PositiveIntegerField(default=0)),
+                ("messages", models.JSONField(default=list)),
+                ("saved_at", models.DateTimeField(auto_now=True)),
             ],
         ),
         migrations.AddField(
-            model_name='agent',
-            name='cache_read_tokens',
+            model_name="agent",
+            name="cache_read_tokens",
             field=models.PositiveBigIntegerField(default=0),
         ),
         migrations.AddField(
-            model_name='agent',
-            name='cache_write_tokens',
+            model_name="agent",
+            name="cache_write_tokens",
             field=models.PositiveBigIntegerField(default=0),
         ),
         migrations.AddField(
-            model_name='agent',
-            name='cost_usd',
+            model_name="agent",
+            name="cost_usd",
             field=models.DecimalField(decimal_places=6, default=0, max_digits=14),
         ),
         migrations.AddField(
-            model_name='agent',
-            name='input_tokens',
+            model_name="agent",
+            name="input_tokens",
             field=models.PositiveBigIntegerField(default=0),
         ),
         migrations.AddField(
-            model_name='agent',
-            name='output_tokens',
+            model_name="agent",
+            name="output_tokens",
             field=models.PositiveBigIntegerField(default=0),
         ),
     ]

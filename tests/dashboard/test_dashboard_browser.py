@@ -1,8 +1,9 @@
 """The dashboard in a real Chromium, served by a real daphne, with agents run by the real worker."""
 
 import time
+from pathlib import Path
 
-from agents.models import AgentEvent, AgentState
+from agents.models import Agent, AgentEvent, AgentState
 from audit.models import AuditEvent
 from tests.conftest import spawn_body, wait_for_state
 from tests.dashboard.conftest import login, screenshot
@@ -70,20 +71,34 @@ def test_operator_sees_an_agent_appear_and_complete_then_kills_another_within_a_
 def test_dropping_and_restoring_the_websocket_mid_run_loses_no_event(
     hub, api, own_web, chromium, remote_repo
 ):
-    script = "for i in $(seq 1 100); do echo line-$i; sleep 0.05; done"
+    # The agent waits at two gates the test opens, so the drop, the events
+    # written while the server is down, and the restore all happen mid-run
+    # however slow the machine is.
+    script = (
+        "for i in $(seq 1 20); do echo line-$i; done; "
+        "while [ ! -e gate1 ]; do sleep 0.05; done; "
+        "for i in $(seq 21 60); do echo line-$i; sleep 0.01; done; "
+        "while [ ! -e gate2 ]; do sleep 0.05; done; "
+        "for i in $(seq 61 100); do echo line-$i; sleep 0.01; done; rm gate1 gate2"
+    )
     agent_id = _spawn(api, remote_repo, script)
     board = login(chromium, own_web, "operator")
     board_after = int(board.get_attribute("#agents", "data-after"))
     detail = board.context.new_page()
     detail.goto(f"{own_web.url}/dashboard/agents/{agent_id}/")
     detail.wait_for_selector(".log-row.kind-output")
+    worktree = Path(wait_for_state(agent_id, AgentState.RUNNING).worktree_path)
 
     own_web.stop()  # every socket drops; the agent keeps emitting while daphne is down
     events_at_drop = AgentEvent.objects.filter(agent_id=agent_id).count()
-    time.sleep(0.5)
+    (worktree / "gate1").write_text("open")
+    deadline = time.monotonic() + 20
+    while AgentEvent.objects.filter(agent_id=agent_id).count() == events_at_drop:
+        assert time.monotonic() < deadline, "the agent wrote nothing while the server was down"
+        time.sleep(0.05)
     own_web.start()
-    assert AgentEvent.objects.filter(agent_id=agent_id).count() > events_at_drop
-    assert wait_for_state(agent_id, AgentState.RUNNING).state == AgentState.RUNNING
+    assert Agent.objects.get(id=agent_id).state == AgentState.RUNNING
+    (worktree / "gate2").write_text("open")
     detail.wait_for_selector('#agent[data-state="completed"]', timeout=30_000)
     board.wait_for_selector(_row(agent_id, "completed"))
 

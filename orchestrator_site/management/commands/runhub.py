@@ -1,5 +1,6 @@
 """Start a hub on one machine: daphne (web) and the django-q2 cluster (worker)."""
 
+import io
 import os
 import signal
 import subprocess
@@ -7,7 +8,9 @@ import sys
 import time
 
 from django.conf import settings
+from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
+from django.db import connection
 
 ROLES = ("all", "web", "worker")
 
@@ -25,6 +28,10 @@ class Command(BaseCommand):
         if not 0 < port < 65536:
             raise CommandError(f"--port must be between 1 and 65535, not {port}")
         children: dict[str, subprocess.Popen] = {}
+        if role in ("all", "worker"):
+            # Repair what a crash may have left on this node (agents whose
+            # worker died, orphan sandboxes and worktrees) before new work starts.
+            call_command("reconcile", stdout=io.StringIO())
         if role in ("all", "web"):
             children["web"] = self._start(
                 [sys.executable, "-m", "daphne", "-b", host, "-p", str(port),
@@ -32,6 +39,12 @@ class Command(BaseCommand):
             )
         if role in ("all", "worker"):
             children["worker"] = self._start([sys.executable, "manage.py", "qcluster"])
+            if connection.vendor == "postgresql":
+                # Kills of this node's agents issued by web processes on other
+                # machines arrive here (docs/scaling.md).
+                children["kill listener"] = self._start(
+                    [sys.executable, "manage.py", "kill_listener"]
+                )
         if "web" in children:
             shown = f"[{host}]" if ":" in host else host
             self.stdout.write(self.style.SUCCESS(f"Flotilla hub at http://{shown}:{port}/"))

@@ -1,0 +1,68 @@
+"""Kills on a hub of two web processes and two worker nodes: routed to the agent's node, fast."""
+
+import threading
+import time
+
+from tests.reliability.cluster import wait_until
+from tests.reliability.conftest import agent_cgroups, sandbox_processes
+
+SLEEPER = "echo started; sleep 300"
+
+
+def test_forty_agents_spread_over_two_workers_all_stop_within_a_second_of_one_kill_all(
+    cluster, repository
+):
+    web_1, web_2 = cluster.webs
+    ids = [cluster.spawn(web_1 if index % 2 else web_2, repository, SLEEPER, task_id=f"k{index}")
+           for index in range(40)]  # fmt: skip
+    wait_until(lambda: set(cluster.states(ids).values()) == {"running"}, 90, "40 running agents")
+    wait_until(lambda: len(sandbox_processes(ids)) == 40, 30, "a sandbox process per agent")
+    nodes = {agent["node"] for agent in cluster.agents().values()}
+    assert nodes == {"node-a", "node-b"}, "both worker nodes must run agents"
+
+    answer: dict = {}
+    started = time.monotonic()
+    request = threading.Thread(target=lambda: answer.update(
+        response=cluster.api(web_1, "POST", "agents/kill-all", json={"reason": "reliability"})))  # fmt: skip
+    request.start()
+    wait_until(lambda: not sandbox_processes(ids), 10, "every sandbox process gone", every=0.005)
+    elapsed = time.monotonic() - started
+    request.join(30)
+
+    print("kill-all: processes gone after", round(elapsed, 3), "s")
+    assert elapsed < 1.0, f"the processes of 40 agents on two nodes took {elapsed:.3f} s to die"
+    response = answer["response"]
+    assert response.status_code == 200, response.text
+    assert response.json()["total"] == 40 and response.json()["killed"] == 40
+    assert set(cluster.states(ids).values()) == {"killed"}
+    # Each node cleans up after the kills it executed: cgroups gone, and an audit entry each.
+    wait_until(lambda: not agent_cgroups(ids), 15, "the agents' cgroups removed")
+    executed = cluster.query("SELECT data->>'node', count(*) FROM audit_auditevent "
+                             "WHERE action = 'agent.sandbox_kill' GROUP BY 1")  # fmt: skip
+    assert dict(executed) == {"node-a": nodes_count(cluster, "node-a", ids),
+                              "node-b": nodes_count(cluster, "node-b", ids)}  # fmt: skip
+
+
+def nodes_count(cluster, node: str, ids: list[str]) -> int:
+    return sum(1 for agent_id, agent in cluster.agents().items()
+               if agent_id in ids and agent["node"] == node)  # fmt: skip
+
+
+def test_a_kill_from_a_web_process_is_executed_by_the_agents_node_within_a_second(
+    cluster, repository
+):
+    web_1, web_2 = cluster.webs
+    ids = [cluster.spawn(web_1, repository, SLEEPER, task_id=f"one{index}") for index in range(4)]
+    wait_until(lambda: set(cluster.states(ids).values()) == {"running"}, 60, "running agents")
+    wait_until(lambda: len(sandbox_processes(ids)) == 4, 30, "their sandbox processes")
+    for agent_id in ids:
+        started = time.monotonic()
+        response = cluster.api(web_2, "POST", f"agents/{agent_id}/kill", json={"reason": "one"})
+        assert response.status_code == 200, response.text
+        wait_until(lambda agent_id=agent_id: not sandbox_processes([agent_id]), 5,
+                   "the agent's processes gone", every=0.005)  # fmt: skip
+        assert time.monotonic() - started < 1.0
+    audit = cluster.query("SELECT data->>'routed_to' FROM audit_auditevent "
+                          "WHERE action = 'agent.kill' AND target = ANY(%s)",
+                          [f"agent:{agent_id}" for agent_id in ids])  # fmt: skip
+    assert sorted(row[0] for row in audit) == sorted(cluster.agents()[i]["node"] for i in ids)
