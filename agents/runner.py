@@ -78,27 +78,40 @@ def _supervise(agent: Agent, *, resuming: bool) -> None:
             keep_worktree = _pause(context, outcome)
             return
         if not outcome.succeeded:
-            agent_transition(agent_id=agent.id, to=AgentState.FAILED, reason=outcome.error,
-                             error=outcome.error, result=outcome.result)  # fmt: skip
+            _end(agent, AgentState.FAILED, reason=outcome.error, error=outcome.error,
+                 result=outcome.result)  # fmt: skip
             return
         if outcome.delivered:
             # The runtime's own finish pushed through the gates and left the agent in pushing.
             result = {**outcome.result, "summary": outcome.summary}
-            _advance(agent, AgentState.COMPLETED, result=result)
+            _end(agent, AgentState.COMPLETED, result=result)
             return
         agent_deliver(context=context, outcome=outcome)
     except RunLost:
         logger.info("agent %s was taken over (killed?); the run stops", agent.id)
     except (workspace.WorkspaceError, SandboxError) as error:
-        agent_transition(agent_id=agent.id, to=AgentState.FAILED, reason=str(error), error=str(error))
+        _end(agent, AgentState.FAILED, reason=str(error), error=str(error))
     except Exception as error:
         logger.exception("agent %s crashed", agent.id)
         message = f"internal error: {type(error).__name__}: {error}"
-        agent_transition(agent_id=agent.id, to=AgentState.FAILED, reason=message, error=message)
+        _end(agent, AgentState.FAILED, reason=message, error=message)
     finally:
-        if not keep_worktree:
+        if not keep_worktree and not getattr(agent, "released", False):
             agent.refresh_from_db()
             agent_cleanup(agent=agent)
+
+
+def _end(agent: Agent, to: AgentState, **fields: Any) -> bool:
+    """Release the sandbox and the worktree, then enter the final state ``to``.
+
+    Cleaning up first means that whoever sees the final state (an API client,
+    a dashboard, a project waiting on the agent) finds nothing of the run
+    left. A kill that lands in between wins the state and finds nothing to do.
+    """
+    agent.refresh_from_db()
+    agent_cleanup(agent=agent)
+    agent.released = True
+    return agent_transition(agent_id=agent.id, to=to, **fields)
 
 
 def _pause(context: RunContext, outcome: RunOutcome) -> bool:
@@ -174,14 +187,15 @@ def agent_deliver(*, context: RunContext, outcome: RunOutcome) -> None:
         _fail_on_gates(agent, pushed, result)
         return
     result["pushed_commit"] = pushed.sha
-    _advance(agent, AgentState.COMPLETED, result=result)
+    if not _end(agent, AgentState.COMPLETED, result=result):
+        raise RunLost()
 
 
 def _fail_on_gates(agent: Agent, report: DeliveryReport, result: dict[str, Any]) -> None:
     """A gate rejection ends a script agent: it cannot try again, so it fails with the report."""
     result = {**result, "pushed_commit": None, "gates": report.as_dict()}
-    if not agent_transition(agent_id=agent.id, to=AgentState.FAILED, reason=report.message,
-                            error=report.text, result=result):  # fmt: skip
+    if not _end(agent, AgentState.FAILED, reason=report.message, error=report.text,
+                result=result):  # fmt: skip
         raise RunLost()
 
 

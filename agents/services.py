@@ -232,12 +232,15 @@ def agent_stop(*, agent_id: Any, reason: str, to: AgentState = AgentState.KILLED
     previous = agent.state
     if not agent_transition(agent_id=agent.id, to=to, reason=reason, error=reason):
         return Termination(str(agent.id), previous, False, _ms_since(started))
-    agent.refresh_from_db()
+    if not agent.node:
+        agent.refresh_from_db()  # a worker may have taken it since it was read
+    # The node was fixed when a worker took the agent; the node re-reads the row itself.
     if (agent.sandbox_backend != REMOTE_SANDBOX and not node_is_local(agent.node)
             and node_kill_request(agent=agent)):  # fmt: skip
         # Its processes live on another machine: that node kills and cleans up.
         return Termination(str(agent.id), previous, True, _ms_since(started),
                            routed_to=agent.node)  # fmt: skip
+    agent.refresh_from_db()
     errors = agent_sandbox_kill(agent=agent)
     return Termination(str(agent.id), previous, True, _ms_since(started), errors=errors)
 

@@ -325,6 +325,8 @@ def scratch_repository_ensure(*, path: Path) -> str:
     Tasks that name no repository work in one of these, so every task has a
     worktree, a branch and a diff, and the dependency merges work the same way.
     """
+    if (path / "refs" / "heads" / "main").exists():
+        return str(path)  # made before; nothing moves its main branch afterwards
     with _mirror_lock(path):
         if not (path / "HEAD").exists():
             path.parent.mkdir(parents=True, exist_ok=True)

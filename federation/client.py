@@ -15,7 +15,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from federation import signing
-from federation.errors import PeerAnswerInvalid, PeerCommandFailed, PeerUnreachable
+from federation.errors import PeerAnswerInvalid, PeerCommandFailed, PeerUnreachable, PeerUrlInvalid
 from federation.identity import identity_document, signing_key
 from federation.models import Peer
 from federation.services import key_lookup_in
@@ -51,6 +51,11 @@ def _exchange(method: str, url: str, body: bytes | None,
                                       timeout=_timeouts(), allow_redirects=False)  # fmt: skip
     except requests.Timeout:
         raise PeerUnreachable(f"{url} did not answer within {_timeouts()[1]} s") from None
+    except (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema,
+            requests.exceptions.MissingSchema) as error:  # fmt: skip
+        # A URL no request can be made to is the caller's mistake, not a gateway failure.
+        raise PeerUrlInvalid(f"{url} is not a usable URL: {type(error).__name__}",
+                             fields={"url": ["not a usable URL"]}) from None  # fmt: skip
     except requests.RequestException as error:
         raise PeerUnreachable(f"{url} is unreachable: {type(error).__name__}") from None
     try:

@@ -64,6 +64,13 @@ class PeerUnreachable(FederationError):
     http_status = 502
 
 
+class PeerUrlInvalid(FederationError):
+    """The peer's URL cannot be requested at all (found by the schemathesis run)."""
+
+    code = "invalid_url"
+    http_status = 400
+
+
 class PeerAnswerInvalid(FederationError):
     """The peer answered, but not with a message signed by its pinned keys."""
 

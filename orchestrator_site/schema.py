@@ -10,6 +10,38 @@ serializer defined inside a view is named after the view as well:
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.openapi import AutoSchema
+from drf_spectacular.plumbing import ResolvedComponent
+
+# Every error, from any view, is this body (orchestrator_site/errors.py).
+ERROR_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "error": {
+            "type": "object",
+            "properties": {
+                "code": {"type": "string"},
+                "message": {"type": "string"},
+                "fields": {
+                    "type": "object",
+                    "additionalProperties": {"type": "array", "items": {"type": "string"}},
+                },
+            },
+            "required": ["code", "message"],
+        }
+    },
+    "required": ["error"],
+}
+ERROR_STATUSES = {
+    "400": "Malformed input; `fields` names what is wrong.",
+    "401": "Missing or invalid credentials (or signature, for the federation inbox).",
+    "403": "Authenticated, but not allowed.",
+    "404": "No such object.",
+    "409": "The object's state does not allow this (e.g. already final), or the hub is halted.",
+    "413": "The body is too large.",
+    "429": "Over a limit (concurrent agents, a peer's quota).",
+    "502": "A peer hub did not answer, or not with a valid signed answer.",
+}
+_GET_ERRORS = ("400", "401", "403", "404")
 
 
 class ViewScopedAutoSchema(AutoSchema):
@@ -20,6 +52,35 @@ class ViewScopedAutoSchema(AutoSchema):
             return super().get_serializer_name(serializer, direction)
         view_name = owner.split(".")[-1].removesuffix("Api").removesuffix("View")
         return f"{view_name}{name.removesuffix('Serializer')}"
+
+
+    def _get_response_bodies(self, direction: str = "response") -> dict:
+        # Errors are part of the contract: document the one error body for
+        # every status a view may answer with, so clients (and the schemathesis
+        # run in tests/reliability) can rely on it.
+        responses = super()._get_response_bodies(direction)
+        if direction != "response":
+            return responses
+        component = ResolvedComponent(name="Error", type=ResolvedComponent.SCHEMA,
+                                      object="Error", schema=ERROR_SCHEMA)  # fmt: skip
+        self.registry.register_on_missing(component)
+        statuses = _GET_ERRORS if self.method == "GET" else tuple(ERROR_STATUSES)
+        for status in statuses:
+            responses.setdefault(status, {
+                "content": {"application/json": {"schema": component.ref}},
+                "description": ERROR_STATUSES[status],
+            })  # fmt: skip
+        return responses
+
+    def _get_paginator(self):  # noqa: ANN202
+        # List views nest their paginator as ``Pagination`` (house style), where
+        # drf-spectacular only looks for ``pagination_class``; without this the
+        # schema promised a bare array for answers that are {count, next, previous, results}.
+        paginator = super()._get_paginator()
+        pagination = getattr(self.view, "Pagination", None)
+        if paginator is None and pagination is not None and self.method == "GET":
+            return pagination()
+        return paginator
 
 
 class FederationSignatureScheme(OpenApiAuthenticationExtension):

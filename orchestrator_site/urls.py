@@ -4,6 +4,7 @@ from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from orchestrator_site.apis import HealthApi
+from orchestrator_site.metrics import MetricsApi
 
 api_v1 = [
     path("health", HealthApi.as_view(), name="health"),
@@ -22,6 +23,7 @@ urlpatterns = [
     path("dashboard/", include("dashboard.urls")),
     path("api/v1/", include(api_v1)),
     path("federation/v1/", include("federation.urls")),
+    path("metrics", MetricsApi.as_view(), name="metrics"),
 ]
 
 handler400 = "orchestrator_site.errors.bad_request"

@@ -24,7 +24,8 @@ class ProjectAdmin(admin.ModelAdmin):
                     "webhook_state", "created_by", "created_at", "finished_at"]  # fmt: skip
     list_filter = ["state", "mode", "failure_policy", "webhook_state"]
     search_fields = ["name", "created_by"]
-    readonly_fields = [field.name for field in Project._meta.fields if field.name != "name"]
+    readonly_fields = [field.name for field in Project._meta.fields
+                       if field.name not in ("name", "webhook_secret")]  # fmt: skip
     exclude = ["webhook_secret"]
     actions = ["cancel", "pause", "resume"]
 

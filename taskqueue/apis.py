@@ -80,12 +80,9 @@ class ProjectDetailSerializer(ProjectSummarySerializer):
 
 
 def project_detail(project_id: int) -> dict:
-    project = project_get(project_id=project_id)
-    project.progress = project_progress(project_id=project_id)  # type: ignore[attr-defined]
-    project.tasks_list = project_tasks(project_id=project_id)  # type: ignore[attr-defined]
-    data = ProjectSummarySerializer(project).data
-    data["progress"] = project.progress  # type: ignore[attr-defined]
-    data["tasks"] = TaskOutputSerializer(project.tasks_list, many=True).data  # type: ignore[attr-defined]
+    data = dict(ProjectSummarySerializer(project_get(project_id=project_id)).data)
+    data["progress"] = project_progress(project_id=project_id)
+    data["tasks"] = TaskOutputSerializer(project_tasks(project_id=project_id), many=True).data
     return data
 
 

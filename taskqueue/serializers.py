@@ -61,7 +61,9 @@ class ProjectInputSerializer(serializers.Serializer):
     max_parallel = serializers.IntegerField(min_value=0, max_value=10_000, default=0)
     webhook_url = serializers.URLField(max_length=1000, default="", allow_blank=True)
     webhook_secret = serializers.CharField(min_length=16, max_length=200, required=False)
-    paused = serializers.BooleanField(default=False, help_text="Create it paused; resume starts it.")
+    paused = serializers.BooleanField(
+        default=False, help_text="Create it paused; resume starts it."
+    )
     tasks = TaskInputSerializer(many=True)
 
     def validate_failure_policy(self, value: str) -> str:

@@ -114,7 +114,11 @@ def test_worker_killed_mid_project_resumes_on_restart_with_no_task_run_twice(
     os.killpg(worker.pid, signal.SIGKILL)
     worker.wait()
     assert set(Task.objects.filter(project_id=pid).values_list("key", "state")) == {
-        ("design", "succeeded"), ("left", "running"), ("right", "running"), ("last", "pending")}
+        ("design", "succeeded"),
+        ("left", "running"),
+        ("right", "running"),
+        ("last", "pending"),
+    }
 
     hub.start("qcluster", "manage.py", "qcluster")
     report = json.loads(hub.manage("reconcile", "--no-schedule"))

@@ -13,7 +13,8 @@ def plan(*tasks: tuple[str, list[str]]):
 def test_planner_returns_a_validated_dag_that_can_be_submitted(api, messages_server,
                                                                 remote_repo):  # fmt: skip
     messages_server.script(plan(("architect", []), ("backend", ["architect"]),
-                                ("frontend", ["architect"]), ("tests", ["backend", "frontend"])))  # fmt: skip
+                                ("frontend", ["architect"]),
+                                ("tests", ["backend", "frontend"])))  # fmt: skip
 
     response = api.post("/api/v1/projects/plan",
                         {"goal": "Add a login page", "repository": str(remote_repo)},

@@ -94,3 +94,31 @@ def test_failure_policy_accepts_both_spellings(api, policy):
     response = post(api, [t("a", script="true")], failure_policy=policy)
     assert response.status_code == 201, response.content
     assert response.json()["failure_policy"] == policy.replace("-", "_")
+
+
+def test_admin_pages_list_projects_and_tasks(client, staff_user, api):
+    project_id = post(api, [t("a"), t("b", "a")], paused=True).json()["id"]
+    client.force_login(staff_user)
+
+    for path in ("/admin/taskqueue/project/", f"/admin/taskqueue/project/{project_id}/change/",
+                 "/admin/taskqueue/task/"):  # fmt: skip
+        response = client.get(path)
+        assert response.status_code == 200, path
+    assert b"webhook_secret" not in client.get(
+        f"/admin/taskqueue/project/{project_id}/change/").content  # fmt: skip
+
+
+def test_a_project_created_paused_starts_nothing_until_resumed(api):
+    created = post(api, [t("a")], paused=True)
+
+    assert created.status_code == 201 and created.json()["state"] == "paused"
+    assert created.json()["tasks"][0]["state"] == "pending"
+
+
+def test_the_openapi_schema_describes_the_project_endpoints(api):
+    schema = api.get("/api/v1/schema/?format=json")
+
+    assert schema.status_code == 200
+    paths = schema.json()["paths"]
+    assert "/api/v1/projects/{project_id}/tasks/{key}/retry" in paths
+    assert "/api/v1/projects/plan" in paths

@@ -106,9 +106,10 @@ def test_a_failing_receiver_is_retried_with_backoff_until_it_accepts(hub, api, r
     assert [d["headers"]["X-Flotilla-Delivery"] for d in server.received] == [
         f"{project['id']}-1", f"{project['id']}-2", f"{project['id']}-3"]  # fmt: skip
     for delivery in server.received:
+        headers = delivery["headers"]
         assert webhook_signature_valid(secret=secret, body=delivery["body"],
-                                       timestamp=delivery["headers"]["X-Flotilla-Timestamp"],
-                                       signature=delivery["headers"]["X-Flotilla-Signature"])  # fmt: skip
+                                       timestamp=headers["X-Flotilla-Timestamp"],
+                                       signature=headers["X-Flotilla-Signature"])  # fmt: skip
     stored = Project.objects.get(id=project["id"])
     assert stored.webhook_attempts == 3 and stored.webhook_delivered_at is not None
 

@@ -143,9 +143,7 @@ def test_ready_tasks_go_out_highest_priority_first_within_max_parallel(hub, api,
         assert later.started_at >= earlier.finished_at
 
 
-def test_flaky_task_succeeds_on_its_third_attempt_after_exponential_backoffs(
-    hub, api, remote_repo
-):
+def test_flaky_task_succeeds_on_its_third_attempt_after_exponential_backoffs(hub, api, remote_repo):
     flaky = task("flaky", '[ "$FLOTILLA_TASK_ATTEMPT" -ge 3 ] || exit 7; echo ok > ok.txt',
                  remote_repo, max_retries=4, backoff_base_s=1.0, backoff_cap_s=30,
                  backoff_jitter=0.25)  # fmt: skip
@@ -165,9 +163,7 @@ def test_flaky_task_succeeds_on_its_third_attempt_after_exponential_backoffs(
         assert earlier.backoff_s <= gap <= earlier.backoff_s + 2.0, (gap, earlier.backoff_s)
 
 
-def test_task_that_always_fails_skips_its_dependents_and_the_rest_goes_on(
-    hub, api, remote_repo
-):
+def test_task_that_always_fails_skips_its_dependents_and_the_rest_goes_on(hub, api, remote_repo):
     tasks = [
         task("broken", "exit 1", remote_repo, max_retries=1, backoff_base_s=0.2),
         task("after", "true", remote_repo, depends_on=["broken"]),
@@ -211,8 +207,9 @@ def test_cancel_kills_running_agents_and_cancels_the_rest(hub, api, remote_repo)
     tasks = [task("long", "sleep 60", remote_repo), task("next", "true", remote_repo,
                                                           depends_on=["long"])]  # fmt: skip
     project = create(api, tasks)
-    wait_until(lambda: Agent.objects.filter(task_id=f"p{project['id']}-long",
-                                            state="running").exists(), what="long running")  # fmt: skip
+    long_task = f"p{project['id']}-long"
+    wait_until(lambda: Agent.objects.filter(task_id=long_task, state="running").exists(),
+               what="long running")  # fmt: skip
 
     response = api.post(f"/api/v1/projects/{project['id']}/cancel", {"reason": "changed my mind"},
                         format="json")  # fmt: skip
@@ -247,9 +244,7 @@ def test_pause_holds_back_new_tasks_until_resume(hub, api, remote_repo):
     assert api.post(f"/api/v1/projects/{project['id']}/resume").status_code == 409
 
 
-def test_retrying_a_failed_task_by_hand_reruns_it_and_its_skipped_dependents(
-    hub, api, remote_repo
-):
+def test_retrying_a_failed_task_by_hand_reruns_it_and_its_skipped_dependents(hub, api, remote_repo):
     tasks = [task("once", '[ "$FLOTILLA_TASK_ATTEMPT" -ge 2 ] || exit 1', remote_repo),
              task("then", "true", remote_repo, depends_on=["once"])]  # fmt: skip
     project = create(api, tasks)
@@ -264,9 +259,7 @@ def test_retrying_a_failed_task_by_hand_reruns_it_and_its_skipped_dependents(
     assert missing.status_code == 404
 
 
-def test_dependencies_whose_branches_conflict_fail_the_task_naming_the_files(
-    hub, api, remote_repo
-):
+def test_dependencies_whose_branches_conflict_fail_the_task_naming_the_files(hub, api, remote_repo):
     tasks = [
         task("left", "echo left > README.md", remote_repo),
         task("right", "echo right > README.md", remote_repo),
@@ -281,11 +274,11 @@ def test_dependencies_whose_branches_conflict_fail_the_task_naming_the_files(
     assert "merge conflict" in join.error and "README.md" in join.error
 
 
-def test_tasks_without_a_repository_run_in_a_scratch_repository_and_artifacts_download(
-    hub, api
-):
-    tasks = [{"key": "make", "script": "echo data > data.txt"},
-             {"key": "use", "script": "cat data.txt > copy.txt", "depends_on": ["make"]}]  # fmt: skip
+def test_tasks_without_a_repository_run_in_a_scratch_repository_and_artifacts_download(hub, api):
+    tasks = [
+        {"key": "make", "script": "echo data > data.txt"},
+        {"key": "use", "script": "cat data.txt > copy.txt", "depends_on": ["make"]},
+    ]
     project = create(api, tasks)
 
     assert wait_for_project(project["id"]).state == "succeeded"
