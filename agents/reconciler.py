@@ -105,11 +105,13 @@ def agents_reconcile(*, node: str) -> ReconcileReport:
             _recover(agent, report)
     _requeue_lost(report)
     containers = _docker_containers(node, report)
+    pool_claims = _docker_pool_claims(node)
     local_ids = local_live_agent_ids()
     worktrees = _worktrees(report)
     live = {str(agent_id) for agent_id in
             Agent.objects.filter(state__in=LIVE_STATES).values_list("id", flat=True)}  # fmt: skip
     _sweep_docker(containers, live, report)
+    _sweep_docker_pool(node, pool_claims, live, report)
     _sweep_local(node, local_ids, live, report)
     _sweep_worktrees(worktrees, live, report)
     return report
@@ -212,6 +214,33 @@ def _sweep_docker(containers: dict[str, str], live: set[str], report: ReconcileR
         report.sandboxes_removed.append(f"docker:{agent_id}")
         _audit("sandbox.remove", agent_id, "no live agent owns this container",
                {"backend": "docker", "container": name})  # fmt: skip
+
+
+def _docker_pool_claims(node: str) -> dict[str, str]:
+    try:
+        from agents.sandboxes.docker import docker_pool_claims
+    except ImportError:
+        return {}  # no docker SDK, so no pool either
+    return docker_pool_claims(node=node)
+
+
+def _sweep_docker_pool(node: str, claims: dict[str, str], live: set[str],
+                       report: ReconcileReport) -> None:  # fmt: skip
+    """Release warm-pool slots claimed by agents that are gone, then top the pool up."""
+    from agents.sandboxes.docker import docker_pool_refill_enqueue, docker_pool_sweep
+
+    try:
+        released = docker_pool_sweep(node=node, claims=claims, live=live)
+    except SandboxError as error:
+        report.errors.append(f"docker warm pool: {error}")
+        return
+    for item in released:
+        slot, agent_id = item.split(":", 1)
+        report.sandboxes_removed.append(f"docker-pool:{slot}")
+        _audit("sandbox.remove", agent_id, "no live agent owns this warm-pool container",
+               {"backend": "docker", "warm_slot": slot})  # fmt: skip
+    if settings.FLOTILLA_DOCKER_WARM_POOL > 0:
+        docker_pool_refill_enqueue()
 
 
 def _sweep_local(node: str, agent_ids: set[str], live: set[str], report: ReconcileReport) -> None:

@@ -17,6 +17,7 @@ from agents.delivery import DeliveryReport, agent_commit, agent_push
 from agents.lifecycle import agent_transition
 from agents.models import Agent, AgentEventKind, AgentState
 from agents.reconciler import supervisor_identity
+from agents.reconnect import database_retrying
 from agents.runtimes import runtime_for
 from agents.runtimes.base import RunContext, RunOutcome
 from agents.sandboxes import sandbox_backend
@@ -108,10 +109,13 @@ def _end(agent: Agent, to: AgentState, **fields: Any) -> bool:
     a dashboard, a project waiting on the agent) finds nothing of the run
     left. A kill that lands in between wins the state and finds nothing to do.
     """
-    agent.refresh_from_db()
-    agent_cleanup(agent=agent)
-    agent.released = True
-    return agent_transition(agent_id=agent.id, to=to, **fields)
+    def end() -> bool:
+        agent.refresh_from_db()
+        agent_cleanup(agent=agent)
+        agent.released = True
+        return agent_transition(agent_id=agent.id, to=to, **fields)
+
+    return database_retrying(end)
 
 
 def _pause(context: RunContext, outcome: RunOutcome) -> bool:
@@ -148,10 +152,13 @@ def _prepare(agent: Agent, *, resuming: bool = False) -> RunContext:
     agent.sandbox_handle = handle
 
     def emit(kind: str, data: dict[str, Any]) -> None:
-        agent_event_append(agent_id=agent.id, kind=kind, data=data)
+        database_retrying(lambda: agent_event_append(agent_id=agent.id, kind=kind, data=data))
 
     def is_cancelled() -> bool:
-        return Agent.objects.filter(id=agent.id, state__in=_FINAL).exists()
+        # A database restart must not end (or strand) the run: reconnect and ask again.
+        return database_retrying(
+            lambda: Agent.objects.filter(id=agent.id, state__in=_FINAL).exists()
+        )
 
     return RunContext(
         agent=agent,

@@ -18,3 +18,12 @@ def agents_reconcile() -> dict:
     from agents.reconciler import agents_reconcile as reconcile
 
     return reconcile(node=settings.FLOTILLA_NODE_NAME).as_dict()
+
+
+def docker_pool_refill() -> dict:
+    """Top the docker warm pool of the node whose worker runs this up to its size."""
+    from django.conf import settings
+
+    from agents.sandboxes.docker import docker_pool_refill as refill
+
+    return refill(node=settings.FLOTILLA_NODE_NAME)

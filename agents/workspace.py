@@ -253,15 +253,23 @@ def worktree_remove(*, repository: str, path: Path, work_branch: str) -> Removal
     if not (mirror / "HEAD").exists():
         shutil.rmtree(path, ignore_errors=True)
         return RemovalReport(branch_kept=False, unpushed_commits=0)
+    # Each git process here runs under the mirror's lock, so a kill-all of many
+    # agents of one repository waits on them in turn: run as few as possible.
     with _mirror_lock(mirror):
+        removed = False
         if path.exists():
             try:
                 _run(mirror, "worktree", "remove", "--force", "--force", str(path))
+                removed = True
             except WorkspaceError:
                 shutil.rmtree(path, ignore_errors=True)
-        _run(mirror, "worktree", "prune")
-        unpushed = branch_unpushed_commits(repository=repository, work_branch=work_branch)
-        if unpushed == 0 and _ref_exists(mirror, f"refs/heads/{work_branch}"):
+        if not removed:
+            _run(mirror, "worktree", "prune")
+        ref = f"refs/heads/{work_branch}"
+        if not _ref_exists(mirror, ref):
+            return RemovalReport(branch_kept=False, unpushed_commits=0)
+        unpushed = int(_run(mirror, "rev-list", "--count", ref, "--not", "--remotes=origin"))
+        if unpushed == 0:
             _run(mirror, "branch", "--quiet", "-D", work_branch)
     return RemovalReport(branch_kept=unpushed > 0, unpushed_commits=unpushed)
 

@@ -1,10 +1,13 @@
-"""WebSocket gateways of the dashboard: the agents board and one agent's event stream.
+"""WebSocket gateways of the dashboard: agents (event streams) and projects (watched states).
 
 A client connects with ``?after=<last event id it saw>``. The consumer joins
 its group, reads the relay's watermark, replays ``(after, watermark]`` from the
 table and from then on forwards the relay's batches, dropping anything at or
 below what it already sent. So a page that reconnects, to this process or to
 another one, gets every event once.
+
+Project pages and the hub's banners follow states rather than events
+(``watch.py``): a full snapshot on connect, then only the rows that changed.
 """
 
 from typing import Any
@@ -17,6 +20,10 @@ from agents.errors import AgentNotFound
 from agents.selectors import agent_get
 from dashboard.relay import BOARD_GROUP, BOARD_KINDS, agent_group, frame_text, relay_get
 from dashboard.selectors import agent_summaries, event_rows
+from dashboard.watch import BOARD_TOPIC, HUB_TOPIC, topic_group, watch_get
+from dashboard.watch import frame_text as watch_frame
+from taskqueue.errors import ProjectNotFound
+from taskqueue.selectors import project_get
 
 REPLAY_PAGE = 500
 CLOSE_UNAUTHENTICATED = 4401
@@ -133,3 +140,77 @@ class AgentDetailConsumer(EventStreamConsumer):
         self.agent_id = agent.id
         self.group = agent_group(agent.id)
         return True
+
+
+class StateStreamConsumer(WebsocketConsumer):
+    """A watched topic of ``watch.py``: a full snapshot first, then the rows that change."""
+
+    topic = ""
+
+    def connect(self) -> None:
+        self.version: int | None = None
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        if not self.resolve():
+            self.close(code=CLOSE_NOT_FOUND)
+            return
+        self.accept()
+        async_to_sync(self.channel_layer.group_add)(topic_group(self.topic), self.channel_name)
+        version, snapshot = async_to_sync(watch_get().watch)(self.topic)
+        self._send_snapshot(version, snapshot)
+
+    def resolve(self) -> bool:
+        return True
+
+    def disconnect(self, code: int) -> None:
+        if self.version is None:
+            return
+        async_to_sync(self.channel_layer.group_discard)(topic_group(self.topic), self.channel_name)
+        async_to_sync(watch_get().unwatch)(self.topic)
+
+    def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if text_data == "ping":
+            self.send(text_data='{"type":"pong"}')
+
+    def watch_delta(self, message: dict[str, Any]) -> None:
+        if self.version is None or message["version"] <= self.version:
+            return
+        if message["since"] != self.version:
+            # A change went missing (a full channel): start again from the whole state.
+            self._send_snapshot(*async_to_sync(watch_get().current_async)(self.topic))
+            return
+        self.send(text_data=message["text"])
+        self.version = message["version"]
+
+    def _send_snapshot(self, version: int, snapshot: dict[str, Any]) -> None:
+        text = watch_frame(
+            kind="snapshot", topic=self.topic, version=version, sections=snapshot, removed={}
+        )
+        self.send(text_data=text)
+        self.version = version
+
+
+class ProjectBoardConsumer(StateStreamConsumer):
+    """The projects page: every shown project's state and progress."""
+
+    topic = BOARD_TOPIC
+
+
+class ProjectDetailConsumer(StateStreamConsumer):
+    """One project's page: the project's state and progress, and every task's state."""
+
+    def resolve(self) -> bool:
+        try:
+            project = project_get(project_id=self.scope["url_route"]["kwargs"]["project_id"])
+        except ProjectNotFound:
+            return False
+        self.topic = str(project.id)
+        return True
+
+
+class HubConsumer(StateStreamConsumer):
+    """Every page: whether the hub is halted (and YOLO mode), for the banners."""
+
+    topic = HUB_TOPIC

@@ -1,5 +1,6 @@
 """Reads the dashboard needs, shaped as the JSON the pages and the relay share."""
 
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
@@ -9,6 +10,14 @@ from django.db.models import Count
 from agents.selectors import agent_event_last_id, agent_events_range, agent_list
 from federation.selectors import peer_list
 from killswitch.selectors import hub_halt_get
+from taskqueue.selectors import (
+    progress_of,
+    project_get,
+    project_list,
+    project_tasks,
+    projects_live,
+    projects_progress,
+)
 
 # The columns a page needs for one agent; the script and instructions stay behind.
 _SUMMARY_FIELDS = (
@@ -117,3 +126,115 @@ def board_peers() -> list[dict[str, Any]]:
         }
         for peer in peers
     ]
+
+
+# --- Projects -----------------------------------------------------------------
+
+PROJECTS_BOARD_SIZE = 100
+
+
+def _project_row(project: Any, progress: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": project.id,
+        "name": project.name,
+        "mode": project.mode,
+        "state": project.state,
+        "created_by": project.created_by,
+        "created_at": _iso(project.created_at),
+        "task_count": progress["total"],
+        "progress": progress,
+    }
+
+
+def board_projects() -> list[dict[str, Any]]:
+    """The projects page: the newest projects with their progress, in two queries."""
+    projects = list(project_list()[:PROJECTS_BOARD_SIZE])
+    progress = projects_progress(project_ids=[project.id for project in projects])
+    return [_project_row(project, progress[project.id]) for project in projects]
+
+
+def _live_task(task: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "key": task["key"],
+        "state": task["state"],
+        "attempts": task["attempts"],
+        "error": (task["error"] or "")[:300],
+        "retry_at": _iso(task["retry_at"]),
+        "agent_id": str(task["agent_id"]) if task["agent_id"] else None,
+    }
+
+
+def _live_project(live: dict[str, Any]) -> dict[str, Any]:
+    project, tasks = live["project"], live["tasks"]
+    return {
+        "id": project["id"],
+        "name": project["name"],
+        "state": project["state"],
+        "error": (project["error"] or "")[:300],
+        "started_at": _iso(project["started_at"]),
+        "finished_at": _iso(project["finished_at"]),
+        "progress": progress_of(Counter(task["state"] for task in tasks.values())),
+    }
+
+
+def projects_live_snapshots(*, project_ids: Iterable[int]) -> dict[int, dict[str, dict]]:
+    """Per project, what its page shows live: ``{"project": {id: row}, "tasks": {key: row}}``.
+
+    A project that no longer exists has empty sections. Three queries in all.
+    """
+    ids = list(project_ids)
+    live = projects_live(project_ids=ids)
+    snapshots: dict[int, dict[str, dict]] = {}
+    for project_id in ids:
+        if project_id not in live:
+            snapshots[project_id] = {"project": {}, "tasks": {}}
+            continue
+        tasks = live[project_id]["tasks"]
+        snapshots[project_id] = {
+            "project": {str(project_id): _live_project(live[project_id])},
+            "tasks": {key: _live_task(task) for key, task in tasks.items()},
+        }
+    return snapshots
+
+
+def projects_board_snapshot() -> dict[str, dict]:
+    return {"projects": {str(row["id"]): row for row in board_projects()}}
+
+
+def _latest_agent_id(task: Any) -> str | None:
+    attempt = task.last_attempt
+    return str(attempt.agent_id) if attempt and attempt.agent_id else None
+
+
+def project_page(*, project_id: Any) -> dict[str, Any]:
+    """A project's page: the project, its progress and every task with its dependencies.
+
+    Raises ``ProjectNotFound``.
+    """
+    project = project_get(project_id=project_id)
+    tasks = project_tasks(project_id=project.id)
+    progress = progress_of(Counter(task.state for task in tasks))
+    graph = [
+        {
+            "key": task.key,
+            "title": task.title,
+            "state": task.state,
+            "depends_on": task.dependency_keys,  # type: ignore[attr-defined]
+            "priority": task.priority,
+            "attempts": task.attempts,
+            "error": (task.error or "")[:300],
+            "agent_id": _latest_agent_id(task),
+        }
+        for task in tasks
+    ]
+    return {
+        "project": {
+            **_project_row(project, progress),
+            "failure_policy": project.failure_policy,
+            "max_parallel": project.max_parallel,
+            "error": project.error,
+            "started_at": _iso(project.started_at),
+            "finished_at": _iso(project.finished_at),
+        },
+        "tasks": graph,
+    }

@@ -13,4 +13,7 @@ urlpatterns = [
     path("release", views.release_action, name="release"),
     path("peers/", views.peers_board, name="peers"),
     path("peers/<str:peer_id>/<str:action>", views.peer_action, name="peer-action"),
+    path("projects/", views.projects_board, name="projects"),
+    path("projects/<int:project_id>/", views.project_detail, name="project"),
+    path("projects/<int:project_id>/<str:action>", views.project_action, name="project-action"),
 ]

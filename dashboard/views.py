@@ -19,10 +19,20 @@ from django.views.decorators.http import require_GET, require_POST
 
 from agents.errors import AgentError, AgentNotFound
 from agents.selectors import agent_get
-from dashboard.selectors import agent_summary, board_agents, board_peers, hub_banners
+from dashboard.selectors import (
+    agent_summary,
+    board_agents,
+    board_peers,
+    board_projects,
+    hub_banners,
+    project_page,
+)
 from federation.errors import FederationError
 from federation.services import peer_transition
 from killswitch.services import agent_kill, agent_kill_all, hub_halt, hub_release
+from taskqueue.errors import ProjectError, ProjectNotFound
+from taskqueue.selectors import project_get, project_may_control
+from taskqueue.services import project_cancel, project_pause, project_resume
 
 MAX_REASON = 2000
 # Our scripts and styles are files under /static/; nothing inline may run.
@@ -66,6 +76,7 @@ def page_context(request: HttpRequest, **extra: Any) -> dict[str, Any]:
         "banners": hub_banners(),
         "is_staff": request.user.is_staff,
         "dashboard_peers": True,
+        "dashboard_projects": True,
         **extra,
     }
 
@@ -199,3 +210,65 @@ def peer_action(request: HttpRequest, peer_id: str, action: str) -> HttpResponse
     else:
         messages.success(request, f"Peer {peer.name} is now {peer.state}.")
     return redirect("dashboard:peers")
+
+
+# --- Projects -------------------------------------------------------------------
+
+
+@require_GET
+@dashboard_page
+def projects_board(request: HttpRequest) -> HttpResponse:
+    context = page_context(request, projects=board_projects(), nav="projects")
+    return render(request, "dashboard/projects.html", context)
+
+
+@require_GET
+@dashboard_page
+def project_detail(request: HttpRequest, project_id: int) -> HttpResponse:
+    try:
+        page = project_page(project_id=project_id)
+        may_control = project_may_control(
+            project=project_get(project_id=project_id), user=request.user
+        )
+    except ProjectNotFound:
+        context = page_context(request, missing="project", nav="projects")
+        return render(request, "dashboard/not_found.html", context, status=404)
+    context = page_context(request, **page, may_control=may_control, nav="projects")
+    return render(request, "dashboard/project_detail.html", context)
+
+
+# What the project page offers; taskqueue.selectors.project_may_control says who may.
+PROJECT_ACTIONS = ("cancel", "pause", "resume")
+
+
+def _project_control(action: str, *, project_id: int, actor: str, reason: str) -> Any:
+    if action == "cancel":
+        return project_cancel(project_id=project_id, actor=actor, reason=reason)
+    if action == "pause":
+        return project_pause(project_id=project_id, actor=actor)
+    return project_resume(project_id=project_id, actor=actor)
+
+
+@require_POST
+@login_required
+def project_action(request: HttpRequest, project_id: int, action: str) -> HttpResponse:
+    if action not in PROJECT_ACTIONS:
+        raise PermissionDenied(f"{action} is not a project action")
+    try:
+        project = project_get(project_id=project_id)
+        if not project_may_control(project=project, user=request.user):
+            raise PermissionDenied("only staff and the user who created the project may do this")
+        project = _project_control(
+            action, project_id=project_id, actor=actor(request), reason=_reason(request)
+        )
+    except ProjectError as error:
+        if _wants_json(request):
+            return JsonResponse(
+                {"error": {"code": error.code, "message": str(error)}}, status=error.http_status
+            )
+        messages.error(request, str(error))
+        return redirect("dashboard:project", project_id=project_id)
+    if _wants_json(request):
+        return JsonResponse({"id": project.id, "state": project.state})
+    messages.success(request, f"Project {project.name} is now {project.state}.")
+    return redirect("dashboard:project", project_id=project_id)

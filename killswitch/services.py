@@ -15,6 +15,10 @@ from killswitch.models import HubHalt
 # Kill-all fans out over a few threads: each kill is mostly waiting on the
 # kernel (freezing a cgroup, reaping processes) and on git cleanup.
 _KILL_ALL_THREADS = 8
+# The cleanups wait on the container engine, which removes many containers
+# at once, and then on git, which takes one worktree of a repository at a time:
+# one thread per agent lets every removal start at once.
+_CLEANUP_THREADS = 32
 
 
 def agent_kill(*, agent_id: Any, reason: str, actor: str) -> Termination:
@@ -29,7 +33,8 @@ def agent_kill_all(*, reason: str, actor: str) -> dict[str, Any]:
     ids = live_agent_ids()
     with ThreadPoolExecutor(max_workers=_KILL_ALL_THREADS) as pool:
         stops = list(pool.map(lambda agent_id: _stop_one(agent_id, reason, actor), ids))
-        stopped = [stop for stop in stops if isinstance(stop, Termination) and stop.terminated]
+    stopped = [stop for stop in stops if isinstance(stop, Termination) and stop.terminated]
+    with ThreadPoolExecutor(max_workers=max(1, min(len(stopped), _CLEANUP_THREADS))) as pool:
         killed = list(pool.map(lambda stop: _cleanup_one(stop, reason, actor), stopped))
     errors = [stop for stop in stops if isinstance(stop, dict)]
     summary = {"total": len(ids), "killed": len(killed), "failed": len(errors), "errors": errors}

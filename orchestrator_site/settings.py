@@ -221,6 +221,10 @@ FLOTILLA_DASHBOARD_RELAY_INTERVAL_S = env_float(
 )
 FLOTILLA_DASHBOARD_RELAY_BATCH = env_int("FLOTILLA_DASHBOARD_RELAY_BATCH", 1000, minimum=10)
 FLOTILLA_DASHBOARD_GAP_WAIT_S = env_float("FLOTILLA_DASHBOARD_GAP_WAIT_S", 1.0, minimum=0.0)
+# Project pages and banners: each web process polls what its browsers watch (dashboard/watch.py).
+FLOTILLA_DASHBOARD_WATCH_INTERVAL_S = env_float(
+    "FLOTILLA_DASHBOARD_WATCH_INTERVAL_S", 0.25, minimum=0.02
+)
 
 # --- Flotilla ---------------------------------------------------------------
 

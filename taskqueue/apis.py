@@ -5,17 +5,19 @@ from django.http import HttpResponse
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.pagination import LimitOffsetPagination
+from rest_framework.permissions import BasePermission, IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from taskqueue import branches
 from taskqueue.artifacts import project_artifacts_archive
-from taskqueue.errors import ProjectInvalid
+from taskqueue.errors import ProjectInvalid, ProjectNotFound
 from taskqueue.planner import project_plan
 from taskqueue.selectors import (
     project_get,
     project_list,
+    project_may_control,
     project_progress,
     project_result,
     project_tasks,
@@ -32,6 +34,22 @@ from taskqueue.services import (
 
 def principal(request: Request) -> str:
     return f"user:{request.user.get_username()}"
+
+
+class MayControlProject(BasePermission):
+    """Cancel, pause, resume, retry: staff and the project's creator (``project_may_control``)."""
+
+    message = "only staff and the user who created the project may control it"
+
+    def has_permission(self, request: Request, view: APIView) -> bool:
+        try:
+            project = project_get(project_id=view.kwargs["project_id"])
+        except ProjectNotFound:
+            return True  # the view answers 404
+        return project_may_control(project=project, user=request.user)
+
+
+CONTROL = [IsAuthenticated, MayControlProject]
 
 
 class TaskOutputSerializer(serializers.Serializer):
@@ -146,6 +164,8 @@ class ProjectResultApi(APIView):
 
 
 class ProjectCancelApi(APIView):
+    permission_classes = CONTROL
+
     class InputSerializer(serializers.Serializer):
         reason = serializers.CharField(max_length=1000, default="", allow_blank=True)
 
@@ -160,6 +180,8 @@ class ProjectCancelApi(APIView):
 
 
 class ProjectPauseApi(APIView):
+    permission_classes = CONTROL
+
     @extend_schema(request=None, responses={200: ProjectDetailSerializer},
                    operation_id="projects_pause")  # fmt: skip
     def post(self, request: Request, project_id: int) -> Response:
@@ -168,6 +190,8 @@ class ProjectPauseApi(APIView):
 
 
 class ProjectResumeApi(APIView):
+    permission_classes = CONTROL
+
     @extend_schema(request=None, responses={200: ProjectDetailSerializer},
                    operation_id="projects_resume")  # fmt: skip
     def post(self, request: Request, project_id: int) -> Response:
@@ -176,6 +200,8 @@ class ProjectResumeApi(APIView):
 
 
 class TaskRetryApi(APIView):
+    permission_classes = CONTROL
+
     @extend_schema(request=None, responses={200: ProjectDetailSerializer},
                    operation_id="projects_task_retry")  # fmt: skip
     def post(self, request: Request, project_id: int, key: str) -> Response:

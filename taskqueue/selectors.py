@@ -1,6 +1,7 @@
 """Reads on projects."""
 
 from collections import Counter
+from collections.abc import Collection
 from typing import Any
 
 from django.db.models import Count, QuerySet
@@ -43,6 +44,11 @@ def project_tasks(*, project_id: Any) -> list[Task]:
 def project_progress(*, project_id: Any) -> dict[str, Any]:
     counts = Counter(dict(Task.objects.filter(project_id=project_id).values_list("state")
                           .annotate(n=Count("id")).values_list("state", "n")))  # fmt: skip
+    return progress_of(counts)
+
+
+def progress_of(counts: Counter) -> dict[str, Any]:
+    """``{total, finished, percent, states}`` from the number of tasks in each state."""
     total = sum(counts.values())
     done = sum(counts[state] for state in (TaskState.SUCCEEDED, TaskState.FAILED,
                                            TaskState.CANCELLED, TaskState.SKIPPED))  # fmt: skip
@@ -89,3 +95,49 @@ def project_result(*, project_id: Any) -> dict[str, Any]:
         "progress": project_progress(project_id=project.id),
         "tasks": [task_result(task) for task in project_tasks(project_id=project.id)],
     }
+
+
+def project_may_control(*, project: Project, user: Any) -> bool:
+    """Who may cancel, pause, resume or retry a project: staff, and the user who created it."""
+    if user is None or not user.is_authenticated:
+        return False
+    return bool(user.is_staff) or project.created_by == f"user:{user.get_username()}"
+
+
+def projects_progress(*, project_ids: Collection[int]) -> dict[int, dict[str, Any]]:
+    """``project_progress`` of many projects in one query."""
+    counts: dict[int, Counter] = {project_id: Counter() for project_id in project_ids}
+    rows = (Task.objects.filter(project_id__in=list(counts)).order_by()
+            .values("project_id", "state").annotate(n=Count("id")))  # fmt: skip
+    for row in rows:
+        counts[row["project_id"]][row["state"]] = row["n"]
+    return {project_id: progress_of(tally) for project_id, tally in counts.items()}
+
+
+def projects_live(*, project_ids: Collection[int]) -> dict[int, dict[str, Any]]:
+    """What changes while projects run, for pages that watch them; three queries in all.
+
+    Per project ``{"project": {id, name, state, error, started_at, finished_at},
+    "tasks": {key: {key, state, attempts, error, retry_at, agent_id}}}``; a project
+    that does not exist is absent.
+    """
+    live: dict[int, dict[str, Any]] = {
+        row["id"]: {"project": row, "tasks": {}}
+        for row in Project.objects.filter(id__in=list(project_ids)).values(
+            "id", "name", "state", "error", "started_at", "finished_at"
+        )
+    }
+    attempts = TaskAttempt.objects.filter(task__project_id__in=list(live)).order_by(
+        "task_id", "number"
+    )
+    # Ordered by attempt number, so the last one written per task wins.
+    latest_agent = dict(attempts.values_list("task_id", "agent_id"))
+    tasks = (
+        Task.objects.filter(project_id__in=list(live))
+        .order_by("id")
+        .values("id", "project_id", "key", "state", "attempts", "error", "retry_at")
+    )
+    for task in tasks:
+        task["agent_id"] = latest_agent.get(task.pop("id"))
+        live[task.pop("project_id")]["tasks"][task["key"]] = task
+    return live

@@ -20,6 +20,7 @@ import subprocess
 import tarfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ import docker.utils
 from django.conf import settings
 from docker.types import Mount
 
+from agents.sandboxes import warmpool
 from agents.sandboxes.base import (
     AGENT_LABEL,
     ExecResult,
@@ -39,6 +41,7 @@ from agents.sandboxes.base import (
     SandboxSpec,
     SandboxUnavailable,
 )
+from agents.sandboxes.warmpool import WarmPoolError, WarmSlot
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +51,7 @@ LABEL_HUB = "flotilla.hub"
 LABEL_POOL = "flotilla.pool"
 LABEL_LAYOUT = "flotilla.layout"
 NAME_PREFIX = "flotilla-agent-"
+POOL_NAME_PREFIX = "flotilla-pool-"
 
 _SYSTEM_DIRS = ("/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32")
 # Docker writes its own /etc/hosts, /etc/hostname and /etc/resolv.conf.
@@ -111,6 +115,10 @@ class DockerSandbox(Sandbox):
     def start(self, spec: SandboxSpec) -> SandboxHandle:
         uid = settings.FLOTILLA_SANDBOX_UID
         workspace_chown(spec.workspace, uid)
+        if pool_fits(spec):
+            warm = self._start_warm(spec, uid)
+            if warm is not None:
+                return warm
         name = container_name(spec.agent_id)
         handle: SandboxHandle = {
             "backend": self.name,
@@ -137,6 +145,57 @@ class DockerSandbox(Sandbox):
         handle["cgroup_procs"] = _cgroup_procs_file(state["Pid"])
         return handle
 
+    def _start_warm(self, spec: SandboxSpec, uid: int) -> SandboxHandle | None:
+        """Claim a started pool container and mount the worktree into it; None if none is ready."""
+        node = settings.FLOTILLA_NODE_NAME
+        name = container_name(spec.agent_id)
+        try:
+            while (slot := warmpool.slot_claim(node=node, claimant=spec.agent_id)) is not None:
+                record = slot.container() or {}
+                handle: SandboxHandle = {
+                    "backend": self.name, "agent_id": spec.agent_id, "container": name,
+                    "container_id": record.get("id", ""), "uid": uid,
+                    "workspace": str(spec.workspace),
+                    "cgroup_procs": record.get("cgroup_procs", ""), "warm_slot": str(slot.path),
+                    "env": {AGENT_LABEL: spec.agent_id, **spec.env},
+                }  # fmt: skip
+                if not self._rename_claimed(record.get("id", ""), name, spec.agent_id, slot):
+                    warmpool.slot_release(slot)  # its container died: try the next slot
+                    continue
+                try:
+                    warmpool.slot_attach(slot, spec.workspace)
+                except WarmPoolError:
+                    self.remove(handle)
+                    raise
+                return handle
+            return None
+        finally:
+            docker_pool_refill_enqueue()
+
+    def _rename_claimed(self, container_id: str, name: str, agent_id: str, slot: WarmSlot) -> bool:
+        """Give a claimed pool container its agent's name; False when the container is gone.
+
+        The name makes ``docker ps``, a kill by name and the reconciler find it
+        (labels cannot change). The claim is already exclusive, so the rename
+        never races another spawn.
+        """
+        for _ in range(2):
+            try:
+                self.api.rename(container_id, name)
+                return True
+            except docker.errors.NotFound:
+                return False
+            except docker.errors.APIError as error:
+                if error.status_code != 409:
+                    raise SandboxError(f"cannot claim a warm container: {error}") from None
+            # The name is taken: a retried agent found the container of its previous attempt.
+            previous = {"backend": self.name, "agent_id": agent_id, "container": name}
+            self._remove_container(previous)
+            for stale in warmpool.slots_claimed_by(settings.FLOTILLA_NODE_NAME, agent_id):
+                if stale != slot:
+                    warmpool.slot_release(stale)
+        return False
+
     def _create(self, handle: SandboxHandle, config: dict[str, Any]) -> dict[str, Any]:
         try:
             return self.api.create_container(**config)
@@ -147,13 +206,21 @@ class DockerSandbox(Sandbox):
         self.remove(handle)
         return self.api.create_container(**config)
 
-    def _container_config(self, spec: SandboxSpec, name: str, uid: int) -> dict[str, Any]:
-        mounts = [*system_mounts(), Mount(WORKSPACE, str(spec.workspace), type="bind")]
-        git_file = Path(spec.workspace) / ".git"
-        if git_file.exists():
-            # The worktree's .git file points the hub's git at its metadata;
-            # the agent may read it but never redirect it.
-            mounts.append(Mount(f"{WORKSPACE}/.git", str(git_file), type="bind", read_only=True))
+    def _container_config(
+        self, spec: SandboxSpec, name: str, uid: int, *, slot: WarmSlot | None = None
+    ) -> dict[str, Any]:
+        labels = {LABEL_HUB: settings.FLOTILLA_NODE_NAME}
+        environment = {"PATH": settings.FLOTILLA_SANDBOX_PATH, "HOME": "/tmp", "LANG": "C.UTF-8"}
+        if slot is not None:
+            # A pool container: the worktree is mounted onto the slot directory
+            # when a spawn claims it, and reaches /workspace through propagation.
+            slot_mount = Mount(WORKSPACE, str(slot.workspace), type="bind", propagation="rslave")
+            mounts = [*system_mounts(), slot_mount]
+            labels[LABEL_POOL] = str(slot.path)
+        else:
+            mounts = [*system_mounts(), *workspace_mounts(spec.workspace)]
+            labels[LABEL_AGENT] = spec.agent_id
+            environment.update({AGENT_LABEL: spec.agent_id, **spec.env})
         memory = spec.memory_mb * 1024 * 1024
         host_config = self.api.create_host_config(
             mounts=mounts,
@@ -175,14 +242,8 @@ class DockerSandbox(Sandbox):
             "hostname": "sandbox",
             "user": f"{uid}:{uid}",
             "working_dir": WORKSPACE,
-            "environment": {
-                "PATH": settings.FLOTILLA_SANDBOX_PATH,
-                "HOME": "/tmp",
-                "LANG": "C.UTF-8",
-                AGENT_LABEL: spec.agent_id,
-                **spec.env,
-            },
-            "labels": {LABEL_AGENT: spec.agent_id, LABEL_HUB: settings.FLOTILLA_NODE_NAME},
+            "environment": environment,
+            "labels": labels,
             "host_config": host_config,
         }
 
@@ -199,7 +260,11 @@ class DockerSandbox(Sandbox):
         try:
             argv = ["/bin/sh", "-c", command]
             exec_id = self.api.exec_create(
-                handle["container"], argv, user=f"{uid}:{uid}", workdir=WORKSPACE
+                handle["container"],
+                argv,
+                user=f"{uid}:{uid}",
+                workdir=WORKSPACE,
+                environment=handle.get("env"),
             )["Id"]
             stream = self.api.exec_start(exec_id, stream=True)
         except docker.errors.NotFound:
@@ -277,6 +342,13 @@ class DockerSandbox(Sandbox):
             self.remove(handle)
 
     def remove(self, handle: SandboxHandle) -> None:
+        """Remove the container, then release its warm-pool slot if it came from the pool."""
+        try:
+            self._remove_container(handle)
+        finally:
+            _slots_release(handle)
+
+    def _remove_container(self, handle: SandboxHandle) -> None:
         try:
             self.api.remove_container(handle["container"], force=True, v=True)
         except docker.errors.NotFound:
@@ -309,6 +381,26 @@ class DockerSandbox(Sandbox):
             if agent_id:
                 found[agent_id] = name
         return found
+
+
+def workspace_mounts(workspace: Path) -> list[Mount]:
+    mounts = [Mount(WORKSPACE, str(workspace), type="bind")]
+    git_file = Path(workspace) / ".git"
+    if git_file.exists():
+        # The worktree's .git file points the hub's git at its metadata;
+        # the agent may read it but never redirect it.
+        mounts.append(Mount(f"{WORKSPACE}/.git", str(git_file), type="bind", read_only=True))
+    return mounts
+
+
+def _slots_release(handle: SandboxHandle) -> None:
+    """Release the warm slot a handle names, or any slot claimed by its agent (a bare handle)."""
+    if handle.get("warm_slot"):
+        found = [WarmSlot(Path(handle["warm_slot"]))]
+    else:
+        found = warmpool.slots_claimed_by(settings.FLOTILLA_NODE_NAME, handle.get("agent_id", ""))
+    for slot in found:
+        warmpool.slot_release(slot)
 
 
 def workspace_chown(workspace: Path, uid: int) -> None:
@@ -446,6 +538,154 @@ def _wait_gone(api: docker.APIClient, name: str, wait_s: float = 5.0) -> None:
         except docker.errors.NotFound:
             return
         time.sleep(0.02)
+
+
+# --- the warm pool -----------------------------------------------------------
+# FLOTILLA_DOCKER_WARM_POOL started containers wait for spawns (docs/docker-and-reconciler.md).
+
+_POOL_START_THREADS = 4
+
+
+def pool_fits(spec: SandboxSpec) -> bool:
+    """Whether a pool container (made with the default limits, no network) can serve ``spec``."""
+    return (settings.FLOTILLA_DOCKER_WARM_POOL > 0 and not spec.network
+            and spec.memory_mb == settings.FLOTILLA_SANDBOX_MEMORY_MB
+            and spec.pids == settings.FLOTILLA_SANDBOX_PIDS
+            and spec.cpus == settings.FLOTILLA_SANDBOX_CPUS)  # fmt: skip
+
+
+def docker_pool_refill_enqueue() -> None:
+    """Ask a worker to top the pool up (a django-q2 task, never a thread of the caller)."""
+    from django_q.tasks import async_task
+
+    async_task("agents.tasks.docker_pool_refill", task_name="docker-pool-refill", group="pool")
+
+
+def docker_pool_refill(*, node: str, size: int | None = None) -> dict[str, list[str]]:
+    """Bring the node's ready, unclaimed pool containers to ``size`` (default: the setting).
+
+    Dead or half-made unclaimed slots are removed first. Claimed slots are
+    their agents' (and, once those are gone, the reconciler's).
+    """
+    target = settings.FLOTILLA_DOCKER_WARM_POOL if size is None else size
+    report: dict[str, list[str]] = {"started": [], "removed": []}
+    if target == 0 and not warmpool.pool_root(node).exists():
+        return report  # the pool is off and was never on: no engine call
+    api = docker_api()
+    with warmpool.pool_lock(node):
+        _pool_prune(api, node, report)
+        ready = [slot for slot in warmpool.slots(node) if slot.claimant() is None]
+        for _ in range(len(ready) - target):
+            slot = warmpool.slot_claim(node=node, claimant=warmpool.MAINTENANCE_CLAIM,
+                                       candidates=ready)  # fmt: skip
+            if slot is None:
+                break  # spawns took the surplus
+            _pool_slot_remove(api, slot)
+            report["removed"].append(slot.name)
+        missing = target - len(ready)
+        if missing > 0:
+            warmpool.pool_root_share(node)
+            with ThreadPoolExecutor(max_workers=min(missing, _POOL_START_THREADS)) as threads:
+                report["started"] = list(threads.map(lambda _: _pool_slot_start(api, node),
+                                                     range(missing)))  # fmt: skip
+        if target == 0:
+            warmpool.pool_root_unshare(node)
+    return report
+
+
+def docker_pool_drain(*, node: str) -> dict[str, list[str]]:
+    """Remove every unclaimed pool container and its slot (a hub that stops, a test)."""
+    return docker_pool_refill(node=node, size=0)
+
+
+def docker_pool_claims(*, node: str) -> dict[str, str]:
+    """Slot path → claimant of every claimed slot; the reconciler lists these before live agents."""
+    return {str(slot.path): claimant for slot in warmpool.slots(node)
+            if (claimant := slot.claimant()) is not None}  # fmt: skip
+
+
+def docker_pool_sweep(*, node: str, claims: dict[str, str], live: set[str]) -> list[str]:
+    """Release the slots claimed by agents that are no longer live; returns "slot:agent" items."""
+    released: list[str] = []
+    stale = {path: claimant for path, claimant in claims.items() if claimant not in live}
+    if not stale:
+        return released
+    api = docker_api()
+    with warmpool.pool_lock(node):
+        for path, claimant in stale.items():
+            slot = WarmSlot(Path(path))
+            if slot.claimant() != claimant:
+                continue  # released meanwhile
+            _pool_slot_remove(api, slot)
+            released.append(f"{slot.name}:{claimant}")
+    return released
+
+
+def _pool_slot_start(api: docker.APIClient, node: str) -> str:
+    slot = warmpool.slot_create(node)
+    name = f"{POOL_NAME_PREFIX}{slot.name}"
+    uid = settings.FLOTILLA_SANDBOX_UID
+    spec = SandboxSpec(agent_id="", workspace=slot.workspace,
+                       memory_mb=settings.FLOTILLA_SANDBOX_MEMORY_MB,
+                       pids=settings.FLOTILLA_SANDBOX_PIDS,
+                       cpus=settings.FLOTILLA_SANDBOX_CPUS)  # fmt: skip
+    config = DockerSandbox()._container_config(spec, name, uid, slot=slot)
+    try:
+        created = api.create_container(**config)
+        api.start(created["Id"])
+        pid = api.inspect_container(created["Id"])["State"]["Pid"]
+    except Exception as error:  # the SDK raises several unrelated types here
+        _pool_slot_remove(api, slot, container=name)
+        if isinstance(error, docker.errors.ImageNotFound):
+            raise SandboxUnavailable(f"the sandbox image {settings.FLOTILLA_DOCKER_IMAGE} is "
+                                     "missing: build it with `python manage.py sandbox_image`"
+                                     ) from None  # fmt: skip
+        raise SandboxError(f"cannot start a warm pool container: {error}") from None
+    warmpool.slot_ready(slot, container_id=created["Id"], name=name,
+                        cgroup_procs=_cgroup_procs_file(pid))  # fmt: skip
+    return slot.name
+
+
+def _pool_slot_remove(api: docker.APIClient, slot: WarmSlot, container: str = "") -> None:
+    """Remove the slot's container (by id: it may carry an agent's name by now), then the slot."""
+    target = container or (slot.container() or {}).get("id", "")
+    try:
+        if target:
+            with contextlib.suppress(docker.errors.NotFound):
+                api.remove_container(target, force=True, v=True)
+    finally:
+        warmpool.slot_release(slot)
+
+
+def _pool_prune(api: docker.APIClient, node: str, report: dict[str, list[str]]) -> None:
+    """Remove unclaimed slots whose container is not running, and pool containers with no slot."""
+    try:
+        listed = api.containers(all=True, filters={"label": [f"{LABEL_HUB}={node}", LABEL_POOL]})
+    except Exception as error:
+        raise _engine_error(error) from None
+    running = {container["Id"] for container in listed if container.get("State") == "running"}
+    by_slot = {container["Labels"].get(LABEL_POOL): container for container in listed}
+    for slot in warmpool.slots(node):
+        found = by_slot.pop(str(slot.path), None)
+        if slot.claimant() is not None:
+            continue
+        record = slot.container()
+        if record is not None:
+            if record["id"] in running:
+                continue
+            # A spawn may be claiming it right now: take it through a claim too.
+            if not warmpool.slot_claim(node=node, claimant=warmpool.MAINTENANCE_CLAIM,
+                                       candidates=[slot]):  # fmt: skip
+                continue
+        # Without a record, a refill died half-way through making it (refills hold the lock).
+        _pool_slot_remove(api, slot, container=found["Id"] if found else "")
+        report["removed"].append(slot.name)
+    for container in by_slot.values():
+        name = (container.get("Names") or [""])[0].lstrip("/")
+        if name.startswith(POOL_NAME_PREFIX):  # an agent's container is its agent's business
+            with contextlib.suppress(docker.errors.NotFound):
+                api.remove_container(container["Id"], force=True, v=True)
+            report["removed"].append(name)
 
 
 # --- the sandbox image ------------------------------------------------------

@@ -25,26 +25,10 @@ def test_forty_agents_spread_over_two_workers_all_stop_within_a_second_of_one_ki
     request = threading.Thread(target=lambda: answer.update(
         response=cluster.api(web_1, "POST", "agents/kill-all", json={"reason": "reliability"})))  # fmt: skip
     request.start()
-    try:
-        wait_until(lambda: not sandbox_processes(ids), 10, "every sandbox process gone", every=0.005)
-    except AssertionError:
-        left = sandbox_processes(ids)
-        agents = cluster.agents()
-        print("LEFT", {a: (p, agents[a]["node"], agents[a]["state"]) for a, p in left.items()})
-        print(cluster.query("SELECT action, target, data::text FROM audit_auditevent WHERE target = ANY(%s)", [f"agent:{a}" for a in left]))
-        import subprocess
-        for a, pids in list(left.items())[:1]:
-            for pid in pids:
-                print(pid, subprocess.run(["ps", "-o", "pid,ppid,stat,cmd", "-p", str(pid)], capture_output=True, text=True).stdout)
-        print(cluster.log(cluster.workers[0], "kill_listener"), cluster.log(cluster.workers[1], "kill_listener"))
-        request.join(60)
-        print("RESPONSE", time.monotonic() - started, answer["response"].text[:3000])
-        print("WEBLOG", cluster.log(web_1, "daphne")[-3000:])
-        raise
+    wait_until(lambda: not sandbox_processes(ids), 10, "every sandbox process gone", every=0.005)
     elapsed = time.monotonic() - started
     request.join(30)
 
-    print("kill-all: processes gone after", round(elapsed, 3), "s")
     assert elapsed < 1.0, f"the processes of 40 agents on two nodes took {elapsed:.3f} s to die"
     response = answer["response"]
     assert response.status_code == 200, response.text

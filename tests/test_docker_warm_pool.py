@@ -1,0 +1,256 @@
+"""The docker warm pool: spawns claim started containers, and nothing of a slot is ever leaked.
+
+The pool runs in a hub of its own (daphne and a django-q2 cluster on the test
+database, with a queue and a node name of their own), because the pool is a
+setting of the worker that starts the sandboxes.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.test import override_settings
+from rest_framework.authtoken.models import Token
+
+from agents.models import FINAL_STATES, Agent, AgentState
+from agents.reconciler import agents_reconcile
+from agents.sandboxes import warmpool
+from agents.sandboxes.base import SandboxSpec
+from agents.sandboxes.docker import DockerSandbox, docker_pool_drain, docker_pool_refill
+from agents.services import agent_terminate
+from audit.models import AuditEvent
+from tests.conftest import ROOT, git, spawn_body, subprocess_env, wait_for_state
+
+pytestmark = pytest.mark.docker
+
+
+def eventually(check, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def container_exists(reference: str) -> bool:
+    """Whether `docker inspect` (the real CLI) still finds a container by id or name."""
+    found = subprocess.run(["docker", "inspect", reference], capture_output=True)
+    return found.returncode == 0
+
+
+def ready_containers(node: str) -> set[str]:
+    """Container ids of the node's ready, unclaimed pool slots."""
+    return {record["id"] for slot in warmpool.slots(node)
+            if slot.claimant() is None and (record := slot.container())}  # fmt: skip
+
+
+def slot_mounts(node: str) -> list[Path]:
+    """Mounts below the pool root (the root's own self-bind excluded)."""
+    root = warmpool.pool_root(node)
+    return [path for path in warmpool.mounts_under(root) if path != root]
+
+
+class PoolHub:
+    """daphne and qcluster with FLOTILLA_DOCKER_WARM_POOL set, on a node of their own."""
+
+    def __init__(self, log_dir: Path, pool_size: int) -> None:
+        self.node = f"warm-{uuid.uuid4().hex[:8]}"
+        self.env = {**subprocess_env(), "FLOTILLA_NODE_NAME": self.node,
+                    "Q_CLUSTER_NAME": self.node, "FLOTILLA_WORKERS": "4",
+                    "FLOTILLA_DOCKER_WARM_POOL": str(pool_size),
+                    "FLOTILLA_DEFAULT_TIMEOUT_S": "60"}  # fmt: skip
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.log_dir = log_dir
+        self.processes: list[subprocess.Popen] = []
+        self.token = ""
+
+    def start(self) -> None:
+        daphne = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
+                  "orchestrator_site.asgi:application"]  # fmt: skip
+        for name, argv in (("qcluster", [sys.executable, "manage.py", "qcluster"]),
+                           ("daphne", daphne)):  # fmt: skip
+            log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 (lives with the process)
+            self.processes.append(subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=log,
+                                                   stderr=subprocess.STDOUT,
+                                                   start_new_session=True))  # fmt: skip
+        assert eventually(self._answers), (self.log_dir / "daphne.log").read_text()
+        # What a hub start runs: the reconciler, which asks a worker to fill the pool.
+        done = subprocess.run([sys.executable, "manage.py", "reconcile", "--no-schedule"],
+                              cwd=ROOT, env=self.env, capture_output=True, text=True)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+
+    def _answers(self) -> bool:
+        try:
+            urllib.request.urlopen(f"{self.url}/api/v1/health", timeout=1)
+        except OSError:
+            return False
+        return True
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def post(self, path: str, body: dict) -> tuple[int, dict]:
+        request = urllib.request.Request(f"{self.url}/api/v1/{path}", data=json.dumps(body).encode(),
+                                         headers={"Authorization": f"Token {self.token}",
+                                                  "Content-Type": "application/json"})  # fmt: skip
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+@pytest.fixture
+def pool_hub(transactional_db, tmp_path):
+    hub = PoolHub(tmp_path, pool_size=1)
+    user = get_user_model().objects.create_user("pool-operator", password="x" * 12)
+    hub.token = Token.objects.create(user=user).key
+    hub.start()
+    yield hub
+    hub.stop()
+    for agent in Agent.objects.exclude(state__in=FINAL_STATES):
+        agent_terminate(agent_id=agent.id, reason="test teardown")
+    docker_pool_drain(node=hub.node)
+    assert warmpool.mounts_under(warmpool.pool_root(hub.node)) == []
+    assert not warmpool.pool_root(hub.node).exists()
+
+
+def test_the_warm_pool_is_off_by_default(hub, api, remote_repo):
+    assert settings.FLOTILLA_DOCKER_WARM_POOL == 0
+    agent_id = api.post("/api/v1/agents", spawn_body(remote_repo, "echo cold", sandbox="docker"),
+                        format="json").json()["agent_id"]  # fmt: skip
+
+    agent = wait_for_state(agent_id, AgentState.COMPLETED)
+
+    assert "warm_slot" not in agent.sandbox_handle
+    assert not warmpool.pool_root(settings.FLOTILLA_NODE_NAME).exists()
+
+
+def test_a_spawn_claims_a_warm_container_completes_pushed_and_the_pool_refills(
+    pool_hub, remote_repo
+):
+    assert eventually(lambda: len(ready_containers(pool_hub.node)) == 1), "the pool never filled"
+    (warm,) = ready_containers(pool_hub.node)
+    script = ("echo hello > hello.txt; id -u > uid.txt; "
+              "(echo hijack > .git) 2>/dev/null || echo protected > git.txt")  # fmt: skip
+
+    status, body = pool_hub.post("agents", spawn_body(remote_repo, script, sandbox="docker"))
+    agent = wait_for_state(body["agent_id"], AgentState.COMPLETED)
+
+    assert status == 202
+    assert agent.sandbox_handle["container_id"] == warm
+    branch = f"flotilla/{agent.id}"
+    assert git(remote_repo, "show", f"{branch}:hello.txt") == "hello"
+    assert git(remote_repo, "show", f"{branch}:uid.txt") == str(settings.FLOTILLA_SANDBOX_UID)
+    assert git(remote_repo, "show", f"{branch}:git.txt") == "protected"
+    assert eventually(lambda: not container_exists(warm))
+    assert not Path(agent.sandbox_handle["warm_slot"]).exists()
+    assert slot_mounts(pool_hub.node) == []
+    # The claim asked a worker for a new container: the pool is full again.
+    assert eventually(lambda: len(ready_containers(pool_hub.node)) == 1), "no refill"
+    assert warm not in ready_containers(pool_hub.node)
+
+
+def test_killing_a_warm_pool_agent_removes_its_container_within_a_second_and_leaves_no_mount(
+    pool_hub, remote_repo
+):
+    assert eventually(lambda: len(ready_containers(pool_hub.node)) == 1), "the pool never filled"
+    _, body = pool_hub.post("agents", spawn_body(remote_repo, "sleep 300", sandbox="docker"))
+    agent = wait_for_state(body["agent_id"], AgentState.RUNNING)
+    container = agent.sandbox_handle["container_id"]
+    slot = Path(agent.sandbox_handle["warm_slot"])
+    assert container_exists(f"flotilla-agent-{agent.id}")
+    assert slot_mounts(pool_hub.node) != []
+
+    started = time.monotonic()
+    status, _ = pool_hub.post(f"agents/{agent.id}/kill", {"reason": "runaway"})
+    gone = not container_exists(container)
+    elapsed = time.monotonic() - started
+
+    assert status == 200
+    assert gone
+    assert elapsed < 1.0, f"kill took {elapsed:.3f} s"
+    assert wait_for_state(agent.id, AgentState.KILLED).state == AgentState.KILLED
+    assert not slot.exists()
+    assert [path for path in slot_mounts(pool_hub.node) if slot in (path, *path.parents)] == []
+    audit = AuditEvent.objects.get(action="agent.kill", target=f"agent:{agent.id}")
+    assert audit.reason == "runaway" and audit.data["killed"] is True
+
+
+@pytest.fixture
+def pool_node(db):
+    node = f"warm-{uuid.uuid4().hex[:8]}"
+    with override_settings(FLOTILLA_NODE_NAME=node, FLOTILLA_DOCKER_WARM_POOL=2):
+        yield node
+        docker_pool_drain(node=node)
+    assert warmpool.mounts_under(warmpool.pool_root(node)) == []
+    assert not warmpool.pool_root(node).exists()
+
+
+def test_the_reconciler_releases_slots_claimed_by_agents_that_are_gone(pool_node, tmp_path):
+    docker_pool_refill(node=pool_node)
+    backend = DockerSandbox()
+    handles = []
+    for index in range(2):
+        worktree = tmp_path / f"worktree-{index}"
+        worktree.mkdir()
+        (worktree / "work.txt").write_text("precious\n")
+        handles.append(backend.start(SandboxSpec(agent_id=str(uuid.uuid4()), workspace=worktree)))
+    assert all(handle.get("warm_slot") for handle in handles)
+    # No agent row exists for either claim (its hub died); one container is even gone already.
+    subprocess.run(["docker", "rm", "-f", handles[1]["container_id"]], check=True,
+                   capture_output=True)  # fmt: skip
+
+    report = agents_reconcile(node=pool_node)
+
+    for handle in handles:
+        assert not container_exists(handle["container_id"])
+        assert not Path(handle["warm_slot"]).exists()
+        assert (Path(handle["workspace"]) / "work.txt").read_text() == "precious\n"
+    assert slot_mounts(pool_node) == []
+    assert f"docker:{handles[0]['agent_id']}" in report.sandboxes_removed
+    assert f"docker-pool:{Path(handles[1]['warm_slot']).name}" in report.sandboxes_removed
+    assert AuditEvent.objects.filter(action="sandbox.remove",
+                                     target=f"agent:{handles[1]['agent_id']}").exists()  # fmt: skip
+
+
+def test_a_warm_slot_goes_to_exactly_one_of_many_racing_claims(pool_node):
+    docker_pool_refill(node=pool_node, size=1)
+    winners: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def claim(claimant: str) -> None:
+        barrier.wait()
+        if warmpool.slot_claim(node=pool_node, claimant=claimant):
+            winners.append(claimant)
+
+    threads = [threading.Thread(target=claim, args=(f"agent-{n}",)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert len(winners) == 1
+    (slot,) = warmpool.slots(pool_node)
+    assert slot.claimant() == winners[0]
+    docker_pool_refill(node=pool_node, size=1)
+    assert len(warmpool.slots(pool_node)) == 2  # the claimed slot is not counted as ready
+    warmpool.slot_release(slot)  # as its agent's cleanup would (its container goes with the drain)
