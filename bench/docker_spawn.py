@@ -49,6 +49,9 @@ def api_to_running(hub: ThrowawayHub, repository: Path) -> tuple[float, str]:
     running = next(e for e in events if e["kind"] == "state" and e["data"]["to"] == "running")
     at = datetime.fromisoformat(running["created_at"].replace("Z", "+00:00")).timestamp()
     hub.request("POST", f"/api/v1/agents/{agent_id}/kill", {"reason": "bench"})
+    # Let the killed run's worker finish its own teardown (as `docker rm` ends
+    # before the next bare run), so no sample pays for the previous one.
+    time.sleep(0.5)
     return at - sent, agent_id
 
 
@@ -72,7 +75,6 @@ def warm_samples(samples: int, pool: int) -> tuple[list[float], int]:
             deadline = time.monotonic() + 30
             while ready_slots(hub.data_dir, node) < pool and time.monotonic() < deadline:
                 time.sleep(0.05)
-            time.sleep(0.2)  # let the refill's container settle, as between real spawns
             elapsed, agent_id = api_to_running(hub, repository)
             timings.append(elapsed)
             ids.append(agent_id)

@@ -8,7 +8,12 @@ from django.db import connections
 
 from agents.errors import AgentError
 from agents.selectors import agent_get, live_agent_ids
-from agents.services import Termination, agent_stop, agent_stopped_cleanup, agent_terminate
+from agents.services import (
+    Termination,
+    agent_stop_many,
+    agent_stopped_cleanup,
+    agent_terminate,
+)
 from audit.services import audit_record
 from killswitch.models import HubHalt
 
@@ -31,8 +36,7 @@ def agent_kill(*, agent_id: Any, reason: str, actor: str) -> Termination:
 def agent_kill_all(*, reason: str, actor: str) -> dict[str, Any]:
     """Kill every live agent: first every process everywhere, then the cleanup."""
     ids = live_agent_ids()
-    with ThreadPoolExecutor(max_workers=_KILL_ALL_THREADS) as pool:
-        stops = list(pool.map(lambda agent_id: _stop_one(agent_id, reason, actor), ids))
+    stops = _stop_all(ids, reason, actor)
     stopped = [stop for stop in stops if isinstance(stop, Termination) and stop.terminated]
     with ThreadPoolExecutor(max_workers=max(1, min(len(stopped), _CLEANUP_THREADS))) as pool:
         killed = list(pool.map(lambda stop: _cleanup_one(stop, reason, actor), stopped))
@@ -43,13 +47,15 @@ def agent_kill_all(*, reason: str, actor: str) -> dict[str, Any]:
     return summary
 
 
-def _stop_one(agent_id: Any, reason: str, actor: str) -> Termination | dict[str, str]:
+def _stop_all(ids: list[Any], reason: str, actor: str) -> list[Termination | dict[str, str]]:
     try:
-        return agent_stop(agent_id=agent_id, reason=f"killed by {actor}: {reason}")
-    except (AgentError, OSError) as error:
-        return {"agent_id": str(agent_id), "error": str(error)}
-    finally:
-        connections.close_all()
+        outcome = agent_stop_many(agent_ids=ids, reason=f"killed by {actor}: {reason}",
+                                  threads=_KILL_ALL_THREADS)  # fmt: skip
+    except AgentError as error:
+        return [{"agent_id": str(agent_id), "error": str(error)} for agent_id in ids]
+    return [result if isinstance(result, Termination)
+            else {"agent_id": agent_id, "error": result}
+            for agent_id, result in outcome.items()]  # fmt: skip
 
 
 def _cleanup_one(stopped: Termination, reason: str, actor: str) -> Termination:

@@ -105,9 +105,9 @@ class PoolHub:
         return f"http://127.0.0.1:{self.port}"
 
     def post(self, path: str, body: dict) -> tuple[int, dict]:
-        request = urllib.request.Request(f"{self.url}/api/v1/{path}", data=json.dumps(body).encode(),
-                                         headers={"Authorization": f"Token {self.token}",
-                                                  "Content-Type": "application/json"})  # fmt: skip
+        headers = {"Authorization": f"Token {self.token}", "Content-Type": "application/json"}
+        request = urllib.request.Request(f"{self.url}/api/v1/{path}", headers=headers,
+                                         data=json.dumps(body).encode())  # fmt: skip
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, json.loads(response.read())
 
