@@ -134,11 +134,17 @@ def worktree_create(
     mirror = mirror_path(repository)
     with _mirror_lock(mirror):
         _mirror_sync_locked(repository, mirror)
-        if not _ref_exists(mirror, f"refs/remotes/origin/{base_branch}"):
-            raise WorkspaceError(f"branch {base_branch!r} does not exist in {repository}")
         path.parent.mkdir(parents=True, exist_ok=True)
-        _run(mirror, "worktree", "add", "--quiet", "-b", work_branch, str(path),
-             f"refs/remotes/origin/{base_branch}")  # fmt: skip
+        try:
+            _run(mirror, "worktree", "add", "--quiet", "-b", work_branch, str(path),
+                 f"refs/remotes/origin/{base_branch}")  # fmt: skip
+        except WorkspaceError:
+            # Asking git only on failure saves a process on every spawn.
+            if not _ref_exists(mirror, f"refs/remotes/origin/{base_branch}"):
+                raise WorkspaceError(
+                    f"branch {base_branch!r} does not exist in {repository}"
+                ) from None
+            raise
     return path
 
 
