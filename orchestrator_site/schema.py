@@ -53,7 +53,6 @@ class ViewScopedAutoSchema(AutoSchema):
         view_name = owner.split(".")[-1].removesuffix("Api").removesuffix("View")
         return f"{view_name}{name.removesuffix('Serializer')}"
 
-
     def _get_response_bodies(self, direction: str = "response") -> dict:
         # Errors are part of the contract: document the one error body for
         # every status a view may answer with, so clients (and the schemathesis
@@ -102,3 +101,13 @@ class FederationSignatureScheme(OpenApiAuthenticationExtension):
 class FederationConnectScheme(FederationSignatureScheme):
     target_class = "federation.authentication.FederationConnectAuthentication"
     name = "federationConnectSignature"
+
+
+class MetricsTokenScheme(OpenApiAuthenticationExtension):
+    """/metrics takes the scraper's ``FLOTILLA_METRICS_TOKEN`` as a bearer token."""
+
+    target_class = "orchestrator_site.metrics.MetricsTokenAuthentication"
+    name = "metricsBearer"
+
+    def get_security_definition(self, auto_schema):  # noqa: ANN001
+        return {"type": "http", "scheme": "bearer"}

@@ -1,4 +1,6 @@
-"""Every HTTP endpoint × {anonymous, user, staff, peer}: exactly the access docs/scaling.md documents.
+"""Every HTTP endpoint × {anonymous, user, staff, peer}: exactly the documented access.
+
+The matrix is written out in docs/scaling.md.
 
 "allowed" means the request got past authentication and permissions (any
 status but 401 and 403: a 400 for the empty body, a 404 for the made-up id);
@@ -99,9 +101,10 @@ def principals(db):
     user = User.objects.create_user("matrix-user", password="x" * 12)
     staff = User.objects.create_user("matrix-staff", password="x" * 12, is_staff=True)
     key = Ed25519PrivateKey.generate()
+    public = {"key_id": "matrix-peer#1", "alg": "ed25519", "created": None, "expires": None,
+              "public_key": signing.public_key_text(key)}  # fmt: skip
     document = {"instance_id": "matrix-peer", "name": "matrix peer", "url": "http://127.0.0.1:9",
-                "keys": [{"key_id": "matrix-peer#1", "alg": "ed25519", "created": None,
-                          "expires": None, "public_key": signing.public_key_text(key)}]}  # fmt: skip
+                "keys": [public]}  # fmt: skip
     peer = peer_register_inbound(document=document, key_id="matrix-peer#1")
     Peer.objects.filter(id=peer.id).update(state=PeerState.ACTIVE, requests_per_minute=100_000)
     return {

@@ -7,6 +7,7 @@ node is what ``runhub --role worker`` starts: ``reconcile``, then ``qcluster``
 and ``kill_listener``.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -108,8 +109,8 @@ class Cluster:
         self.database = f"flotilla_rel_{self.id}"
         self.root = Path(tempfile.mkdtemp(prefix=f"flotilla-rel-{self.id}-"))
         self.root.chmod(0o755)  # the sandbox user must reach the worktrees below it
-        base = {key: value for key, value in os.environ.items()
-                if not key.startswith(("FLOTILLA_", "DJANGO_", "REDIS_URL", "DATABASE_URL"))}  # fmt: skip
+        private = ("FLOTILLA_", "DJANGO_", "REDIS_URL", "DATABASE_URL")
+        base = {key: value for key, value in os.environ.items() if not key.startswith(private)}
         self.base_env = {
             **base,
             "DJANGO_SETTINGS_MODULE": "orchestrator_site.settings",
@@ -155,10 +156,8 @@ class Cluster:
     def stop(self) -> None:
         for node in [*self.webs, *self.workers]:
             self.kill(node)
-        try:
+        with contextlib.suppress(psycopg.OperationalError):
             admin_execute(f"DROP DATABASE IF EXISTS {self.database} WITH (FORCE)")
-        except psycopg.OperationalError:
-            pass
         if not os.environ.get("FLOTILLA_KEEP_CLUSTER"):
             shutil.rmtree(self.root, ignore_errors=True)
 
@@ -209,10 +208,8 @@ class Cluster:
     def kill(self, node: Node, sig: int = signal.SIGKILL) -> None:
         """Signal every process group of the node (its children die with it) and reap them."""
         for process in node.processes:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, sig)
-            except ProcessLookupError:
-                pass
         for process in node.processes:
             try:
                 process.wait(timeout=10)

@@ -1,4 +1,4 @@
-"""Fixtures of the reliability suite: a real multi-node cluster on PostgreSQL (tests/reliability/cluster.py)."""
+"""Fixtures of the reliability suite: a multi-node cluster on PostgreSQL (cluster.py)."""
 
 import os
 import subprocess
@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import pytest
+from django.conf import settings
 
 from agents.sandboxes.cgroups import AgentCgroup
 from agents.sandboxes.local import cgroup_name, labelled_pids
@@ -18,8 +19,17 @@ HEAVY = os.environ.get("FLOTILLA_HEAVY_TESTS", "").lower() in ("1", "true", "yes
 def pytest_collection_modifyitems(config, items) -> None:
     here = Path(__file__).parent
     ours = [item for item in items if Path(item.fspath).is_relative_to(here)]
-    if ours and not postgres_available():
-        skip = pytest.mark.skip(reason="the reliability suite needs PostgreSQL on 127.0.0.1:5432")
+    if not ours:
+        return
+    reason = ""
+    if not postgres_available():
+        reason = "the reliability suite needs PostgreSQL on 127.0.0.1:5432"
+    elif settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
+        # scripts/test runs the whole suite twice (SQLite, then PostgreSQL);
+        # this suite builds its own PostgreSQL cluster, so once is enough.
+        reason = "the reliability suite runs in the PostgreSQL pass (DATABASE_URL=postgres://...)"
+    if reason:
+        skip = pytest.mark.skip(reason=reason)
         for item in ours:
             item.add_marker(skip)
 

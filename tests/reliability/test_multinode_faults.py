@@ -21,7 +21,8 @@ WORK = "sleep {seconds}; echo done > done.txt"
 def assert_nothing_lost_or_pushed_twice(cluster, repository, ids: list[str]) -> dict:
     agents = cluster.agents()
     assert set(ids) <= set(agents), "an accepted spawn has no agent row"
-    for agent_id, agent in agents.items():
+    for agent_id in ids:  # each test pushes to a repository of its own
+        agent = agents[agent_id]
         assert agent["state"] in FINAL | {"running"}, (agent_id, agent)
         commits = remote_branch_commits(repository, agent_id)
         if agent["state"] == "completed":
@@ -110,9 +111,7 @@ def test_a_postgresql_restart_mid_run_loses_nothing_and_kills_still_reach_the_no
     assert_no_orphan_sandbox(cluster, [*ids, sleeper])
 
 
-def test_a_web_process_sigkilled_during_a_spawn_burst_loses_no_accepted_agent(
-    cluster, repository
-):
+def test_a_web_process_sigkilled_during_a_spawn_burst_loses_no_accepted_agent(cluster, repository):
     web_1, web_2 = cluster.webs
     before = set(cluster.states())
     accepted: list[str] = []
