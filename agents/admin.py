@@ -18,8 +18,19 @@ class AgentEventInline(admin.TabularInline):
 
 @admin.register(Agent)
 class AgentAdmin(admin.ModelAdmin):
-    list_display = ["id", "task_id", "state", "progress", "runtime", "agent_type",
-                    "repository", "work_branch", "node", "origin", "created_at"]  # fmt: skip
+    list_display = [
+        "id",
+        "task_id",
+        "state",
+        "progress",
+        "runtime",
+        "agent_type",
+        "repository",
+        "work_branch",
+        "node",
+        "origin",
+        "created_at",
+    ]
     list_filter = ["state", "runtime", "agent_type", "sandbox_backend", "node", "origin"]
     search_fields = ["id", "task_id", "repository", "work_branch", "requested_by", "error"]
     date_hierarchy = "created_at"
@@ -32,8 +43,11 @@ class AgentAdmin(admin.ModelAdmin):
         actions = super().get_actions(request)
         for path in settings.FLOTILLA_AGENT_ADMIN_ACTIONS:
             action = import_string(path)
-            actions[action.__name__] = (action, action.__name__,
-                                        getattr(action, "short_description", action.__name__))  # fmt: skip
+            actions[action.__name__] = (
+                action,
+                action.__name__,
+                getattr(action, "short_description", action.__name__),
+            )
         return actions
 
     def has_add_permission(self, request) -> bool:  # noqa: ANN001

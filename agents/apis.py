@@ -68,10 +68,12 @@ class AgentOutputSerializer(serializers.Serializer):
 class SpawnContextSerializer(serializers.Serializer):
     repository = serializers.CharField(max_length=1000)
     branch = serializers.CharField(max_length=250, default="main")
-    work_items = serializers.ListField(child=serializers.CharField(max_length=2000),
-                                       default=list, max_length=100)  # fmt: skip
-    skills = serializers.ListField(child=serializers.CharField(max_length=200),
-                                   default=list, max_length=50)  # fmt: skip
+    work_items = serializers.ListField(
+        child=serializers.CharField(max_length=2000), default=list, max_length=100
+    )
+    skills = serializers.ListField(
+        child=serializers.CharField(max_length=200), default=list, max_length=50
+    )
     instructions = serializers.CharField(max_length=100_000, default="", allow_blank=True)
 
     def validate_repository(self, value: str) -> str:
@@ -88,6 +90,7 @@ class SpawnContextSerializer(serializers.Serializer):
             raise serializers.ValidationError("not a valid branch name")
         return value
 
+
 class SpawnGatesSerializer(serializers.Serializer):
     """Gate commands for this spawn; they override the repository's ``.flotilla.toml``."""
 
@@ -101,15 +104,18 @@ class SpawnGatesSerializer(serializers.Serializer):
 
 
 class SpawnOptionsSerializer(serializers.Serializer):
-    sandbox = serializers.ChoiceField(choices=list(settings.FLOTILLA_SANDBOX_BACKENDS),
-                                      required=False)  # fmt: skip
-    timeout_s = serializers.IntegerField(min_value=1, required=False,
-                                         max_value=settings.FLOTILLA_AGENT_MAX_RUNTIME_S)  # fmt: skip
+    sandbox = serializers.ChoiceField(
+        choices=list(settings.FLOTILLA_SANDBOX_BACKENDS), required=False
+    )
+    timeout_s = serializers.IntegerField(
+        min_value=1, required=False, max_value=settings.FLOTILLA_AGENT_MAX_RUNTIME_S
+    )
     max_retries = serializers.IntegerField(min_value=0, max_value=10, default=0)
     gate_profile = serializers.ChoiceField(choices=GATE_PROFILES, default="standard")
     network = serializers.BooleanField(default=False)
-    budget_usd = serializers.DecimalField(max_digits=10, decimal_places=2, min_value=0,
-                                          required=False)  # fmt: skip
+    budget_usd = serializers.DecimalField(
+        max_digits=10, decimal_places=2, min_value=0, required=False
+    )
     memory_mb = serializers.IntegerField(min_value=16, max_value=65536, required=False)
     pids = serializers.IntegerField(min_value=8, max_value=65536, required=False)
     gates = SpawnGatesSerializer(required=False)
@@ -136,8 +142,11 @@ class SpawnOptionsSerializer(serializers.Serializer):
 
 class AgentSpawnApi(APIView):
     class InputSerializer(serializers.Serializer):
-        task_id = serializers.RegexField(r"^[A-Za-z0-9._-]{1,100}$", max_length=100,
-                                         error_messages={"invalid": "use letters, digits, . _ -"})  # fmt: skip
+        task_id = serializers.RegexField(
+            r"^[A-Za-z0-9._-]{1,100}$",
+            max_length=100,
+            error_messages={"invalid": "use letters, digits, . _ -"},
+        )
         agent_type = serializers.ChoiceField(choices=AgentType.choices, default=AgentType.WORKER)
         runtime = serializers.ChoiceField(choices=Runtime.choices)
         script = serializers.CharField(max_length=100_000, required=False, allow_blank=True)
@@ -159,15 +168,19 @@ class AgentSpawnApi(APIView):
         state = serializers.CharField()
         status = serializers.CharField(source="state")
 
-    @extend_schema(request=InputSerializer, responses={202: OutputSerializer},
-                   operation_id="agents_spawn")  # fmt: skip
+    @extend_schema(
+        request=InputSerializer, responses={202: OutputSerializer}, operation_id="agents_spawn"
+    )
     def post(self, request: Request) -> Response:
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         context, options = data["context"], data.get("options") or {}
-        extra = {key: str(value) if key == "budget_usd" else value
-                 for key, value in options.items() if key in _OPTIONS_KEPT}  # fmt: skip
+        extra = {
+            key: str(value) if key == "budget_usd" else value
+            for key, value in options.items()
+            if key in _OPTIONS_KEPT
+        }
         agent = agent_spawn(
             request=SpawnRequest(
                 task_id=data["task_id"],
@@ -200,15 +213,17 @@ class AgentListApi(APIView):
         state = serializers.CharField(required=False)
         task_id = serializers.CharField(required=False)
 
-    @extend_schema(parameters=[FilterSerializer], responses={200: AgentOutputSerializer(many=True)},
-                   operation_id="agents_list")  # fmt: skip
+    @extend_schema(
+        parameters=[FilterSerializer],
+        responses={200: AgentOutputSerializer(many=True)},
+        operation_id="agents_list",
+    )
     def get(self, request: Request) -> Response:
         filters = self.FilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
         paginator = self.Pagination()
         page = paginator.paginate_queryset(agent_list(**filters.validated_data), request, view=self)
         return paginator.get_paginated_response(AgentOutputSerializer(page, many=True).data)
-
 
 
 class AgentCollectionApi(AgentListApi, AgentSpawnApi):
@@ -234,17 +249,23 @@ class AgentEventsApi(APIView):
 
     @extend_schema(
         parameters=[OpenApiParameter("after", int), OpenApiParameter("limit", int)],
-        responses={200: inline_serializer("AgentEvents", {
-            "events": EventSerializer(many=True), "last_id": serializers.IntegerField()})},
+        responses={
+            200: inline_serializer(
+                "AgentEvents",
+                {"events": EventSerializer(many=True), "last_id": serializers.IntegerField()},
+            )
+        },
         operation_id="agents_events",
-    )  # fmt: skip
+    )
     def get(self, request: Request, agent_id: str) -> Response:
         filters = self.FilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
         agent = agent_get(agent_id=agent_id)
         events = list(agent_events_after(agent_id=agent.id, **filters.validated_data))
         last_id = events[-1].id if events else filters.validated_data["after"]
-        return Response({"events": self.EventSerializer(events, many=True).data, "last_id": last_id})
+        return Response(
+            {"events": self.EventSerializer(events, many=True).data, "last_id": last_id}
+        )
 
 
 class AgentResumeApi(APIView):
@@ -260,8 +281,9 @@ class AgentResumeApi(APIView):
         budget_usd = serializers.CharField(source="options.budget_usd")
         cost_usd = serializers.DecimalField(max_digits=14, decimal_places=6)
 
-    @extend_schema(request=InputSerializer, responses={202: OutputSerializer},
-                   operation_id="agents_resume")  # fmt: skip
+    @extend_schema(
+        request=InputSerializer, responses={202: OutputSerializer}, operation_id="agents_resume"
+    )
     def post(self, request: Request, agent_id: str) -> Response:
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)

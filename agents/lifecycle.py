@@ -86,5 +86,6 @@ def agent_transition(
 
 def agent_finished_send(*, agent_id: Any, state: str) -> None:
     """Tell subscribers (projects, federation) once the final state is committed."""
-    transaction.on_commit(lambda: agent_finished.send(sender=Agent, agent_id=str(agent_id),
-                                                      state=state))  # fmt: skip
+    transaction.on_commit(
+        lambda: agent_finished.send(sender=Agent, agent_id=str(agent_id), state=state)
+    )

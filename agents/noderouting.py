@@ -200,9 +200,13 @@ class NodeKillListener:
                 action="agent.sandbox_kill",
                 target=f"agent:{agent.id}",
                 reason="kill routed to the agent's node",
-                data={"node": self.node, "via": via, "latency_ms": latency_ms,
-                      "errors": errors + cleanup_errors},
-            )  # fmt: skip
+                data={
+                    "node": self.node,
+                    "via": via,
+                    "latency_ms": latency_ms,
+                    "errors": errors + cleanup_errors,
+                },
+            )
         except Exception:
             logger.exception("kill listener could not clean up agent %s", agent.id)
         finally:

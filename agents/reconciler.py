@@ -41,8 +41,7 @@ ACTOR = "system:reconciler"
 HUB_RESTARTED = "hub restarted"
 SCHEDULE_NAME = "flotilla-reconcile"
 # States in which a worker process owns the agent.
-SUPERVISED_STATES = (AgentState.SPAWNING, AgentState.RUNNING, AgentState.GATING,
-                     AgentState.PUSHING)  # fmt: skip
+SUPERVISED_STATES = (AgentState.SPAWNING, AgentState.RUNNING, AgentState.GATING, AgentState.PUSHING)
 # A queued agent is only looked for in the queue once the commit that
 # enqueues it has surely happened.
 QUEUED_GRACE_S = 30
@@ -108,8 +107,10 @@ def agents_reconcile(*, node: str) -> ReconcileReport:
     pool_claims = _docker_pool_claims(node)
     local_ids = local_live_agent_ids()
     worktrees = _worktrees(report)
-    live = {str(agent_id) for agent_id in
-            Agent.objects.filter(state__in=LIVE_STATES).values_list("id", flat=True)}  # fmt: skip
+    live = {
+        str(agent_id)
+        for agent_id in Agent.objects.filter(state__in=LIVE_STATES).values_list("id", flat=True)
+    }
     _sweep_docker(containers, live, report)
     _sweep_docker_pool(node, pool_claims, live, report)
     _sweep_local(node, local_ids, live, report)
@@ -124,11 +125,19 @@ def _recover(agent: Agent, report: ReconcileReport) -> None:
         attempt = agent.attempt + 1
         reason = f"{HUB_RESTARTED}: retry {attempt} of {agent.max_retries}"
         won = agent_transition(
-            agent_id=agent.id, to=AgentState.QUEUED, reason=reason,
-            only_from=frozenset({agent.state}), attempt=attempt, progress=0,
-            sandbox_handle={}, worktree_path="", node="",
-            supervisor_pid=None, supervisor_started=None, started_at=None,
-        )  # fmt: skip
+            agent_id=agent.id,
+            to=AgentState.QUEUED,
+            reason=reason,
+            only_from=frozenset({agent.state}),
+            attempt=attempt,
+            progress=0,
+            sandbox_handle={},
+            worktree_path="",
+            node="",
+            supervisor_pid=None,
+            supervisor_started=None,
+            started_at=None,
+        )
         if not won:
             return
         # The row no longer names the old sandbox and worktree; this object still does.
@@ -137,8 +146,12 @@ def _recover(agent: Agent, report: ReconcileReport) -> None:
         agent_enqueue(agent_id=agent.id)
         report.retried.append(str(agent.id))
         report.errors += cleanup_errors + errors
-        _audit("agent.retry", agent.id, reason, {"from_state": agent.state, "attempt": attempt,
-                                                 "errors": errors + cleanup_errors})  # fmt: skip
+        _audit(
+            "agent.retry",
+            agent.id,
+            reason,
+            {"from_state": agent.state, "attempt": attempt, "errors": errors + cleanup_errors},
+        )
         return
     termination = agent_terminate(agent_id=agent.id, reason=HUB_RESTARTED, to=AgentState.FAILED)
     if not termination.terminated:
@@ -147,16 +160,26 @@ def _recover(agent: Agent, report: ReconcileReport) -> None:
     report.errors += termination.errors
     if termination.branch_kept:
         report.branches_kept.append(agent.work_branch)
-    _audit("agent.fail", agent.id, HUB_RESTARTED, {
-        "from_state": agent.state, "attempt": agent.attempt, "max_retries": agent.max_retries,
-        "unpushed_commits": unpushed, "branch_kept": termination.branch_kept,
-        "errors": termination.errors})  # fmt: skip
+    _audit(
+        "agent.fail",
+        agent.id,
+        HUB_RESTARTED,
+        {
+            "from_state": agent.state,
+            "attempt": agent.attempt,
+            "max_retries": agent.max_retries,
+            "unpushed_commits": unpushed,
+            "branch_kept": termination.branch_kept,
+            "errors": termination.errors,
+        },
+    )
 
 
 def _unpushed(agent: Agent) -> int:
     try:
-        return workspace.branch_unpushed_commits(repository=agent.repository,
-                                                 work_branch=agent.work_branch)  # fmt: skip
+        return workspace.branch_unpushed_commits(
+            repository=agent.repository, work_branch=agent.work_branch
+        )
     except workspace.WorkspaceError:
         return 0
 
@@ -174,8 +197,11 @@ def _requeue_lost(report: ReconcileReport) -> None:
     from django_q.models import OrmQ
 
     cutoff = time.time() - getattr(settings, "FLOTILLA_RECONCILE_QUEUED_GRACE_S", QUEUED_GRACE_S)
-    stale = [agent for agent in Agent.objects.filter(state=AgentState.QUEUED)
-             if agent.created_at.timestamp() < cutoff]  # fmt: skip
+    stale = [
+        agent
+        for agent in Agent.objects.filter(state=AgentState.QUEUED)
+        if agent.created_at.timestamp() < cutoff
+    ]
     if not stale:
         return
     queued_names = {message.name() for message in OrmQ.objects.filter(key=Conf.CLUSTER_NAME)}
@@ -212,8 +238,12 @@ def _sweep_docker(containers: dict[str, str], live: set[str], report: ReconcileR
             report.errors.append(f"container {name}: {error}")
             continue
         report.sandboxes_removed.append(f"docker:{agent_id}")
-        _audit("sandbox.remove", agent_id, "no live agent owns this container",
-               {"backend": "docker", "container": name})  # fmt: skip
+        _audit(
+            "sandbox.remove",
+            agent_id,
+            "no live agent owns this container",
+            {"backend": "docker", "container": name},
+        )
 
 
 def _docker_pool_claims(node: str) -> dict[str, str]:
@@ -224,8 +254,9 @@ def _docker_pool_claims(node: str) -> dict[str, str]:
     return docker_pool_claims(node=node)
 
 
-def _sweep_docker_pool(node: str, claims: dict[str, str], live: set[str],
-                       report: ReconcileReport) -> None:  # fmt: skip
+def _sweep_docker_pool(
+    node: str, claims: dict[str, str], live: set[str], report: ReconcileReport
+) -> None:
     """Release warm-pool slots claimed by agents that are gone, then top the pool up."""
     from agents.sandboxes.docker import docker_pool_refill_enqueue, docker_pool_sweep
 
@@ -237,8 +268,12 @@ def _sweep_docker_pool(node: str, claims: dict[str, str], live: set[str],
     for item in released:
         slot, agent_id = item.split(":", 1)
         report.sandboxes_removed.append(f"docker-pool:{slot}")
-        _audit("sandbox.remove", agent_id, "no live agent owns this warm-pool container",
-               {"backend": "docker", "warm_slot": slot})  # fmt: skip
+        _audit(
+            "sandbox.remove",
+            agent_id,
+            "no live agent owns this warm-pool container",
+            {"backend": "docker", "warm_slot": slot},
+        )
     if settings.FLOTILLA_DOCKER_WARM_POOL > 0:
         docker_pool_refill_enqueue()
 
@@ -247,8 +282,9 @@ def _sweep_local(node: str, agent_ids: set[str], live: set[str], report: Reconci
     candidates = {agent_id for agent_id in agent_ids - live if _is_uuid(agent_id)}
     # An agent another node ran is that node's to reconcile: several node
     # names may share one machine (docs/scaling.md), each with its own sandboxes.
-    rows = (Agent.objects.filter(id__in=candidates, node__in=("", node))
-            .values_list("id", "sandbox_backend"))  # fmt: skip
+    rows = Agent.objects.filter(id__in=candidates, node__in=("", node)).values_list(
+        "id", "sandbox_backend"
+    )
     known = {str(agent_id): backend for agent_id, backend in rows}
     report.unattributed += sorted(agent_ids - live - set(known))
     for agent_id, backend in known.items():
@@ -258,8 +294,12 @@ def _sweep_local(node: str, agent_ids: set[str], live: set[str], report: Reconci
         local_kill(handle)
         local_remove(handle)
         report.sandboxes_removed.append(f"local:{agent_id}")
-        _audit("sandbox.remove", agent_id, "no live agent owns these processes",
-               {"backend": backend, "cgroup": handle.get("cgroup", "")})  # fmt: skip
+        _audit(
+            "sandbox.remove",
+            agent_id,
+            "no live agent owns these processes",
+            {"backend": backend, "cgroup": handle.get("cgroup", "")},
+        )
 
 
 # --- worktrees ----------------------------------------------------------------
@@ -287,8 +327,9 @@ def _sweep_worktrees(worktrees: dict[Path, str], live: set[str], report: Reconci
         branch = agent.work_branch if agent else f"flotilla/{agent_id}"
         try:
             if repository:
-                removal = workspace.worktree_remove(repository=repository, path=path,
-                                                    work_branch=branch)  # fmt: skip
+                removal = workspace.worktree_remove(
+                    repository=repository, path=path, work_branch=branch
+                )
                 kept = removal.branch_kept
             else:
                 workspace.worktree_discard(path)
@@ -299,8 +340,12 @@ def _sweep_worktrees(worktrees: dict[Path, str], live: set[str], report: Reconci
         report.worktrees_removed.append(str(path))
         if kept:
             report.branches_kept.append(branch)
-        _audit("worktree.remove", agent_id, "no live agent owns this worktree",
-               {"path": str(path), "branch": branch, "branch_kept": kept})  # fmt: skip
+        _audit(
+            "worktree.remove",
+            agent_id,
+            "no live agent owns this worktree",
+            {"path": str(path), "branch": branch, "branch_kept": kept},
+        )
 
 
 # --- helpers ------------------------------------------------------------------
@@ -330,5 +375,5 @@ def reconcile_schedule_ensure() -> None:
             "schedule_type": Schedule.MINUTES,
             "minutes": minutes,
             "repeats": -1,
-        },  # fmt: skip
+        },
     )

@@ -32,8 +32,12 @@ class RunLost(Exception):
 
 
 def agent_run(*, agent_id: Any) -> None:
-    if not agent_transition(agent_id=agent_id, to=AgentState.SPAWNING,
-                            node=settings.FLOTILLA_NODE_NAME, **supervisor_identity()):  # fmt: skip
+    if not agent_transition(
+        agent_id=agent_id,
+        to=AgentState.SPAWNING,
+        node=settings.FLOTILLA_NODE_NAME,
+        **supervisor_identity(),
+    ):
         logger.info("agent %s is not queued any more; nothing to do", agent_id)
         return
     _supervise(Agent.objects.get(id=agent_id), resuming=False)
@@ -54,12 +58,17 @@ def agent_resume_run(*, agent_id: Any, hops: int = 0) -> None:
             agent_enqueue_resume(agent_id=agent.id, hops=hops + 1)
         else:
             message = f"no worker on node {agent.node} took the resume; resume it again"
-            agent_event_append(agent_id=agent.id, kind=AgentEventKind.LOG,
-                               data={"message": message})  # fmt: skip
+            agent_event_append(
+                agent_id=agent.id, kind=AgentEventKind.LOG, data={"message": message}
+            )
         return
-    if not agent_transition(agent_id=agent.id, to=AgentState.RUNNING, error="",
-                            only_from=frozenset({AgentState.PAUSED}),
-                            **supervisor_identity()):  # fmt: skip
+    if not agent_transition(
+        agent_id=agent.id,
+        to=AgentState.RUNNING,
+        error="",
+        only_from=frozenset({AgentState.PAUSED}),
+        **supervisor_identity(),
+    ):
         return
     agent.refresh_from_db()
     _supervise(agent, resuming=True)
@@ -79,8 +88,13 @@ def _supervise(agent: Agent, *, resuming: bool) -> None:
             keep_worktree = _pause(context, outcome)
             return
         if not outcome.succeeded:
-            _end(agent, AgentState.FAILED, reason=outcome.error, error=outcome.error,
-                 result=outcome.result)  # fmt: skip
+            _end(
+                agent,
+                AgentState.FAILED,
+                reason=outcome.error,
+                error=outcome.error,
+                result=outcome.result,
+            )
             return
         if outcome.delivered:
             # The runtime's own finish pushed through the gates and left the agent in pushing.
@@ -109,6 +123,7 @@ def _end(agent: Agent, to: AgentState, **fields: Any) -> bool:
     a dashboard, a project waiting on the agent) finds nothing of the run
     left. A kill that lands in between wins the state and finds nothing to do.
     """
+
     def end() -> bool:
         agent.refresh_from_db()
         agent_cleanup(agent=agent)
@@ -121,9 +136,14 @@ def _end(agent: Agent, to: AgentState, **fields: Any) -> bool:
 def _pause(context: RunContext, outcome: RunOutcome) -> bool:
     """Free the sandbox, then pause: no resume can start before it is gone. The worktree stays."""
     context.sandbox.remove(context.handle)
-    return agent_transition(agent_id=context.agent.id, to=AgentState.PAUSED,
-                            reason=outcome.error, error=outcome.error, result=outcome.result,
-                            sandbox_handle={})  # fmt: skip
+    return agent_transition(
+        agent_id=context.agent.id,
+        to=AgentState.PAUSED,
+        reason=outcome.error,
+        error=outcome.error,
+        result=outcome.result,
+        sandbox_handle={},
+    )
 
 
 def _prepare(agent: Agent, *, resuming: bool = False) -> RunContext:
@@ -135,8 +155,12 @@ def _prepare(agent: Agent, *, resuming: bool = False) -> RunContext:
     else:
         Agent.objects.filter(id=agent.id).update(worktree_path=str(path))
         agent.worktree_path = str(path)
-        workspace.worktree_create(repository=agent.repository, base_branch=agent.base_branch,
-                                  work_branch=agent.work_branch, path=path)  # fmt: skip
+        workspace.worktree_create(
+            repository=agent.repository,
+            base_branch=agent.base_branch,
+            work_branch=agent.work_branch,
+            path=path,
+        )
     sandbox = sandbox_backend(agent.sandbox_backend)
     spec = SandboxSpec(
         agent_id=str(agent.id),
@@ -188,8 +212,11 @@ def agent_deliver(*, context: RunContext, outcome: RunOutcome) -> None:
     if not committed.approved:
         _fail_on_gates(agent, committed, result)
         return
-    pushed = agent_push(context=context, summary=outcome.summary,
-                        on_approved=lambda: _advance(agent, AgentState.PUSHING))  # fmt: skip
+    pushed = agent_push(
+        context=context,
+        summary=outcome.summary,
+        on_approved=lambda: _advance(agent, AgentState.PUSHING),
+    )
     if not pushed.approved:
         _fail_on_gates(agent, pushed, result)
         return
@@ -201,8 +228,7 @@ def agent_deliver(*, context: RunContext, outcome: RunOutcome) -> None:
 def _fail_on_gates(agent: Agent, report: DeliveryReport, result: dict[str, Any]) -> None:
     """A gate rejection ends a script agent: it cannot try again, so it fails with the report."""
     result = {**result, "pushed_commit": None, "gates": report.as_dict()}
-    if not _end(agent, AgentState.FAILED, reason=report.message, error=report.text,
-                result=result):  # fmt: skip
+    if not _end(agent, AgentState.FAILED, reason=report.message, error=report.text, result=result):
         raise RunLost()
 
 

@@ -61,8 +61,11 @@ def agent_spawn(*, request: SpawnRequest, requested_by: str) -> Agent:
             with connection.cursor() as cursor:
                 cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_SPAWN_LOCK_KEY])
         # Agents that run on a peer hub take no slot here.
-        live = (Agent.objects.filter(state__in=LIVE_STATES)
-                .exclude(sandbox_backend=REMOTE_SANDBOX).count())  # fmt: skip
+        live = (
+            Agent.objects.filter(state__in=LIVE_STATES)
+            .exclude(sandbox_backend=REMOTE_SANDBOX)
+            .count()
+        )
         if live >= settings.MAX_CONCURRENT_AGENTS:
             raise ConcurrencyLimitReached(
                 f"{live} agents are already live; the limit is {settings.MAX_CONCURRENT_AGENTS}"
@@ -89,8 +92,11 @@ def agent_spawn(*, request: SpawnRequest, requested_by: str) -> Agent:
         )
         agent.work_branch = f"flotilla/{agent.id}"
         agent.save(update_fields=["work_branch"])
-        agent_event_append(agent_id=agent.id, kind=AgentEventKind.STATE,
-                           data={"from": None, "to": AgentState.QUEUED})  # fmt: skip
+        agent_event_append(
+            agent_id=agent.id,
+            kind=AgentEventKind.STATE,
+            data={"from": None, "to": AgentState.QUEUED},
+        )
         transaction.on_commit(lambda: agent_enqueue(agent_id=agent.id))
     return agent
 
@@ -100,29 +106,45 @@ def agent_spawn(*, request: SpawnRequest, requested_by: str) -> Agent:
 REMOTE_SANDBOX = "remote"
 
 
-def agent_register_remote(*, request: SpawnRequest, requested_by: str, node: str,
-                          sandbox_handle: dict[str, Any]) -> Agent:  # fmt: skip
+def agent_register_remote(
+    *, request: SpawnRequest, requested_by: str, node: str, sandbox_handle: dict[str, Any]
+) -> Agent:
     """Record an agent that a peer hub runs for us: a row to watch and kill, never enqueued."""
     spawn_guards_check(request=request, requested_by=requested_by)
     with transaction.atomic():
         agent = Agent.objects.create(
-            task_id=request.task_id, agent_type=request.agent_type, runtime=request.runtime,
-            script=request.script, repository=request.repository,
-            base_branch=request.base_branch, work_branch="", work_items=request.work_items,
-            skills=request.skills, instructions=request.instructions, options=request.options,
-            gate_profile=request.gate_profile, sandbox_backend=REMOTE_SANDBOX,
-            sandbox_handle=sandbox_handle, node=node,
+            task_id=request.task_id,
+            agent_type=request.agent_type,
+            runtime=request.runtime,
+            script=request.script,
+            repository=request.repository,
+            base_branch=request.base_branch,
+            work_branch="",
+            work_items=request.work_items,
+            skills=request.skills,
+            instructions=request.instructions,
+            options=request.options,
+            gate_profile=request.gate_profile,
+            sandbox_backend=REMOTE_SANDBOX,
+            sandbox_handle=sandbox_handle,
+            node=node,
             timeout_s=request.timeout_s or settings.FLOTILLA_DEFAULT_TIMEOUT_S,
-            network=request.network, max_retries=request.max_retries,
-            requested_by=requested_by, origin=request.origin,
-        )  # fmt: skip
-        agent_event_append(agent_id=agent.id, kind=AgentEventKind.STATE,
-                           data={"from": None, "to": AgentState.QUEUED})  # fmt: skip
+            network=request.network,
+            max_retries=request.max_retries,
+            requested_by=requested_by,
+            origin=request.origin,
+        )
+        agent_event_append(
+            agent_id=agent.id,
+            kind=AgentEventKind.STATE,
+            data={"from": None, "to": AgentState.QUEUED},
+        )
     return agent
 
 
-def agent_mirror_state(*, agent_id: Any, state: str, data: dict[str, Any] | None = None,
-                       **fields: Any) -> bool:  # fmt: skip
+def agent_mirror_state(
+    *, agent_id: Any, state: str, data: dict[str, Any] | None = None, **fields: Any
+) -> bool:
     """Copy a state that the hub running a remote agent reported, with its event.
 
     ``fields`` may set progress, result, error, work_branch. A final state is
@@ -135,8 +157,11 @@ def agent_mirror_state(*, agent_id: Any, state: str, data: dict[str, Any] | None
     if state not in LIVE_STATES:
         changes.setdefault("finished_at", now)
     with transaction.atomic():
-        current = (Agent.objects.filter(id=agent_id, state__in=LIVE_STATES)
-                   .values_list("state", "started_at").first())  # fmt: skip
+        current = (
+            Agent.objects.filter(id=agent_id, state__in=LIVE_STATES)
+            .values_list("state", "started_at")
+            .first()
+        )
         if current is None or current[0] == state:
             return False
         if state != AgentState.QUEUED and current[1] is None:
@@ -151,13 +176,19 @@ def agent_mirror_state(*, agent_id: Any, state: str, data: dict[str, Any] | None
 
 
 def agent_enqueue(*, agent_id: Any) -> None:
-    async_task("agents.tasks.agent_run", str(agent_id), task_name=f"agent-run-{agent_id}",
-               group="agents")  # fmt: skip
+    async_task(
+        "agents.tasks.agent_run", str(agent_id), task_name=f"agent-run-{agent_id}", group="agents"
+    )
 
 
 def agent_enqueue_resume(*, agent_id: Any, hops: int = 0) -> None:
-    async_task("agents.tasks.agent_resume", str(agent_id), hops,
-               task_name=f"agent-resume-{agent_id}-{hops}", group="agents")  # fmt: skip
+    async_task(
+        "agents.tasks.agent_resume",
+        str(agent_id),
+        hops,
+        task_name=f"agent-resume-{agent_id}-{hops}",
+        group="agents",
+    )
 
 
 def agent_resume(*, agent_id: Any, budget_usd: Decimal, actor: str, reason: str = "") -> Agent:
@@ -186,10 +217,17 @@ def agent_resume(*, agent_id: Any, budget_usd: Decimal, actor: str, reason: str 
             raise InvalidTransition(f"agent {agent.id} is not paused any more")
         message = f"budget raised from ${previous} to ${budget_usd} by {actor}; resuming"
         agent_event_append(agent_id=agent.id, kind=AgentEventKind.LOG, data={"message": message})
-        audit_record(actor=actor, action="agent.resume", target=f"agent:{agent.id}",
-                     reason=reason or "budget raised",
-                     data={"budget_usd": str(budget_usd), "previous_budget_usd": previous,
-                           "spent_usd": str(agent.cost_usd)})  # fmt: skip
+        audit_record(
+            actor=actor,
+            action="agent.resume",
+            target=f"agent:{agent.id}",
+            reason=reason or "budget raised",
+            data={
+                "budget_usd": str(budget_usd),
+                "previous_budget_usd": previous,
+                "spent_usd": str(agent.cost_usd),
+            },
+        )
         transaction.on_commit(lambda: agent_enqueue_resume(agent_id=agent.id))
     agent.refresh_from_db()
     return agent
@@ -211,7 +249,9 @@ class Termination:
     routed_to: str = ""
 
 
-def agent_terminate(*, agent_id: Any, reason: str, to: AgentState = AgentState.KILLED) -> Termination:
+def agent_terminate(
+    *, agent_id: Any, reason: str, to: AgentState = AgentState.KILLED
+) -> Termination:
     """Stop an agent now (see ``agent_stop``), then remove its sandbox and worktree."""
     stopped = agent_stop(agent_id=agent_id, reason=reason, to=to)
     if not stopped.terminated:
@@ -233,8 +273,9 @@ def agent_stop(*, agent_id: Any, reason: str, to: AgentState = AgentState.KILLED
     return _stop_kill(agent, previous, started)
 
 
-def agent_stop_many(*, agent_ids: list[Any], reason: str, to: AgentState = AgentState.KILLED,
-                    threads: int = 8) -> dict[str, Termination | str]:  # fmt: skip
+def agent_stop_many(
+    *, agent_ids: list[Any], reason: str, to: AgentState = AgentState.KILLED, threads: int = 8
+) -> dict[str, Termination | str]:
     """``agent_stop`` for many agents: every one is marked in one transaction, then killed.
 
     One transaction takes the database's write lock once. Separate ones, on
@@ -255,8 +296,9 @@ def agent_stop_many(*, agent_ids: list[Any], reason: str, to: AgentState = Agent
             if won:
                 marked.append((agent, previous))
             else:
-                outcome[str(agent.id)] = Termination(str(agent.id), previous, False,
-                                                     _ms_since(started))  # fmt: skip
+                outcome[str(agent.id)] = Termination(
+                    str(agent.id), previous, False, _ms_since(started)
+                )
 
     def kill(mark: tuple[Agent, str]) -> Termination | str:
         try:
@@ -288,11 +330,13 @@ def _stop_mark(*, agent_id: Any, reason: str, to: AgentState) -> tuple[Agent, st
 def _stop_kill(agent: Agent, previous: str, started: float) -> Termination:
     """Kill the sandbox of an agent already marked final, here or on its node."""
     # The node was fixed when a worker took the agent; the node re-reads the row itself.
-    if (agent.sandbox_backend != REMOTE_SANDBOX and not node_is_local(agent.node)
-            and node_kill_request(agent=agent)):  # fmt: skip
+    if (
+        agent.sandbox_backend != REMOTE_SANDBOX
+        and not node_is_local(agent.node)
+        and node_kill_request(agent=agent)
+    ):
         # Its processes live on another machine: that node kills and cleans up.
-        return Termination(str(agent.id), previous, True, _ms_since(started),
-                           routed_to=agent.node)  # fmt: skip
+        return Termination(str(agent.id), previous, True, _ms_since(started), routed_to=agent.node)
     agent.refresh_from_db()
     errors = agent_sandbox_kill(agent=agent)
     return Termination(str(agent.id), previous, True, _ms_since(started), errors=errors)
@@ -303,8 +347,9 @@ def agent_stopped_cleanup(*, termination: Termination) -> Termination:
         return termination  # the agent's node cleans up after its kill
     agent = Agent.objects.get(id=termination.agent_id)
     branch_kept, errors = agent_cleanup(agent=agent)
-    return dataclasses.replace(termination, branch_kept=branch_kept,
-                               errors=termination.errors + errors)  # fmt: skip
+    return dataclasses.replace(
+        termination, branch_kept=branch_kept, errors=termination.errors + errors
+    )
 
 
 def agent_sandbox_kill(*, agent: Agent) -> list[str]:
@@ -339,9 +384,14 @@ def agent_cleanup(*, agent: Agent) -> tuple[bool, list[str]]:
         errors.append(f"worktree remove: {error}")
         return False, errors
     if report.branch_kept:
-        agent_event_append(agent_id=agent.id, kind=AgentEventKind.LOG, data={
-            "message": f"branch {agent.work_branch} kept: "
-                       f"{report.unpushed_commits} unpushed commit(s)"})  # fmt: skip
+        agent_event_append(
+            agent_id=agent.id,
+            kind=AgentEventKind.LOG,
+            data={
+                "message": f"branch {agent.work_branch} kept: "
+                f"{report.unpushed_commits} unpushed commit(s)"
+            },
+        )
     return report.branch_kept, errors
 
 

@@ -101,9 +101,7 @@ def _run(repo_dir: Path | None, *args: str) -> str:
     runner = git.Git(str(repo_dir) if repo_dir else None)
     runner.update_environment(**_GIT_ENV)
     try:
-        return runner.execute(
-            ["git", *args], kill_after_timeout=settings.FLOTILLA_GIT_TIMEOUT_S
-        )  # type: ignore[return-value]
+        return runner.execute(["git", *args], kill_after_timeout=settings.FLOTILLA_GIT_TIMEOUT_S)  # type: ignore[return-value]
     except git.GitCommandError as error:
         detail = (error.stderr or error.stdout or "").strip().replace("stderr: ", "")
         raise WorkspaceError(f"git {args[0]} failed: {detail.strip(chr(39))}") from None
@@ -127,17 +125,23 @@ def _mirror_sync_locked(repository: str, mirror: Path) -> None:
     _run(mirror, "fetch", "--prune", "--quiet", "origin")
 
 
-def worktree_create(
-    *, repository: str, base_branch: str, work_branch: str, path: Path
-) -> Path:
+def worktree_create(*, repository: str, base_branch: str, work_branch: str, path: Path) -> Path:
     """Check out a new branch ``work_branch`` from ``base_branch`` into ``path``."""
     mirror = mirror_path(repository)
     with _mirror_lock(mirror):
         _mirror_sync_locked(repository, mirror)
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            _run(mirror, "worktree", "add", "--quiet", "-b", work_branch, str(path),
-                 f"refs/remotes/origin/{base_branch}")  # fmt: skip
+            _run(
+                mirror,
+                "worktree",
+                "add",
+                "--quiet",
+                "-b",
+                work_branch,
+                str(path),
+                f"refs/remotes/origin/{base_branch}",
+            )
         except WorkspaceError:
             # Asking git only on failure saves a process on every spawn.
             if not _ref_exists(mirror, f"refs/remotes/origin/{base_branch}"):
@@ -154,8 +158,18 @@ def worktree_commit(*, path: Path, message: str) -> str | None:
     if not _run(path, "status", "--porcelain"):
         return None
     name, email = settings.FLOTILLA_GIT_AUTHOR_NAME, settings.FLOTILLA_GIT_AUTHOR_EMAIL
-    _run(path, "-c", f"user.name={name}", "-c", f"user.email={email}",
-         "commit", "--quiet", "--no-verify", "-m", message)  # fmt: skip
+    _run(
+        path,
+        "-c",
+        f"user.name={name}",
+        "-c",
+        f"user.email={email}",
+        "commit",
+        "--quiet",
+        "--no-verify",
+        "-m",
+        message,
+    )
     return _run(path, "rev-parse", "HEAD")
 
 
@@ -185,16 +199,31 @@ def worktree_commit_staged(*, path: Path, message: str) -> str | None:
     if not _run(path, "diff", "--cached", "--name-only", "HEAD"):
         return None
     name, email = settings.FLOTILLA_GIT_AUTHOR_NAME, settings.FLOTILLA_GIT_AUTHOR_EMAIL
-    _run(path, "-c", f"user.name={name}", "-c", f"user.email={email}",
-         "commit", "--quiet", "--no-verify", "-m", message)  # fmt: skip
+    _run(
+        path,
+        "-c",
+        f"user.name={name}",
+        "-c",
+        f"user.email={email}",
+        "commit",
+        "--quiet",
+        "--no-verify",
+        "-m",
+        message,
+    )
     return _run(path, "rev-parse", "HEAD")
 
 
 def branch_diff(*, repository: str, work_branch: str, base_branch: str) -> str:
     """What the work branch changes since it left its base (the three-dot diff)."""
     mirror = mirror_path(repository)
-    return _run(mirror, "diff", "--no-color", "--no-ext-diff",
-                f"refs/remotes/origin/{base_branch}...refs/heads/{work_branch}")  # fmt: skip
+    return _run(
+        mirror,
+        "diff",
+        "--no-color",
+        "--no-ext-diff",
+        f"refs/remotes/origin/{base_branch}...refs/heads/{work_branch}",
+    )
 
 
 def branch_file_read(*, repository: str, base_branch: str, path: str) -> str | None:
@@ -220,11 +249,19 @@ def branch_conflicts(*, repository: str, work_branch: str, base_branch: str) -> 
     runner = git.Git(str(mirror))
     runner.update_environment(**_GIT_ENV)
     status, out, err = runner.execute(
-        ["git", "merge-tree", "--write-tree", "--name-only", "--no-messages",
-         f"refs/heads/{work_branch}", f"refs/remotes/origin/{base_branch}"],
-        with_extended_output=True, with_exceptions=False,
+        [
+            "git",
+            "merge-tree",
+            "--write-tree",
+            "--name-only",
+            "--no-messages",
+            f"refs/heads/{work_branch}",
+            f"refs/remotes/origin/{base_branch}",
+        ],
+        with_extended_output=True,
+        with_exceptions=False,
         kill_after_timeout=settings.FLOTILLA_GIT_TIMEOUT_S,
-    )  # type: ignore[misc]  # fmt: skip
+    )  # type: ignore[misc]
     if status == 0:
         return []
     if status == 1:
@@ -285,8 +322,11 @@ def worktree_list(repository: str) -> list[Path]:
     if not (mirror / "HEAD").exists():
         return []
     listing = _run(mirror, "worktree", "list", "--porcelain")
-    paths = [Path(line[len("worktree ") :]) for line in listing.splitlines()
-             if line.startswith("worktree ")]  # fmt: skip
+    paths = [
+        Path(line[len("worktree ") :])
+        for line in listing.splitlines()
+        if line.startswith("worktree ")
+    ]
     return [path for path in paths if path != mirror]
 
 
@@ -385,8 +425,18 @@ def branch_integrate(
             if status != 0:
                 raise WorkspaceError(f"git merge-tree failed: {err.strip()}")
             tree = out.splitlines()[0].strip()
-            head = _run(mirror, *_identity(), "commit-tree", tree, "-p", head, "-p", other,
-                        "-m", f"Merge {branch} into {target}")  # fmt: skip
+            head = _run(
+                mirror,
+                *_identity(),
+                "commit-tree",
+                tree,
+                "-p",
+                head,
+                "-p",
+                other,
+                "-m",
+                f"Merge {branch} into {target}",
+            )
         _run(mirror, "push", "--quiet", "--force", "origin", f"{head}:refs/heads/{target}")
         _run(mirror, "update-ref", f"refs/remotes/origin/{target}", head)
     return IntegrationReport(head, [])
@@ -409,8 +459,11 @@ def _identity() -> list[str]:
 def _is_ancestor(repo_dir: Path, ancestor: str, descendant: str) -> bool:
     runner = git.Git(str(repo_dir))
     runner.update_environment(**_GIT_ENV)
-    status = runner.execute(["git", "merge-base", "--is-ancestor", ancestor, descendant],
-                            with_extended_output=True, with_exceptions=False)[0]  # type: ignore[index]  # fmt: skip
+    status = runner.execute(
+        ["git", "merge-base", "--is-ancestor", ancestor, descendant],
+        with_extended_output=True,
+        with_exceptions=False,
+    )[0]  # type: ignore[index]
     return status == 0
 
 
@@ -419,7 +472,8 @@ def _merge_tree(repo_dir: Path, ours: str, theirs: str) -> tuple[int, str, str]:
     runner.update_environment(**_GIT_ENV)
     status, out, err = runner.execute(
         ["git", "merge-tree", "--write-tree", "--name-only", "--no-messages", ours, theirs],
-        with_extended_output=True, with_exceptions=False,
+        with_extended_output=True,
+        with_exceptions=False,
         kill_after_timeout=settings.FLOTILLA_GIT_TIMEOUT_S,
-    )  # type: ignore[misc]  # fmt: skip
+    )  # type: ignore[misc]
     return int(status), str(out), str(err)

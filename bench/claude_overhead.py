@@ -65,9 +65,13 @@ def process_tree_rss_mb(root_pid: int) -> tuple[float, int]:
 
 
 def spawn_claude(hub: ThrowawayHub, repository: Path, task_id: str) -> str:
-    body = {"task_id": task_id, "agent_type": "worker", "runtime": "claude",
-            "context": {"repository": str(repository), "branch": "main"},
-            "options": {"max_turns": 1000, "timeout_s": 3600}}  # fmt: skip
+    body = {
+        "task_id": task_id,
+        "agent_type": "worker",
+        "runtime": "claude",
+        "context": {"repository": str(repository), "branch": "main"},
+        "options": {"max_turns": 1000, "timeout_s": 3600},
+    }
     return hub.request("POST", "/api/v1/agents", body)["agent_id"]
 
 
@@ -89,8 +93,10 @@ def overhead(hub: ThrowawayHub, server: MessagesServer, repository: Path, turns:
     agent_id = spawn_claude(hub, repository, "overhead")
     states = wait_all(hub, [agent_id], timeout=600)
     requests = list(server.requests)
-    gaps = [(later["received_at"] - earlier["replied_at"]) * 1000
-            for earlier, later in zip(requests, requests[1:turns + 1], strict=False)]  # fmt: skip
+    gaps = [
+        (later["received_at"] - earlier["replied_at"]) * 1000
+        for earlier, later in zip(requests, requests[1 : turns + 1], strict=False)
+    ]
     return {
         "agent_state": states[agent_id],
         "tool_calls": len(gaps),
@@ -143,7 +149,7 @@ def concurrency(hub: ThrowawayHub, server: MessagesServer, repository: Path, age
             "idle": baseline_mb,
             "peak": peak["mb"],
             "peak_per_worker": round(peak["mb"] / max(processes, 1), 1),
-        },  # fmt: skip
+        },
     }
 
 
@@ -153,8 +159,11 @@ def main() -> None:
     parser.add_argument("--agents", type=int, default=50)
     arguments = parser.parse_args()
     with MessagesServer() as server:
-        env = {"ANTHROPIC_BASE_URL": server.url, "ANTHROPIC_API_KEY": KEY,
-               "MAX_CONCURRENT_AGENTS": str(max(100, arguments.agents))}  # fmt: skip
+        env = {
+            "ANTHROPIC_BASE_URL": server.url,
+            "ANTHROPIC_API_KEY": KEY,
+            "MAX_CONCURRENT_AGENTS": str(max(100, arguments.agents)),
+        }
         # One worker process per agent: a Claude run holds its worker while it works.
         with ThrowawayHub(workers=arguments.agents, extra_env=env) as hub:
             repository = make_repository(hub.data_dir)

@@ -48,34 +48,52 @@ def main() -> None:
     try:
         cluster.start()
         webs = cluster.webs
-        ids = [cluster.spawn(webs[index % 2], repository, "sleep 600", task_id=f"b{index}")
-               for index in range(args.agents)]  # fmt: skip
+        ids = [
+            cluster.spawn(webs[index % 2], repository, "sleep 600", task_id=f"b{index}")
+            for index in range(args.agents)
+        ]
         wait_until(lambda: len(sandbox_processes(ids)) == len(ids), 180, "every agent running")
         nodes = cluster.agents()
         gone_ms, answer_ms = [], []
         for index, agent_id in enumerate(ids):
             started = time.monotonic()
-            response = cluster.api(webs[index % 2], "POST", f"agents/{agent_id}/kill",
-                                   json={"reason": "bench"})  # fmt: skip
+            response = cluster.api(
+                webs[index % 2], "POST", f"agents/{agent_id}/kill", json={"reason": "bench"}
+            )
             answer_ms.append((time.monotonic() - started) * 1000)
             assert response.status_code == 200, response.text
-            wait_until(lambda agent_id=agent_id: not sandbox_processes([agent_id]), 10,
-                       "the agent's processes gone", every=0.002)  # fmt: skip
+            wait_until(
+                lambda agent_id=agent_id: not sandbox_processes([agent_id]),
+                10,
+                "the agent's processes gone",
+                every=0.002,
+            )
             gone_ms.append((time.monotonic() - started) * 1000)
-        print(json.dumps({
-            "benchmark": "cross_node_kill",
-            "agents": len(ids),
-            "per_node": {node: sum(1 for a in nodes.values() if a["node"] == node)
-                         for node in ("node-a", "node-b")},
-            "processes_gone_ms": {"p50": percentile(gone_ms, 0.5),
-                                  "p99": percentile(gone_ms, 0.99),
-                                  "max": round(max(gone_ms), 1),
-                                  "mean": round(statistics.mean(gone_ms), 1)},
-            "api_answer_ms": {"p50": percentile(answer_ms, 0.5),
-                              "p99": percentile(answer_ms, 0.99)},
-            "target": "p99 < 1000 ms",
-            "load_average": os.getloadavg(),
-        }, indent=2))  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    "benchmark": "cross_node_kill",
+                    "agents": len(ids),
+                    "per_node": {
+                        node: sum(1 for a in nodes.values() if a["node"] == node)
+                        for node in ("node-a", "node-b")
+                    },
+                    "processes_gone_ms": {
+                        "p50": percentile(gone_ms, 0.5),
+                        "p99": percentile(gone_ms, 0.99),
+                        "max": round(max(gone_ms), 1),
+                        "mean": round(statistics.mean(gone_ms), 1),
+                    },
+                    "api_answer_ms": {
+                        "p50": percentile(answer_ms, 0.5),
+                        "p99": percentile(answer_ms, 0.99),
+                    },
+                    "target": "p99 < 1000 ms",
+                    "load_average": os.getloadavg(),
+                },
+                indent=2,
+            )
+        )
     finally:
         cluster.stop()
         template_drop()

@@ -19,8 +19,9 @@ from bench.throwaway_hub import ThrowawayHub, make_repository  # noqa: E402
 
 
 def containers_left(node_filter: str) -> int:
-    listing = subprocess.run(["docker", "ps", "-aq", "--filter", node_filter],
-                             capture_output=True, text=True, check=True)  # fmt: skip
+    listing = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", node_filter], capture_output=True, text=True, check=True
+    )
     return len(listing.stdout.split())
 
 
@@ -31,8 +32,10 @@ def main() -> None:
     node = f"bench-killall-{int(time.time())}"
     label = f"label=flotilla.hub={node}"
     extra = {"FLOTILLA_NODE_NAME": node}
-    with tempfile.TemporaryDirectory() as scratch, \
-            ThrowawayHub(workers=args.agents + 2, extra_env=extra) as hub:  # fmt: skip
+    with (
+        tempfile.TemporaryDirectory() as scratch,
+        ThrowawayHub(workers=args.agents + 2, extra_env=extra) as hub,
+    ):
         repository = make_repository(Path(scratch))
         ids = [hub.spawn(repository, "sleep 300", sandbox="docker") for _ in range(args.agents)]
         for agent_id in ids:
@@ -49,19 +52,25 @@ def main() -> None:
             "print(json.dumps([k['latency_ms'] for k in e.data['kills']]))"
         )
         latencies = json.loads(hub.manage("shell", "-c", query).splitlines()[-1])
-    print(json.dumps({
-        "bench": "docker_killall",
-        "agents": args.agents,
-        "containers_running_before": running,
-        "kill_all_ms": round(elapsed * 1000, 1),
-        "slowest_single_kill_ms": max(latencies) if latencies else None,
-        "note": "kill_all_ms includes each agent's cleanup (container and worktree removal)",
-        "killed": outcome.get("killed"),
-        "failed": outcome.get("failed"),
-        "containers_left": left,
-        "states_after": sorted(states),
-        "target": "under 1500 ms",
-    }, indent=2))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "bench": "docker_killall",
+                "agents": args.agents,
+                "containers_running_before": running,
+                "kill_all_ms": round(elapsed * 1000, 1),
+                "slowest_single_kill_ms": max(latencies) if latencies else None,
+                "note": "kill_all_ms includes each agent's cleanup "
+                "(container and worktree removal)",
+                "killed": outcome.get("killed"),
+                "failed": outcome.get("failed"),
+                "containers_left": left,
+                "states_after": sorted(states),
+                "target": "under 1500 ms",
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -30,10 +30,34 @@ IMAGE = "flotilla-sandbox:latest"
 
 def bare_docker_run() -> float:
     name = f"flotilla-bench-{uuid.uuid4().hex[:8]}"
-    argv = ["docker", "run", "-d", "--name", name, "--read-only", "--user", "65534:65534",
-            "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--network", "none",
-            "--init", "--pids-limit", "256", "--memory", "1g", "--tmpfs", "/tmp",
-            "-v", "/usr:/usr:ro", IMAGE, "/bin/sleep", "infinity"]  # fmt: skip
+    argv = [
+        "docker",
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--read-only",
+        "--user",
+        "65534:65534",
+        "--cap-drop",
+        "ALL",
+        "--security-opt",
+        "no-new-privileges",
+        "--network",
+        "none",
+        "--init",
+        "--pids-limit",
+        "256",
+        "--memory",
+        "1g",
+        "--tmpfs",
+        "/tmp",
+        "-v",
+        "/usr:/usr:ro",
+        IMAGE,
+        "/bin/sleep",
+        "infinity",
+    ]
     started = time.monotonic()
     subprocess.run(argv, check=True, capture_output=True)
     elapsed = time.monotonic() - started
@@ -58,8 +82,9 @@ def api_to_running(hub: ThrowawayHub, repository: Path) -> tuple[float, str]:
 def ready_slots(data_dir: Path, node: str) -> int:
     root = data_dir / "warm-pool" / node
     slots = [slot for slot in root.iterdir() if slot.is_dir()] if root.is_dir() else []
-    return sum((slot / "container.json").exists() and not (slot / "claim").exists()
-               for slot in slots)  # fmt: skip
+    return sum(
+        (slot / "container.json").exists() and not (slot / "claim").exists() for slot in slots
+    )
 
 
 def warm_samples(samples: int, pool: int) -> tuple[list[float], int]:
@@ -78,18 +103,29 @@ def warm_samples(samples: int, pool: int) -> tuple[list[float], int]:
             elapsed, agent_id = api_to_running(hub, repository)
             timings.append(elapsed)
             ids.append(agent_id)
-        query = (f"from agents.models import Agent; print(sum(bool(a.sandbox_handle.get("
-                 f"'warm_slot')) for a in Agent.objects.filter(id__in={ids!r})))")  # fmt: skip
+        query = (
+            f"from agents.models import Agent; print(sum(bool(a.sandbox_handle.get("
+            f"'warm_slot')) for a in Agent.objects.filter(id__in={ids!r})))"
+        )
         served = int(hub.manage("shell", "-c", query).split()[-1])
-        hub.manage("shell", "-c", "from agents.sandboxes.docker import docker_pool_drain; "
-                   f"docker_pool_drain(node={node!r})")  # fmt: skip
+        hub.manage(
+            "shell",
+            "-c",
+            "from agents.sandboxes.docker import docker_pool_drain; "
+            f"docker_pool_drain(node={node!r})",
+        )
     return timings, served
 
 
 def summary(samples: list[float]) -> dict:
     ms = sorted(round(s * 1000, 1) for s in samples)
-    return {"n": len(ms), "p50_ms": round(statistics.median(ms), 1), "min_ms": ms[0],
-            "max_ms": ms[-1], "samples_ms": ms}  # fmt: skip
+    return {
+        "n": len(ms),
+        "p50_ms": round(statistics.median(ms), 1),
+        "min_ms": ms[0],
+        "max_ms": ms[-1],
+        "samples_ms": ms,
+    }
 
 
 def main() -> None:
@@ -97,8 +133,12 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=10)
     parser.add_argument("--pool", type=int, default=2)
     args = parser.parse_args()
-    subprocess.run([sys.executable, "manage.py", "sandbox_image"], check=True, capture_output=True,
-                   cwd=Path(__file__).resolve().parent.parent)  # fmt: skip
+    subprocess.run(
+        [sys.executable, "manage.py", "sandbox_image"],
+        check=True,
+        capture_output=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
     bare_docker_run()  # warm the engine's caches, as the first spawn below does too
     bare = [bare_docker_run() for _ in range(args.samples)]
     with tempfile.TemporaryDirectory() as scratch, ThrowawayHub(workers=4) as hub:

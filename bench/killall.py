@@ -56,8 +56,11 @@ def one_round(hub: ThrowawayHub, repository: Path, count: int) -> dict:
     watcher.join()
     gone_ms = (gone_at[0] - started) * 1000
     assert summary["killed"] == count, summary
-    return {"api_ms": round(api_ms, 1), "all_processes_gone_ms": round(gone_ms, 1),
-            "processes": len(pids)}  # fmt: skip
+    return {
+        "api_ms": round(api_ms, 1),
+        "all_processes_gone_ms": round(gone_ms, 1),
+        "processes": len(pids),
+    }
 
 
 def main() -> None:
@@ -69,12 +72,17 @@ def main() -> None:
         repository = make_repository(hub.data_dir)
         rounds = [one_round(hub, repository, options.agents) for _ in range(options.rounds)]
     gone = sorted(item["all_processes_gone_ms"] for item in rounds)
-    print(json.dumps({
-        "benchmark": f"kill-all of {options.agents} running bwrap agents",
-        "rounds": rounds,
-        "median_all_processes_gone_ms": gone[len(gone) // 2],
-        "target": "under 500 ms",
-    }, indent=2))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "benchmark": f"kill-all of {options.agents} running bwrap agents",
+                "rounds": rounds,
+                "median_all_processes_gone_ms": gone[len(gone) // 2],
+                "target": "under 500 ms",
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

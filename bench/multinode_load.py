@@ -110,37 +110,63 @@ def main() -> None:
         script = f"sleep {args.sleep}; echo done > done.txt"
         started = time.monotonic()
         with ThreadPoolExecutor(max_workers=8) as pool:
-            ids = list(pool.map(lambda index: cluster.spawn(
-                cluster.webs[index % 2], repository, script, task_id=f"load{index}"),
-                range(args.agents)))  # fmt: skip
+            ids = list(
+                pool.map(
+                    lambda index: cluster.spawn(
+                        cluster.webs[index % 2], repository, script, task_id=f"load{index}"
+                    ),
+                    range(args.agents),
+                )
+            )
         spawned = time.monotonic() - started
-        wait_until(lambda: set(cluster.states(ids).values()) <= {"completed", "failed", "killed"},
-                   600, "every agent final", every=0.5)  # fmt: skip
+        wait_until(
+            lambda: set(cluster.states(ids).values()) <= {"completed", "failed", "killed"},
+            600,
+            "every agent final",
+            every=0.5,
+        )
         wall = time.monotonic() - started
         sampler.stop.set()
         sampler.join()
         agents = cluster.agents()
-        rows = cluster.query("SELECT EXTRACT(EPOCH FROM started_at - created_at) FROM agents_agent "
-                             "WHERE started_at IS NOT NULL")  # fmt: skip
+        rows = cluster.query(
+            "SELECT EXTRACT(EPOCH FROM started_at - created_at) FROM agents_agent "
+            "WHERE started_at IS NOT NULL"
+        )
         to_running = [float(row[0]) for row in rows]
-        print(json.dumps({
-            "benchmark": "multinode_load",
-            "agents": len(ids),
-            "states": {state: sum(1 for a in agents.values() if a["state"] == state)
-                       for state in {a["state"] for a in agents.values()}},
-            "per_node": {node: sum(1 for a in agents.values() if a["node"] == node)
-                         for node in ("node-a", "node-b")},
-            "agent_sleep_s": args.sleep,
-            "worker_processes_per_node": args.workers_per_node,
-            "all_spawned_after_s": round(spawned, 2),
-            "all_final_after_s": round(wall, 2),
-            "spawn_to_running_s": {"p50": percentile(to_running, 0.5),
-                                   "p99": percentile(to_running, 0.99)},
-            "peak_rss_mib": {name: {"process": round(sampler.peak_single[name] / 1024, 1),
-                                    "with_children": round(sampler.peak_tree[name] / 1024, 1)}
-                             for name in processes},
-            "load_average": os.getloadavg(),
-        }, indent=2))  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    "benchmark": "multinode_load",
+                    "agents": len(ids),
+                    "states": {
+                        state: sum(1 for a in agents.values() if a["state"] == state)
+                        for state in {a["state"] for a in agents.values()}
+                    },
+                    "per_node": {
+                        node: sum(1 for a in agents.values() if a["node"] == node)
+                        for node in ("node-a", "node-b")
+                    },
+                    "agent_sleep_s": args.sleep,
+                    "worker_processes_per_node": args.workers_per_node,
+                    "all_spawned_after_s": round(spawned, 2),
+                    "all_final_after_s": round(wall, 2),
+                    "spawn_to_running_s": {
+                        "p50": percentile(to_running, 0.5),
+                        "p99": percentile(to_running, 0.99),
+                    },
+                    "peak_rss_mib": {
+                        name: {
+                            "process": round(sampler.peak_single[name] / 1024, 1),
+                            "with_children": round(sampler.peak_tree[name] / 1024, 1),
+                        }
+                        for name in processes
+                    },
+                    "load_average": os.getloadavg(),
+                },
+                indent=2,
+            )
+        )
     finally:
         cluster.stop()
         template_drop()

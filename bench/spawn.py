@@ -39,12 +39,47 @@ def wait_for_stamp(hub: ThrowawayHub, agent_id: str) -> float:
 def bare_bwrap_ms(workspace: Path) -> float:
     started = time.time()
     output = subprocess.run(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "bwrap", "--unshare-all",
-         "--die-with-parent", "--new-session", "--ro-bind", "/usr", "/usr", "--symlink", "usr/bin",
-         "/bin", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64", "--proc",
-         "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--bind", str(workspace), "/workspace",
-         "--chdir", "/workspace", "--", "/bin/sh", "-c", STAMP],
-        capture_output=True, text=True, check=True).stdout  # fmt: skip
+        [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "bwrap",
+            "--unshare-all",
+            "--die-with-parent",
+            "--new-session",
+            "--ro-bind",
+            "/usr",
+            "/usr",
+            "--symlink",
+            "usr/bin",
+            "/bin",
+            "--symlink",
+            "usr/lib",
+            "/lib",
+            "--symlink",
+            "usr/lib64",
+            "/lib64",
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+            "--tmpfs",
+            "/tmp",
+            "--bind",
+            str(workspace),
+            "/workspace",
+            "--chdir",
+            "/workspace",
+            "--",
+            "/bin/sh",
+            "-c",
+            STAMP,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return (float(output) - started) * 1000
 
 
@@ -63,15 +98,26 @@ def main() -> None:
         workspace.mkdir()
         shutil.chown(workspace, 65534, 65534)
         bare_ms = [bare_bwrap_ms(workspace) for _ in range(runs)]
-    print(json.dumps({
-        "benchmark": "spawn: API call to sandbox running (script agent, bwrap)",
-        "runs": runs,
-        "api_to_running_ms": {"p50": percentile(api_ms, 0.5), "p99": percentile(api_ms, 0.99),
-                              "mean": round(statistics.mean(api_ms), 2)},
-        "bare_bwrap_start_ms": {"p50": percentile(bare_ms, 0.5), "p99": percentile(bare_ms, 0.99)},
-        "ratio_p50": round(percentile(api_ms, 0.5) / percentile(bare_ms, 0.5), 2),
-        "target": "p50 under 150 ms",
-    }, indent=2))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "benchmark": "spawn: API call to sandbox running (script agent, bwrap)",
+                "runs": runs,
+                "api_to_running_ms": {
+                    "p50": percentile(api_ms, 0.5),
+                    "p99": percentile(api_ms, 0.99),
+                    "mean": round(statistics.mean(api_ms), 2),
+                },
+                "bare_bwrap_start_ms": {
+                    "p50": percentile(bare_ms, 0.5),
+                    "p99": percentile(bare_ms, 0.99),
+                },
+                "ratio_p50": round(percentile(api_ms, 0.5) / percentile(bare_ms, 0.5), 2),
+                "target": "p50 under 150 ms",
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -38,8 +38,15 @@ def layered_dag(count: int, width: int, fan_in: int, seed: int = 7) -> list[dict
         layer = index // width
         above = [f"t{i}" for i in range((layer - 1) * width, layer * width)] if layer else []
         deps = rng.sample(above, min(fan_in, len(above)))
-        tasks.append({"key": f"t{index}", "script": "true", "depends_on": deps,
-                      "gate_profile": "minimal", "priority": rng.randint(1, 10)})  # fmt: skip
+        tasks.append(
+            {
+                "key": f"t{index}",
+                "script": "true",
+                "depends_on": deps,
+                "gate_profile": "minimal",
+                "priority": rng.randint(1, 10),
+            }
+        )
     return tasks
 
 
@@ -55,8 +62,12 @@ def raw_rate(count: int) -> dict:
     while Success.objects.filter(group=group).count() < count:
         time.sleep(0.05)
     elapsed = time.monotonic() - started
-    return {"tasks": count, "seconds": round(elapsed, 2), "enqueue_s": round(enqueued - started, 2),
-            "tasks_per_s": round(count / elapsed, 1)}  # fmt: skip
+    return {
+        "tasks": count,
+        "seconds": round(elapsed, 2),
+        "enqueue_s": round(enqueued - started, 2),
+        "tasks_per_s": round(count / elapsed, 1),
+    }
 
 
 def project_rate(hub: ThrowawayHub, count: int, width: int) -> dict:
@@ -71,11 +82,15 @@ def project_rate(hub: ThrowawayHub, count: int, width: int) -> dict:
     elapsed = time.monotonic() - started
     succeeded = project.tasks.filter(state="succeeded").count()
     return {
-        "tasks": count, "width": width, "state": project.state, "succeeded": succeeded,
+        "tasks": count,
+        "width": width,
+        "state": project.state,
+        "succeeded": succeeded,
         "attempts": TaskAttempt.objects.filter(task__project_id=project_id).count(),
-        "create_s": round(accepted - started, 2), "seconds": round(elapsed, 2),
+        "create_s": round(accepted - started, 2),
+        "seconds": round(elapsed, 2),
         "tasks_per_s": round(count / elapsed, 2),
-    }  # fmt: skip
+    }
 
 
 def plan_times(count: int) -> dict:
@@ -90,22 +105,31 @@ def plan_times(count: int) -> dict:
     started = time.perf_counter()
     graph_validate(keys=keys, depends_on=deps, mode="dag", max_tasks=count)
     validated = time.perf_counter()
-    spec = ProjectSpec(name="plan", paused=True, tasks=[
-        TaskSpec(key=t["key"], script="true", depends_on=t["depends_on"],
-                 priority=t["priority"]) for t in tasks])  # fmt: skip
+    spec = ProjectSpec(
+        name="plan",
+        paused=True,
+        tasks=[
+            TaskSpec(
+                key=t["key"], script="true", depends_on=t["depends_on"], priority=t["priority"]
+            )
+            for t in tasks
+        ],
+    )
     project = project_create(spec=spec, created_by="bench")
     created = time.perf_counter()
     promoted = tasks_promote(project_id=project.id)
     order = tasks_due(project_id=project.id, now=timezone.now(), limit=count)
     planned = time.perf_counter()
     return {
-        "tasks": count, "edges": sum(len(d) for d in deps),
+        "tasks": count,
+        "edges": sum(len(d) for d in deps),
         "validate_ms": round((validated - started) * 1000, 1),
         "store_ms": round((created - validated) * 1000, 1),
         "dispatch_plan_ms": round((planned - created) * 1000, 1),
         "plan_total_ms": round((validated - started + planned - created) * 1000, 1),
-        "ready": promoted, "ordered": len(order),
-    }  # fmt: skip
+        "ready": promoted,
+        "ordered": len(order),
+    }
 
 
 def main() -> None:
@@ -122,8 +146,9 @@ def main() -> None:
         "FLOTILLA_SANDBOX_BACKEND": os.environ.get("FLOTILLA_SANDBOX_BACKEND", "bwrap"),
     }
     with ThrowawayHub(workers=args.workers, extra_env=extra) as hub:
-        os.environ.update({key: hub.env[key] for key in ("DATA_DIR", "DJANGO_SETTINGS_MODULE",
-                                                         *extra)})  # fmt: skip
+        os.environ.update(
+            {key: hub.env[key] for key in ("DATA_DIR", "DJANGO_SETTINGS_MODULE", *extra)}
+        )
         os.environ.pop("DATABASE_URL", None)
         import django
 
@@ -131,12 +156,20 @@ def main() -> None:
         raw = raw_rate(args.raw)
         project = project_rate(hub, args.tasks, args.width)
         plan = plan_times(args.plan_tasks)
-    print(json.dumps({
-        "raw_django_q2": raw, "project": project,
-        "project_vs_raw": round(project["tasks_per_s"] / raw["tasks_per_s"], 3),
-        "plan": plan, "workers": args.workers, "cpus": os.cpu_count(),
-        "sandbox": extra["FLOTILLA_SANDBOX_BACKEND"],
-    }, indent=2))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "raw_django_q2": raw,
+                "project": project,
+                "project_vs_raw": round(project["tasks_per_s"] / raw["tasks_per_s"], 3),
+                "plan": plan,
+                "workers": args.workers,
+                "cpus": os.cpu_count(),
+                "sandbox": extra["FLOTILLA_SANDBOX_BACKEND"],
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -23,10 +23,15 @@ class ThrowawayHub:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
-        self.env = {**os.environ, "DJANGO_SETTINGS_MODULE": "orchestrator_site.settings",
-                    "DATA_DIR": str(self.data_dir), "FLOTILLA_WORKERS": str(workers),
-                    "MAX_CONCURRENT_AGENTS": "100", "LOG_LEVEL": "WARNING",
-                    **(extra_env or {})}  # fmt: skip
+        self.env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "orchestrator_site.settings",
+            "DATA_DIR": str(self.data_dir),
+            "FLOTILLA_WORKERS": str(workers),
+            "MAX_CONCURRENT_AGENTS": "100",
+            "LOG_LEVEL": "WARNING",
+            **(extra_env or {}),
+        }
         self.env.pop("DATABASE_URL", None)
         self.processes: list[subprocess.Popen] = []
         self.token = ""
@@ -39,13 +44,32 @@ class ThrowawayHub:
         )
         self.manage("shell", "-c", create_admin)
         self.token = self.manage("drf_create_token", "bench").split()[2]
-        for name, argv in (("qcluster", ["manage.py", "qcluster"]),
-                           ("daphne", ["-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
-                                       "orchestrator_site.asgi:application"])):  # fmt: skip
+        for name, argv in (
+            ("qcluster", ["manage.py", "qcluster"]),
+            (
+                "daphne",
+                [
+                    "-m",
+                    "daphne",
+                    "-b",
+                    "127.0.0.1",
+                    "-p",
+                    str(self.port),
+                    "orchestrator_site.asgi:application",
+                ],
+            ),
+        ):
             log = open(self.data_dir / f"{name}.log", "wb")  # noqa: SIM115
-            self.processes.append(subprocess.Popen([sys.executable, *argv], cwd=ROOT, env=self.env,
-                                                   stdout=log, stderr=subprocess.STDOUT,
-                                                   start_new_session=True))  # fmt: skip
+            self.processes.append(
+                subprocess.Popen(
+                    [sys.executable, *argv],
+                    cwd=ROOT,
+                    env=self.env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -70,16 +94,23 @@ class ThrowawayHub:
         shutil.rmtree(self.data_dir, ignore_errors=True)
 
     def manage(self, *args: str) -> str:
-        done = subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=self.env,
-                              capture_output=True, text=True, check=True)  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "manage.py", *args],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         return done.stdout
 
     def request(self, method: str, path: str, body: dict | None = None) -> dict:
         request = urllib.request.Request(
-            f"http://127.0.0.1:{self.port}{path}", method=method,
+            f"http://127.0.0.1:{self.port}{path}",
+            method=method,
             data=json.dumps(body).encode() if body is not None else None,
             headers={"Authorization": f"Token {self.token}", "Content-Type": "application/json"},
-        )  # fmt: skip
+        )
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.loads(response.read() or b"{}")
 
@@ -87,9 +118,14 @@ class ThrowawayHub:
         return self.request("GET", path)
 
     def spawn(self, repository: Path, script: str, **options) -> str:
-        body = {"task_id": "bench", "agent_type": "worker", "runtime": "script", "script": script,
-                "context": {"repository": str(repository), "branch": "main"},
-                "options": options}  # fmt: skip
+        body = {
+            "task_id": "bench",
+            "agent_type": "worker",
+            "runtime": "script",
+            "script": script,
+            "context": {"repository": str(repository), "branch": "main"},
+            "options": options,
+        }
         return self.request("POST", "/api/v1/agents", body)["agent_id"]
 
     def state(self, agent_id: str) -> str:
@@ -107,10 +143,17 @@ class ThrowawayHub:
 def make_repository(parent: Path) -> Path:
     """A bare repository with a main branch, as the tests make."""
     remote, seed = parent / "remote.git", parent / "seed"
-    env = {**os.environ, "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@b",
-           "GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@b"}  # fmt: skip
-    for argv, cwd in ((["init", "-q", "--bare", "-b", "main", str(remote)], parent),
-                      (["init", "-q", "-b", "main", str(seed)], parent)):  # fmt: skip
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "b",
+        "GIT_AUTHOR_EMAIL": "b@b",
+        "GIT_COMMITTER_NAME": "b",
+        "GIT_COMMITTER_EMAIL": "b@b",
+    }
+    for argv, cwd in (
+        (["init", "-q", "--bare", "-b", "main", str(remote)], parent),
+        (["init", "-q", "-b", "main", str(seed)], parent),
+    ):
         subprocess.run(["git", *argv], cwd=cwd, env=env, check=True)
     (seed / "README.md").write_text("bench\n")
     for argv in (["add", "-A"], ["commit", "-qm", "init"], ["push", "-q", str(remote), "main"]):

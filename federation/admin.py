@@ -19,9 +19,12 @@ def _peer_action(action: str):  # noqa: ANN202 - an admin action
                 done += 1
             except FederationError as error:
                 refused.append(f"{peer.instance_id}: {error.message}")
-        modeladmin.message_user(request, f"{action}: {done} of {queryset.count()} peers."
-                                + (f" Refused: {'; '.join(refused)}" if refused else ""),
-                                messages.SUCCESS if not refused else messages.WARNING)  # fmt: skip
+        modeladmin.message_user(
+            request,
+            f"{action}: {done} of {queryset.count()} peers."
+            + (f" Refused: {'; '.join(refused)}" if refused else ""),
+            messages.SUCCESS if not refused else messages.WARNING,
+        )
 
     run.__name__ = f"peer_{action}"
     run.short_description = f"{action.title()} selected peers"
@@ -36,8 +39,19 @@ class PeerAdmin(admin.ModelAdmin):
     search_fields = ["instance_id", "name", "url"]
     # State and keys change only through the audited actions; quotas and
     # allowed commands are the operator's to edit here.
-    readonly_fields = ["id", "instance_id", "name", "url", "state", "keys", "capabilities",
-                       "initiated_here", "last_seen", "created_at", "updated_at"]  # fmt: skip
+    readonly_fields = [
+        "id",
+        "instance_id",
+        "name",
+        "url",
+        "state",
+        "keys",
+        "capabilities",
+        "initiated_here",
+        "last_seen",
+        "created_at",
+        "updated_at",
+    ]
     actions = [_peer_action(action) for action in PEER_ACTIONS]
 
     def has_add_permission(self, request) -> bool:  # noqa: ANN001
@@ -58,8 +72,15 @@ class InstanceKeyAdmin(admin.ModelAdmin):
 class InboundMessageAdmin(admin.ModelAdmin):
     list_display = ["message_id", "peer", "command", "response_status", "created_at"]
     list_filter = ["command", "response_status"]
-    readonly_fields = ["peer", "message_id", "command", "body_sha256", "response_status",
-                       "response_body", "created_at"]  # fmt: skip
+    readonly_fields = [
+        "peer",
+        "message_id",
+        "command",
+        "body_sha256",
+        "response_status",
+        "response_body",
+        "created_at",
+    ]
 
 
 @admin.register(RemoteAgent)

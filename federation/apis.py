@@ -36,9 +36,13 @@ from federation.services import (
 def response_sign(response: Any) -> None:
     """Sign a rendered response (RFC 9421, @status content-type content-digest)."""
     key_id, private_key = signing_key()
-    headers = signing.response_sign(status=response.status_code, body=response.content,
-                                    key_id=key_id, private_key=private_key,
-                                    headers={"Content-Type": response["Content-Type"]})  # fmt: skip
+    headers = signing.response_sign(
+        status=response.status_code,
+        body=response.content,
+        key_id=key_id,
+        private_key=private_key,
+        headers={"Content-Type": response["Content-Type"]},
+    )
     for name in ("Content-Digest", "Signature-Input", "Signature"):
         response[name] = headers[name]
 
@@ -78,8 +82,9 @@ class ConnectApi(FederationApi):
         except FederationError as error:
             federation_rejection_audit(request=inbound_request(request), error=error)
             raise
-        return Response({**identity_document(), "peer_state": peer.state},
-                        status=status.HTTP_202_ACCEPTED)  # fmt: skip
+        return Response(
+            {**identity_document(), "peer_state": peer.state}, status=status.HTTP_202_ACCEPTED
+        )
 
 
 class CommandsApi(FederationApi):
@@ -137,8 +142,9 @@ class PeerListApi(APIView):
     @extend_schema(operation_id="peers_list", responses={200: PeerOutputSerializer(many=True)})
     def get(self, request: Request) -> Response:
         paginator = self.Pagination()
-        page = paginator.paginate_queryset(peer_list(state=request.query_params.get("state")),
-                                           request, view=self)  # fmt: skip
+        page = paginator.paginate_queryset(
+            peer_list(state=request.query_params.get("state")), request, view=self
+        )
         return paginator.get_paginated_response(PeerOutputSerializer(page, many=True).data)
 
 
@@ -148,8 +154,9 @@ class PeerConnectApi(APIView):
     class InputSerializer(serializers.Serializer):
         url = serializers.RegexField(r"^https?://[^\s/]+(/\S*)?$", max_length=500)
 
-    @extend_schema(operation_id="peers_connect", request=InputSerializer,
-                   responses={201: PeerOutputSerializer})  # fmt: skip
+    @extend_schema(
+        operation_id="peers_connect", request=InputSerializer, responses={201: PeerOutputSerializer}
+    )
     def post(self, request: Request) -> Response:
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -170,14 +177,20 @@ class PeerActionApi(APIView):
     def post(self, request: Request, peer_id: str) -> Response:
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        peer = peer_transition(peer_id=peer_id, action=self.action_name, actor=_actor(request),
-                               reason=serializer.validated_data["reason"])  # fmt: skip
+        peer = peer_transition(
+            peer_id=peer_id,
+            action=self.action_name,
+            actor=_actor(request),
+            reason=serializer.validated_data["reason"],
+        )
         return Response(PeerOutputSerializer(peer).data)
 
 
 def peer_action_views() -> dict[str, Any]:
-    return {action: type(f"Peer{action.title()}Api", (PeerActionApi,), {"action_name": action})
-            for action in PEER_ACTIONS}  # fmt: skip
+    return {
+        action: type(f"Peer{action.title()}Api", (PeerActionApi,), {"action_name": action})
+        for action in PEER_ACTIONS
+    }
 
 
 class PeerAgentSpawnApi(APIView):
@@ -188,16 +201,19 @@ class PeerAgentSpawnApi(APIView):
     class ContextSerializer(serializers.Serializer):
         repository = serializers.CharField(max_length=1000)
         branch = serializers.CharField(max_length=250, default="main")
-        work_items = serializers.ListField(child=serializers.CharField(max_length=2000),
-                                           default=list, max_length=100)  # fmt: skip
-        skills = serializers.ListField(child=serializers.CharField(max_length=200), default=list,
-                                       max_length=50)  # fmt: skip
+        work_items = serializers.ListField(
+            child=serializers.CharField(max_length=2000), default=list, max_length=100
+        )
+        skills = serializers.ListField(
+            child=serializers.CharField(max_length=200), default=list, max_length=50
+        )
         instructions = serializers.CharField(max_length=100_000, default="", allow_blank=True)
 
     class InputSerializer(serializers.Serializer):
         task_id = serializers.RegexField(r"^[A-Za-z0-9._-]{1,100}$", max_length=100)
-        agent_type = serializers.ChoiceField(choices=["worker", "reviewer", "tester"],
-                                             default="worker")  # fmt: skip
+        agent_type = serializers.ChoiceField(
+            choices=["worker", "reviewer", "tester"], default="worker"
+        )
         runtime = serializers.ChoiceField(choices=["claude", "script"])
         script = serializers.CharField(max_length=100_000, required=False, allow_blank=True)
         options = serializers.DictField(required=False, default=dict)
@@ -208,8 +224,11 @@ class PeerAgentSpawnApi(APIView):
         status = serializers.CharField(source="state")
         node = serializers.CharField()
 
-    @extend_schema(operation_id="peers_agents_spawn", request=InputSerializer,
-                   responses={202: OutputSerializer})  # fmt: skip
+    @extend_schema(
+        operation_id="peers_agents_spawn",
+        request=InputSerializer,
+        responses={202: OutputSerializer},
+    )
     def post(self, request: Request, peer_id: str) -> Response:
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)

@@ -9,8 +9,9 @@ class FederationConfig(AppConfig):
 
     def ready(self) -> None:
         # agents must not import federation, so federation listens for its events.
-        post_save.connect(_agent_event_saved, sender="agents.AgentEvent",
-                          dispatch_uid="federation.relay")  # fmt: skip
+        post_save.connect(
+            _agent_event_saved, sender="agents.AgentEvent", dispatch_uid="federation.relay"
+        )
         post_migrate.connect(_after_migrate, sender=self, dispatch_uid="federation.setup")
 
 
@@ -30,6 +31,10 @@ def _after_migrate(sender, **kwargs) -> None:  # noqa: ANN001
     instance_key_ensure()
     Schedule.objects.get_or_create(
         name="federation-nonces-prune",
-        defaults={"func": "federation.tasks.nonces_prune", "schedule_type": Schedule.MINUTES,
-                  "minutes": 5, "repeats": -1},
-    )  # fmt: skip
+        defaults={
+            "func": "federation.tasks.nonces_prune",
+            "schedule_type": Schedule.MINUTES,
+            "minutes": 5,
+            "repeats": -1,
+        },
+    )

@@ -38,24 +38,40 @@ def json_bytes(data: Any) -> bytes:
     return json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
 
 
-def _exchange(method: str, url: str, body: bytes | None,
-              key_lookup: Callable[[str], Any] | None, sign_version: int | None = None,
-              ) -> tuple[int, dict[str, Any], requests.Response]:  # fmt: skip
+def _exchange(
+    method: str,
+    url: str,
+    body: bytes | None,
+    key_lookup: Callable[[str], Any] | None,
+    sign_version: int | None = None,
+) -> tuple[int, dict[str, Any], requests.Response]:
     headers: dict[str, str] = {"Accept": "application/json"}
     if body is not None:
         key_id, private_key = signing_key(version=sign_version)
-        headers = signing.request_sign(method=method, url=url, body=body, key_id=key_id,
-                                       private_key=private_key, headers=headers)  # fmt: skip
+        headers = signing.request_sign(
+            method=method,
+            url=url,
+            body=body,
+            key_id=key_id,
+            private_key=private_key,
+            headers=headers,
+        )
     try:
-        response = _session().request(method, url, data=body, headers=headers,
-                                      timeout=_timeouts(), allow_redirects=False)  # fmt: skip
+        response = _session().request(
+            method, url, data=body, headers=headers, timeout=_timeouts(), allow_redirects=False
+        )
     except requests.Timeout:
         raise PeerUnreachable(f"{url} did not answer within {_timeouts()[1]} s") from None
-    except (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema,
-            requests.exceptions.MissingSchema) as error:  # fmt: skip
+    except (
+        requests.exceptions.InvalidURL,
+        requests.exceptions.InvalidSchema,
+        requests.exceptions.MissingSchema,
+    ) as error:
         # A URL no request can be made to is the caller's mistake, not a gateway failure.
-        raise PeerUrlInvalid(f"{url} is not a usable URL: {type(error).__name__}",
-                             fields={"url": ["not a usable URL"]}) from None  # fmt: skip
+        raise PeerUrlInvalid(
+            f"{url} is not a usable URL: {type(error).__name__}",
+            fields={"url": ["not a usable URL"]},
+        ) from None
     except requests.RequestException as error:
         raise PeerUnreachable(f"{url} is unreachable: {type(error).__name__}") from None
     try:
@@ -66,8 +82,12 @@ def _exchange(method: str, url: str, body: bytes | None,
         raise PeerAnswerInvalid(f"{url} answered with JSON that is not an object")
     lookup = key_lookup or key_lookup_in(data.get("keys") or [])
     try:
-        signing.response_verify(status=response.status_code, headers=response.headers,
-                                body=response.content, key_lookup=lookup)  # fmt: skip
+        signing.response_verify(
+            status=response.status_code,
+            headers=response.headers,
+            body=response.content,
+            key_lookup=lookup,
+        )
     except signing.SignatureRejected as error:
         raise PeerAnswerInvalid(
             f"{url} answered without a valid signature: {error.reason}"
@@ -83,22 +103,33 @@ def identity_fetch(*, url: str) -> dict[str, Any]:
     return data
 
 
-def connect_send(*, url: str, keys: list[dict[str, Any]], sign_version: int | None = None,
-                 ) -> dict[str, Any]:  # fmt: skip
+def connect_send(
+    *,
+    url: str,
+    keys: list[dict[str, Any]],
+    sign_version: int | None = None,
+) -> dict[str, Any]:
     """Introduce this hub to ``url``; the answer must be signed with one of ``keys``."""
     body = json_bytes(identity_document())
-    status, data, _ = _exchange("POST", f"{url.rstrip('/')}/federation/v1/connect", body,
-                                key_lookup_in(keys), sign_version)  # fmt: skip
+    status, data, _ = _exchange(
+        "POST", f"{url.rstrip('/')}/federation/v1/connect", body, key_lookup_in(keys), sign_version
+    )
     if status >= 300:
         error = data.get("error") or {}
-        raise PeerCommandFailed(f"{url} refused the connection ({status}): "
-                                f"{error.get('message', '')}", status=status,
-                                peer_code=str(error.get("code", "")))  # fmt: skip
+        raise PeerCommandFailed(
+            f"{url} refused the connection ({status}): {error.get('message', '')}",
+            status=status,
+            peer_code=str(error.get("code", "")),
+        )
     return data
 
 
-def message_envelope(*, command: str, payload: dict[str, Any], message_id: str | None = None,
-                     ) -> dict[str, Any]:  # fmt: skip
+def message_envelope(
+    *,
+    command: str,
+    payload: dict[str, Any],
+    message_id: str | None = None,
+) -> dict[str, Any]:
     return {
         "message_id": message_id or str(uuid.uuid4()),
         "instance_id": settings.FLOTILLA_INSTANCE_ID,
@@ -108,24 +139,28 @@ def message_envelope(*, command: str, payload: dict[str, Any], message_id: str |
     }
 
 
-def command_send(*, peer: Peer, command: str, payload: dict[str, Any],
-                 message_id: str | None = None) -> dict[str, Any]:  # fmt: skip
+def command_send(
+    *, peer: Peer, command: str, payload: dict[str, Any], message_id: str | None = None
+) -> dict[str, Any]:
     """Send one command; returns the answer's ``data`` or raises PeerCommandFailed."""
     envelope = message_envelope(command=command, payload=payload, message_id=message_id)
-    status, data, _ = _exchange("POST", f"{peer.url}/federation/v1/commands",
-                                json_bytes(envelope), key_lookup_in(peer.keys))  # fmt: skip
+    status, data, _ = _exchange(
+        "POST", f"{peer.url}/federation/v1/commands", json_bytes(envelope), key_lookup_in(peer.keys)
+    )
     if data.get("correlation_id") not in (None, envelope["message_id"]):
         raise PeerAnswerInvalid(f"{peer.instance_id} answered another message")
     if status >= 300 or not data.get("success"):
         error = data.get("error") or {}
         raise PeerCommandFailed(
             f"{peer.instance_id} refused {command} ({status}): {error.get('message', '')}",
-            status=status, peer_code=str(error.get("code", "")),
-        )  # fmt: skip
+            status=status,
+            peer_code=str(error.get("code", "")),
+        )
     return data.get("data") or {}
 
 
 def events_send(*, peer: Peer, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    status, data, _ = _exchange("POST", f"{peer.url}/federation/v1/events", json_bytes(body),
-                                key_lookup_in(peer.keys))  # fmt: skip
+    status, data, _ = _exchange(
+        "POST", f"{peer.url}/federation/v1/events", json_bytes(body), key_lookup_in(peer.keys)
+    )
     return status, data

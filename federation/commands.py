@@ -51,8 +51,10 @@ def _valid(serializer: serializers.Serializer) -> dict[str, Any]:
 
 def _fields(errors: Any) -> dict[str, list[str]]:
     if isinstance(errors, dict):
-        return {str(key): [str(value)] if not isinstance(value, list) else [str(v) for v in value]
-                for key, value in errors.items()}  # fmt: skip
+        return {
+            str(key): [str(value)] if not isinstance(value, list) else [str(v) for v in value]
+            for key, value in errors.items()
+        }
     return {"non_field_errors": [str(errors)]}
 
 
@@ -71,8 +73,9 @@ def body_fingerprint(body: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def response_envelope(*, correlation_id: str, success: bool, data: Any = None,
-                      error: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+def response_envelope(
+    *, correlation_id: str, success: bool, data: Any = None, error: dict[str, Any] | None = None
+) -> dict[str, Any]:
     return {
         "message_id": str(uuid.uuid4()),
         "correlation_id": correlation_id,
@@ -87,8 +90,12 @@ def response_envelope(*, correlation_id: str, success: bool, data: Any = None,
 def command_handle(*, peer: Peer, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     envelope = envelope_check(peer=peer, body=body)
     fingerprint = body_fingerprint(body)
-    record = InboundMessage(peer=peer, message_id=envelope["message_id"],
-                            command=envelope["command"], body_sha256=fingerprint)  # fmt: skip
+    record = InboundMessage(
+        peer=peer,
+        message_id=envelope["message_id"],
+        command=envelope["command"],
+        body_sha256=fingerprint,
+    )
     read_only = envelope["command"] in _READ_ONLY
     if not read_only:
         # Claim the message_id before acting, so a concurrent duplicate cannot act too.
@@ -107,18 +114,29 @@ def command_handle(*, peer: Peer, body: dict[str, Any]) -> tuple[int, dict[str, 
         except IntegrityError:
             return _stored_response(peer, envelope["message_id"], fingerprint)
     else:
-        InboundMessage.objects.filter(id=record.id).update(response_status=status,
-                                                           response_body=response)  # fmt: skip
+        InboundMessage.objects.filter(id=record.id).update(
+            response_status=status, response_body=response
+        )
     if not response["success"]:
-        audit_record(actor=f"peer:{peer.instance_id}", action=_FAILURE_ACTIONS.get(
-            status, "federation.command_failed"), target=envelope["command"],
-            reason=response["error"]["message"], data={"status": status,
-            "code": response["error"]["code"], "message_id": envelope["message_id"]})  # fmt: skip
+        audit_record(
+            actor=f"peer:{peer.instance_id}",
+            action=_FAILURE_ACTIONS.get(status, "federation.command_failed"),
+            target=envelope["command"],
+            reason=response["error"]["message"],
+            data={
+                "status": status,
+                "code": response["error"]["code"],
+                "message_id": envelope["message_id"],
+            },
+        )
     return status, response
 
 
-_FAILURE_ACTIONS = {400: "federation.rejected", 403: "federation.rejected",
-                    429: "federation.rejected"}  # fmt: skip
+_FAILURE_ACTIONS = {
+    400: "federation.rejected",
+    403: "federation.rejected",
+    429: "federation.rejected",
+}
 
 
 def _execute(peer: Peer, envelope: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -155,23 +173,36 @@ def _spawn(*, peer: Peer, payload: dict[str, Any]) -> dict[str, Any]:
         raise MessageMalformed("a peer's agent cannot itself run on another peer")
     live = agent_list().filter(id__in=live_agent_ids(), origin=peer.instance_id).count()
     if live >= peer.max_concurrent_agents:
-        raise PeerQuotaExceeded(f"{peer.instance_id} already has {live} live agents here; "
-                                f"its quota is {peer.max_concurrent_agents}")  # fmt: skip
-    extra = {key: str(value) if key == "budget_usd" else value
-             for key, value in options.items() if key in ("budget_usd", "memory_mb")}  # fmt: skip
+        raise PeerQuotaExceeded(
+            f"{peer.instance_id} already has {live} live agents here; "
+            f"its quota is {peer.max_concurrent_agents}"
+        )
+    extra = {
+        key: str(value) if key == "budget_usd" else value
+        for key, value in options.items()
+        if key in ("budget_usd", "memory_mb")
+    }
     agent = agent_spawn(
         request=SpawnRequest(
-            task_id=data["task_id"], agent_type=data["agent_type"], runtime=data["runtime"],
-            script=data.get("script", ""), repository=context["repository"],
-            base_branch=context["branch"], work_items=context["work_items"],
-            skills=context["skills"], instructions=context["instructions"],
-            sandbox=options.get("sandbox", ""), timeout_s=options.get("timeout_s", 0),
+            task_id=data["task_id"],
+            agent_type=data["agent_type"],
+            runtime=data["runtime"],
+            script=data.get("script", ""),
+            repository=context["repository"],
+            base_branch=context["branch"],
+            work_items=context["work_items"],
+            skills=context["skills"],
+            instructions=context["instructions"],
+            sandbox=options.get("sandbox", ""),
+            timeout_s=options.get("timeout_s", 0),
             max_retries=options.get("max_retries", 0),
             gate_profile=options.get("gate_profile", "standard"),
-            network=options.get("network", False), options=extra, origin=peer.instance_id,
+            network=options.get("network", False),
+            options=extra,
+            origin=peer.instance_id,
         ),
         requested_by=f"peer:{peer.instance_id}",
-    )  # fmt: skip
+    )
     return agent_snapshot(agent)
 
 
@@ -211,9 +242,12 @@ def _status(*, peer: Peer, payload: dict[str, Any]) -> dict[str, Any]:
 def _kill(*, peer: Peer, payload: dict[str, Any]) -> dict[str, Any]:
     agent, reason = _own_agent(peer, payload)
     termination = agent_kill(agent_id=agent.id, reason=reason, actor=f"peer:{peer.instance_id}")
-    return {"agent_id": str(agent.id), "killed": termination.terminated,
-            "previous_state": termination.previous_state,
-            "state": agent_get(agent_id=agent.id).state}  # fmt: skip
+    return {
+        "agent_id": str(agent.id),
+        "killed": termination.terminated,
+        "previous_state": termination.previous_state,
+        "state": agent_get(agent_id=agent.id).state,
+    }
 
 
 class _ReasonPayload(serializers.Serializer):
@@ -223,13 +257,17 @@ class _ReasonPayload(serializers.Serializer):
 def _kill_all(*, peer: Peer, payload: dict[str, Any]) -> dict[str, Any]:
     """Kill every live agent this peer asked for (never another hub's or local ones)."""
     reason = _valid(_ReasonPayload(data=payload))["reason"]
-    ids = list(agent_list().filter(id__in=live_agent_ids(), origin=peer.instance_id)
-               .values_list("id", flat=True))  # fmt: skip
+    ids = list(
+        agent_list()
+        .filter(id__in=live_agent_ids(), origin=peer.instance_id)
+        .values_list("id", flat=True)
+    )
     killed, errors = 0, []
     for agent_id in ids:
         try:
-            termination = agent_kill(agent_id=agent_id, reason=reason,
-                                     actor=f"peer:{peer.instance_id}")  # fmt: skip
+            termination = agent_kill(
+                agent_id=agent_id, reason=reason, actor=f"peer:{peer.instance_id}"
+            )
             killed += int(termination.terminated)
         except AgentError as error:
             errors.append({"agent_id": str(agent_id), "error": str(error)})

@@ -33,14 +33,19 @@ def key_id_for(version: int) -> str:
 
 @functools.cache
 def _fernet(secret: str) -> Fernet:
-    derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=b"flotilla-federation",
-                   info=b"instance private keys").derive(secret.encode())  # fmt: skip
+    derived = HKDF(
+        algorithm=hashes.SHA256(),
+        length=32,
+        salt=b"flotilla-federation",
+        info=b"instance private keys",
+    ).derive(secret.encode())
     return Fernet(base64.urlsafe_b64encode(derived))
 
 
 def _encrypt(private_key: Ed25519PrivateKey) -> str:
-    raw = private_key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
-                                    serialization.NoEncryption())  # fmt: skip
+    raw = private_key.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
     return _fernet(settings.FLOTILLA_FEDERATION_KEY).encrypt(raw).decode()
 
 
@@ -94,8 +99,11 @@ def signing_key(*, version: int | None = None) -> tuple[str, Ed25519PrivateKey]:
     key = instance_key_ensure() if version is None else InstanceKey.objects.get(version=version)
     private_key = _decrypt(key.private_key_encrypted, settings.FLOTILLA_FEDERATION_KEY)
     if version is None:
-        _current[settings.FLOTILLA_INSTANCE_ID] = (time.monotonic(), key_id_for(key.version),
-                                                   private_key)  # fmt: skip
+        _current[settings.FLOTILLA_INSTANCE_ID] = (
+            time.monotonic(),
+            key_id_for(key.version),
+            private_key,
+        )
     return key_id_for(key.version), private_key
 
 
@@ -111,9 +119,11 @@ def instance_key_rotate(*, grace_days: int) -> tuple[InstanceKey, list[InstanceK
                 key.save(update_fields=["expires_at"])
         private_key = Ed25519PrivateKey.generate()
         _current.clear()
-        new = InstanceKey.objects.create(version=current.version + 1,
-                                         public_key=public_key_text(private_key),
-                                         private_key_encrypted=_encrypt(private_key))  # fmt: skip
+        new = InstanceKey.objects.create(
+            version=current.version + 1,
+            public_key=public_key_text(private_key),
+            private_key_encrypted=_encrypt(private_key),
+        )
     return new, retiring
 
 

@@ -33,8 +33,9 @@ class Peer(models.Model):
     instance_id = models.CharField(max_length=100, unique=True)
     name = models.CharField(max_length=200)
     url = models.URLField(max_length=500)
-    state = models.CharField(max_length=20, choices=PeerState.choices, default=PeerState.PENDING,
-                             db_index=True)  # fmt: skip
+    state = models.CharField(
+        max_length=20, choices=PeerState.choices, default=PeerState.PENDING, db_index=True
+    )
     keys = models.JSONField(default=list, help_text="[{key_id, alg, public_key, created, expires}]")
     capabilities = models.JSONField(default=list, blank=True)
     initiated_here = models.BooleanField(default=False)
@@ -96,8 +97,9 @@ class InboundMessage(models.Model):
 class RemoteAgent(models.Model):
     """Hub side: a local agent row that stands for an agent running on a peer."""
 
-    agent = models.OneToOneField("agents.Agent", primary_key=True, on_delete=models.CASCADE,
-                                 related_name="remote")  # fmt: skip
+    agent = models.OneToOneField(
+        "agents.Agent", primary_key=True, on_delete=models.CASCADE, related_name="remote"
+    )
     peer = models.ForeignKey(Peer, on_delete=models.PROTECT, related_name="remote_agents")
     remote_agent_id = models.UUIDField()
     last_event_id = models.BigIntegerField(default=0)
@@ -116,8 +118,9 @@ class RemoteAgent(models.Model):
 class EventRelay(models.Model):
     """Spoke side: how far an agent's events have been pushed to the hub that asked for it."""
 
-    agent = models.OneToOneField("agents.Agent", primary_key=True, on_delete=models.CASCADE,
-                                 related_name="relay")  # fmt: skip
+    agent = models.OneToOneField(
+        "agents.Agent", primary_key=True, on_delete=models.CASCADE, related_name="relay"
+    )
     peer = models.ForeignKey(Peer, on_delete=models.CASCADE, related_name="relays")
     last_sent_id = models.BigIntegerField(default=0)
     pending = models.BooleanField(default=False)

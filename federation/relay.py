@@ -68,8 +68,13 @@ def relay_event_recorded(*, agent_id: Any) -> None:
 
 
 def relay_enqueue(*, agent_id: Any, attempt: int = 0) -> None:
-    async_task("federation.tasks.agent_events_push", str(agent_id), attempt,
-               task_name=f"federation-events-{agent_id}", group="federation")  # fmt: skip
+    async_task(
+        "federation.tasks.agent_events_push",
+        str(agent_id),
+        attempt,
+        task_name=f"federation-events-{agent_id}",
+        group="federation",
+    )
 
 
 def relay_push(*, agent_id: Any, attempt: int = 0) -> None:
@@ -90,15 +95,17 @@ def relay_push(*, agent_id: Any, attempt: int = 0) -> None:
             # and queued nothing; take the flag back if so and go round again.
             more = agent_events_after(agent_id=agent_id, after=relay.last_sent_id, limit=1)
             if not more.exists() or not EventRelay.objects.filter(
-                    agent_id=agent_id, pending=False).update(pending=True):  # fmt: skip
+                agent_id=agent_id, pending=False
+            ).update(pending=True):
                 return
             continue
         error = _deliver(relay.peer, _events_body(agent_id, events))
         if error:
             _retry_later(agent_id, attempt, error)
             return
-        EventRelay.objects.filter(agent_id=agent_id).update(last_sent_id=events[-1].id,
-                                                            attempts=0, last_error="")  # fmt: skip
+        EventRelay.objects.filter(agent_id=agent_id).update(
+            last_sent_id=events[-1].id, attempts=0, last_error=""
+        )
         attempt = 0
 
 
@@ -116,7 +123,7 @@ def _events_body(agent_id: Any, events: list) -> dict[str, Any]:
                 "created_at": event.created_at.isoformat(),
             }
             for event in events
-        ],  # fmt: skip
+        ],
         "timestamp": timezone.now().isoformat(),
     }
 
@@ -148,9 +155,13 @@ def _retry_later(agent_id: Any, attempt: int, error: str) -> None:
         EventRelay.objects.filter(agent_id=agent_id).update(pending=False)
         return
     logger.info("events of agent %s not delivered (%s); retry %d", agent_id, error, attempt + 1)
-    schedule("federation.tasks.agent_events_push", str(agent_id), attempt + 1,
-             schedule_type=Schedule.ONCE,
-             next_run=timezone.now() + timedelta(seconds=_BACKOFF_S[attempt]))  # fmt: skip
+    schedule(
+        "federation.tasks.agent_events_push",
+        str(agent_id),
+        attempt + 1,
+        schedule_type=Schedule.ONCE,
+        next_run=timezone.now() + timedelta(seconds=_BACKOFF_S[attempt]),
+    )
 
 
 # --- hub side -------------------------------------------------------------
@@ -172,8 +183,17 @@ class EventsSerializer(serializers.Serializer):
     timestamp = serializers.CharField(max_length=64)
 
 
-_STATES = {"queued", "spawning", "running", "paused", "gating", "pushing", "completed",
-           "failed", "killed"}  # fmt: skip
+_STATES = {
+    "queued",
+    "spawning",
+    "running",
+    "paused",
+    "gating",
+    "pushing",
+    "completed",
+    "failed",
+    "killed",
+}
 
 
 def events_receive(*, peer: Peer, body: dict[str, Any]) -> dict[str, Any]:

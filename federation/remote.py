@@ -17,16 +17,21 @@ from federation.services import identity_validate, peer_record_outbound
 def spawn_request_from(spawn: dict[str, Any]) -> SpawnRequest:
     context, options = spawn.get("context") or {}, spawn.get("options") or {}
     return SpawnRequest(
-        task_id=spawn["task_id"], agent_type=spawn.get("agent_type", "worker"),
-        runtime=spawn["runtime"], script=spawn.get("script", ""),
-        repository=context.get("repository", ""), base_branch=context.get("branch", "main"),
-        work_items=list(context.get("work_items") or []), skills=list(context.get("skills") or []),
-        instructions=context.get("instructions", ""), sandbox=REMOTE_SANDBOX,
+        task_id=spawn["task_id"],
+        agent_type=spawn.get("agent_type", "worker"),
+        runtime=spawn["runtime"],
+        script=spawn.get("script", ""),
+        repository=context.get("repository", ""),
+        base_branch=context.get("branch", "main"),
+        work_items=list(context.get("work_items") or []),
+        skills=list(context.get("skills") or []),
+        instructions=context.get("instructions", ""),
+        sandbox=REMOTE_SANDBOX,
         timeout_s=int(options.get("timeout_s") or 0),
         max_retries=int(options.get("max_retries") or 0),
         gate_profile=options.get("gate_profile", "standard"),
         network=bool(options.get("network", False)),
-    )  # fmt: skip
+    )
 
 
 def remote_agent_spawn(*, peer_id: Any, spawn: dict[str, Any], requested_by: str) -> Any:
@@ -46,11 +51,16 @@ def remote_agent_spawn(*, peer_id: Any, spawn: dict[str, Any], requested_by: str
         ) from None
     handle = {"backend": REMOTE_SANDBOX, "peer_id": str(peer.id), "remote_agent_id": str(remote_id)}
     with transaction.atomic():
-        agent = agent_register_remote(request=request, requested_by=requested_by,
-                                      node=peer.instance_id, sandbox_handle=handle)  # fmt: skip
+        agent = agent_register_remote(
+            request=request, requested_by=requested_by, node=peer.instance_id, sandbox_handle=handle
+        )
         RemoteAgent.objects.create(agent=agent, peer=peer, remote_agent_id=remote_id)
-    audit_record(actor=requested_by, action="agent.spawn_remote", target=f"agent:{agent.id}",
-                 data={"peer": peer.instance_id, "remote_agent_id": str(remote_id)})  # fmt: skip
+    audit_record(
+        actor=requested_by,
+        action="agent.spawn_remote",
+        target=f"agent:{agent.id}",
+        data={"peer": peer.instance_id, "remote_agent_id": str(remote_id)},
+    )
     return agent
 
 
@@ -64,8 +74,9 @@ def remote_agent_kill(*, handle: dict[str, Any], reason: str) -> dict[str, Any]:
 
 
 def remote_agent_status(*, peer: Peer, remote_agent_id: Any) -> dict[str, Any]:
-    return command_send(peer=peer, command="agent.status",
-                        payload={"agent_id": str(remote_agent_id)})  # fmt: skip
+    return command_send(
+        peer=peer, command="agent.status", payload={"agent_id": str(remote_agent_id)}
+    )
 
 
 def peer_connect(*, url: str, actor: str) -> Peer:

@@ -27,8 +27,14 @@ class RemoteSandbox(Sandbox):
     def start(self, spec: SandboxSpec) -> SandboxHandle:
         raise SandboxUnavailable("remote agents are spawned through POST /api/v1/peers/{id}/agents")
 
-    def exec(self, handle: SandboxHandle, command: str, *, timeout_s: float,
-             on_output: OutputSink | None = None) -> ExecResult:  # fmt: skip
+    def exec(
+        self,
+        handle: SandboxHandle,
+        command: str,
+        *,
+        timeout_s: float,
+        on_output: OutputSink | None = None,
+    ) -> ExecResult:
         raise SandboxUnavailable("a remote agent's sandbox is on its peer")
 
     def kill(self, handle: SandboxHandle) -> None:

@@ -70,9 +70,14 @@ def federation_request_verify(*, request: InboundRequest, connect: bool = False)
             action="federation.rejected",
             target=request.path[:200],
             reason=error.message,
-            data={"status": error.http_status, "code": error.code, "method": request.method,
-                  "key_id": context["key_id"][:200], "remote_addr": request.remote_addr},
-        )  # fmt: skip
+            data={
+                "status": error.http_status,
+                "code": error.code,
+                "method": request.method,
+                "key_id": context["key_id"][:200],
+                "remote_addr": request.remote_addr,
+            },
+        )
         raise
 
 
@@ -88,12 +93,19 @@ def _admit(request: InboundRequest, connect: bool, context: dict[str, Any]) -> V
             peers[instance_id] = Peer.objects.filter(instance_id=instance_id).first()
         return peers[instance_id]
 
-    lookup = (_connect_key_lookup(document, sender_peer) if connect
-              else lambda key_id: _pinned_key_lookup(key_id, sender_peer(key_id)))  # fmt: skip
+    lookup = (
+        _connect_key_lookup(document, sender_peer)
+        if connect
+        else lambda key_id: _pinned_key_lookup(key_id, sender_peer(key_id))
+    )
     try:
-        verified = signing.request_verify(method=request.method, url=request.url,
-                                          headers=request.headers, body=request.body,
-                                          key_lookup=lookup)  # fmt: skip
+        verified = signing.request_verify(
+            method=request.method,
+            url=request.url,
+            headers=request.headers,
+            body=request.body,
+            key_lookup=lookup,
+        )
     except signing.SignatureRejected as error:
         raise SignatureInvalid(error.reason) from None
     context["key_id"] = verified.key_id
@@ -102,8 +114,10 @@ def _admit(request: InboundRequest, connect: bool, context: dict[str, Any]) -> V
     _nonce_record(verified, peer)
     body = document if document is not None else _json_object(request.body)
     if body.get("instance_id") != sender:
-        raise SignatureInvalid(f"key {verified.key_id} does not belong to the sender "
-                               f"{str(body.get('instance_id'))[:100]!r}")  # fmt: skip
+        raise SignatureInvalid(
+            f"key {verified.key_id} does not belong to the sender "
+            f"{str(body.get('instance_id'))[:100]!r}"
+        )
     if not connect:
         _peer_admit(peer)
     return VerifiedRequest(peer=peer, key_id=verified.key_id, body=body)
@@ -179,8 +193,9 @@ def _nonce_record(verified: signing.VerifiedSignature, peer: Peer | None) -> Non
     )
     try:
         with transaction.atomic():
-            SeenNonce.objects.create(key_id=verified.key_id, nonce=verified.nonce, peer=peer,
-                                     expires_at=expires)  # fmt: skip
+            SeenNonce.objects.create(
+                key_id=verified.key_id, nonce=verified.nonce, peer=peer, expires_at=expires
+            )
     except IntegrityError:
         raise SignatureInvalid("the nonce was seen before: a replayed request") from None
 
@@ -207,9 +222,13 @@ def nonces_prune() -> int:
 
 def federation_rejection_audit(*, request: InboundRequest, error: FederationError) -> None:
     """Audit a refusal that happened after admission (command not allowed, bad payload)."""
-    audit_record(actor=f"peer:{_claimed_key_id(request.headers).rsplit('#', 1)[0]}",
-                 action="federation.rejected", target=request.path[:200], reason=error.message,
-                 data={"status": error.http_status, "code": error.code})  # fmt: skip
+    audit_record(
+        actor=f"peer:{_claimed_key_id(request.headers).rsplit('#', 1)[0]}",
+        action="federation.rejected",
+        target=request.path[:200],
+        reason=error.message,
+        data={"status": error.http_status, "code": error.code},
+    )
 
 
 # --- peers ------------------------------------------------------------------
@@ -230,8 +249,11 @@ def identity_validate(document: Mapping[str, Any]) -> dict[str, Any]:
         raise MessageMalformed("keys must list 1 to 20 keys")
     pinned = []
     for key in keys:
-        if (not isinstance(key, dict) or not isinstance(key.get("key_id"), str)
-                or not key["key_id"].startswith(f"{instance_id}#")):  # fmt: skip
+        if (
+            not isinstance(key, dict)
+            or not isinstance(key.get("key_id"), str)
+            or not key["key_id"].startswith(f"{instance_id}#")
+        ):
             raise MessageMalformed(f"every key_id must be {instance_id}#<version>")
         try:
             signing.public_key_load(str(key.get("public_key")))
@@ -246,8 +268,9 @@ def identity_validate(document: Mapping[str, Any]) -> dict[str, Any]:
         "url": url.rstrip("/"),
         "keys": pinned,
         "capabilities": [c for c in capabilities if isinstance(c, str)][:50]
-        if isinstance(capabilities, list) else [],
-    }  # fmt: skip
+        if isinstance(capabilities, list)
+        else [],
+    }
 
 
 def _peer_defaults() -> dict[str, Any]:
@@ -283,8 +306,12 @@ def peer_register_inbound(*, document: Mapping[str, Any], key_id: str) -> Peer:
             raise PeerStateConflict(
                 "this peer's keys are pinned; disconnect it before reconnecting"
             )
-    audit_record(actor=f"peer:{peer.instance_id}", action=action, target=f"peer:{peer.id}",
-                 data={"keys": [key["key_id"] for key in identity["keys"]]})  # fmt: skip
+    audit_record(
+        actor=f"peer:{peer.instance_id}",
+        action=action,
+        target=f"peer:{peer.id}",
+        data={"keys": [key["key_id"] for key in identity["keys"]]},
+    )
     return peer
 
 
@@ -303,21 +330,31 @@ def peer_record_outbound(*, identity: Mapping[str, Any], actor: str) -> Peer:
     with transaction.atomic():
         peer = Peer.objects.select_for_update().filter(instance_id=identity["instance_id"]).first()
         if peer is None:
-            peer = Peer.objects.create(**identity, state=PeerState.ACTIVE, initiated_here=True,
-                                       **_peer_defaults())  # fmt: skip
+            peer = Peer.objects.create(
+                **identity, state=PeerState.ACTIVE, initiated_here=True, **_peer_defaults()
+            )
         elif (
             peer.state in (PeerState.ACTIVE, PeerState.SUSPENDED) and peer.keys != identity["keys"]
         ):
             pinned = {key["key_id"] for key in peer.keys}
             if not pinned & {key["key_id"] for key in identity["keys"]}:
-                raise PeerStateConflict("this peer's keys are pinned and the new ones differ; "
-                                        "disconnect it before reconnecting")  # fmt: skip
+                raise PeerStateConflict(
+                    "this peer's keys are pinned and the new ones differ; "
+                    "disconnect it before reconnecting"
+                )
         else:
             _peer_update(peer, identity, state=PeerState.ACTIVE)
             Peer.objects.filter(id=peer.id).update(initiated_here=True)
-    audit_record(actor=actor, action="peer.connect", target=f"peer:{peer.id}",
-                 data={"url": identity["url"], "instance_id": peer.instance_id,
-                       "keys": [key["key_id"] for key in identity["keys"]]})  # fmt: skip
+    audit_record(
+        actor=actor,
+        action="peer.connect",
+        target=f"peer:{peer.id}",
+        data={
+            "url": identity["url"],
+            "instance_id": peer.instance_id,
+            "keys": [key["key_id"] for key in identity["keys"]],
+        },
+    )
     return peer
 
 
@@ -325,9 +362,11 @@ _TRANSITIONS = {
     "accept": (PeerState.ACTIVE, {PeerState.PENDING, PeerState.SUSPENDED}),
     "reject": (PeerState.DISCONNECTED, {PeerState.PENDING}),
     "suspend": (PeerState.SUSPENDED, {PeerState.ACTIVE}),
-    "disconnect": (PeerState.DISCONNECTED,
-                   {PeerState.PENDING, PeerState.ACTIVE, PeerState.SUSPENDED}),
-}  # fmt: skip
+    "disconnect": (
+        PeerState.DISCONNECTED,
+        {PeerState.PENDING, PeerState.ACTIVE, PeerState.SUSPENDED},
+    ),
+}
 PEER_ACTIONS = tuple(_TRANSITIONS)
 
 
@@ -338,7 +377,16 @@ def peer_transition(*, peer_id: Any, action: str, actor: str, reason: str = "") 
     if not Peer.objects.filter(id=peer.id, state__in=allowed).update(state=to):
         raise PeerStateConflict(f"cannot {action} a peer that is {peer.state}")
     previous, peer.state = peer.state, to
-    audit_record(actor=actor, action=f"peer.{action}", target=f"peer:{peer.id}", reason=reason,
-                 data={"instance_id": peer.instance_id, "from": previous, "to": to,
-                       "keys": [key.get("key_id") for key in peer.keys]})  # fmt: skip
+    audit_record(
+        actor=actor,
+        action=f"peer.{action}",
+        target=f"peer:{peer.id}",
+        reason=reason,
+        data={
+            "instance_id": peer.instance_id,
+            "from": previous,
+            "to": to,
+            "keys": [key.get("key_id") for key in peer.keys],
+        },
+    )
     return peer

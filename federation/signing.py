@@ -123,8 +123,9 @@ def _sign(
 ) -> dict[str, str]:
     message.headers.setdefault("Content-Type", "application/json")
     message.headers["Content-Digest"] = content_digest(body)
-    signer = HTTPMessageSigner(signature_algorithm=algorithms.ED25519,
-                               key_resolver=_OneKey(private_key=private_key))  # fmt: skip
+    signer = HTTPMessageSigner(
+        signature_algorithm=algorithms.ED25519, key_resolver=_OneKey(private_key=private_key)
+    )
     stamp = int(time.time()) if created is None else created
     signer.sign(
         message,
@@ -138,20 +139,35 @@ def _sign(
     return message.headers
 
 
-def request_sign(*, method: str, url: str, body: bytes, key_id: str,
-                 private_key: Ed25519PrivateKey, created: int | None = None,
-                 headers: Mapping[str, str] | None = None) -> dict[str, str]:  # fmt: skip
+def request_sign(
+    *,
+    method: str,
+    url: str,
+    body: bytes,
+    key_id: str,
+    private_key: Ed25519PrivateKey,
+    created: int | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> dict[str, str]:
     """Headers (Content-Type, Content-Digest, Signature-Input, Signature) for a request."""
     message = HttpMessage(url=url, headers=dict(headers or {}), method=method.upper())
-    return _sign(message, body, REQUEST_COMPONENTS, key_id=key_id,
-                 private_key=private_key, created=created)  # fmt: skip
+    return _sign(
+        message, body, REQUEST_COMPONENTS, key_id=key_id, private_key=private_key, created=created
+    )
 
 
-def response_sign(*, status: int, body: bytes, key_id: str, private_key: Ed25519PrivateKey,
-                  headers: Mapping[str, str] | None = None) -> dict[str, str]:  # fmt: skip
+def response_sign(
+    *,
+    status: int,
+    body: bytes,
+    key_id: str,
+    private_key: Ed25519PrivateKey,
+    headers: Mapping[str, str] | None = None,
+) -> dict[str, str]:
     message = _Response(status_code=status, headers=dict(headers or {}))
-    return _sign(message, body, RESPONSE_COMPONENTS, key_id=key_id,
-                 private_key=private_key, created=None)  # fmt: skip
+    return _sign(
+        message, body, RESPONSE_COMPONENTS, key_id=key_id, private_key=private_key, created=None
+    )
 
 
 KeyLookup = Callable[[str], Ed25519PublicKey]
@@ -202,8 +218,13 @@ def _parse_dictionary(headers: Mapping[str, str], name: str) -> Dictionary:
     return parsed
 
 
-def _verify(message: "HttpMessage | _Response", body: bytes, components: tuple[str, ...],
-            key_lookup: KeyLookup, now: float | None) -> VerifiedSignature:  # fmt: skip
+def _verify(
+    message: "HttpMessage | _Response",
+    body: bytes,
+    components: tuple[str, ...],
+    key_lookup: KeyLookup,
+    now: float | None,
+) -> VerifiedSignature:
     inputs = _parse_dictionary(message.headers, "signature-input")
     signatures = _parse_dictionary(message.headers, "signature")
     if list(inputs) != [LABEL] or LABEL not in signatures:
@@ -217,29 +238,35 @@ def _verify(message: "HttpMessage | _Response", body: bytes, components: tuple[s
         raise SignatureRejected("the signature input is not a list of components", key_id=key_id)
     covered = [item.value for item in signature_input]
     if sorted(map(str, covered)) != sorted(components) or any(i.params for i in signature_input):
-        raise SignatureRejected(f"the signature must cover exactly {' '.join(components)}",
-                                key_id=key_id)  # fmt: skip
+        raise SignatureRejected(
+            f"the signature must cover exactly {' '.join(components)}", key_id=key_id
+        )
     if params.get("alg") != ALGORITHM or params.get("tag") != TAG:
-        raise SignatureRejected(f'the signature needs alg="{ALGORITHM}" and tag="{TAG}"',
-                                key_id=key_id)  # fmt: skip
+        raise SignatureRejected(
+            f'the signature needs alg="{ALGORITHM}" and tag="{TAG}"', key_id=key_id
+        )
     nonce = params.get("nonce")
     if not isinstance(nonce, str) or not _nonce_is_strong(nonce):
-        raise SignatureRejected("the nonce must be at least 128 random bits, base64url",
-                                key_id=key_id)  # fmt: skip
+        raise SignatureRejected(
+            "the nonce must be at least 128 random bits, base64url", key_id=key_id
+        )
     created = params.get("created")
     if isinstance(created, bool) or not isinstance(created, int):
         raise SignatureRejected("the signature has no integer created time", key_id=key_id)
     current = time.time() if now is None else now
     if created < current - MAX_AGE_S:
-        raise SignatureRejected(f"the signature was created more than {MAX_AGE_S} s ago",
-                                key_id=key_id)  # fmt: skip
+        raise SignatureRejected(
+            f"the signature was created more than {MAX_AGE_S} s ago", key_id=key_id
+        )
     if created > current + MAX_AHEAD_S:
-        raise SignatureRejected(f"the signature was created more than {MAX_AHEAD_S} s ahead",
-                                key_id=key_id)  # fmt: skip
+        raise SignatureRejected(
+            f"the signature was created more than {MAX_AHEAD_S} s ahead", key_id=key_id
+        )
     _digest_check(message.headers, body, key_id)
     public_key = key_lookup(key_id)
-    verifier = HTTPMessageVerifier(signature_algorithm=algorithms.ED25519,
-                                   key_resolver=_OneKey(lookup=lambda _: public_key))  # fmt: skip
+    verifier = HTTPMessageVerifier(
+        signature_algorithm=algorithms.ED25519, key_resolver=_OneKey(lookup=lambda _: public_key)
+    )
     # The window was checked above against ``now``; the library's own check
     # uses the wall clock, so it is widened to never disagree with ours.
     verifier.max_clock_skew = _DAYS

@@ -13,8 +13,11 @@ def kill_selected_agents(modeladmin: admin.ModelAdmin, request: HttpRequest, que
     for agent in queryset:
         if agent_kill(agent_id=agent.id, reason="killed from the admin", actor=actor).terminated:
             killed += 1
-    modeladmin.message_user(request, f"Killed {killed} of {queryset.count()} agents.",
-                            messages.SUCCESS if killed else messages.WARNING)  # fmt: skip
+    modeladmin.message_user(
+        request,
+        f"Killed {killed} of {queryset.count()} agents.",
+        messages.SUCCESS if killed else messages.WARNING,
+    )
 
 
 @admin.register(HubHalt)

@@ -25,13 +25,15 @@ class AgentKillApi(APIView):
         latency_ms = serializers.FloatField()
         branch_kept = serializers.BooleanField()
 
-    @extend_schema(request=ReasonSerializer, responses={200: OutputSerializer},
-                   operation_id="agents_kill")  # fmt: skip
+    @extend_schema(
+        request=ReasonSerializer, responses={200: OutputSerializer}, operation_id="agents_kill"
+    )
     def post(self, request: Request, agent_id: str) -> Response:
         serializer = ReasonSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        termination = agent_kill(agent_id=agent_id, reason=serializer.validated_data["reason"],
-                                 actor=principal(request))  # fmt: skip
+        termination = agent_kill(
+            agent_id=agent_id, reason=serializer.validated_data["reason"], actor=principal(request)
+        )
         state = agent_get(agent_id=agent_id).state
         data = self.OutputSerializer({**termination.__dict__, "state": state}).data
         return Response(data, status=200 if termination.terminated else 409)
@@ -46,12 +48,15 @@ class AgentKillAllApi(APIView):
         failed = serializers.IntegerField()
         errors = serializers.ListField(child=serializers.DictField())
 
-    @extend_schema(request=ReasonSerializer, responses={200: OutputSerializer},
-                   operation_id="agents_kill_all")  # fmt: skip
+    @extend_schema(
+        request=ReasonSerializer, responses={200: OutputSerializer}, operation_id="agents_kill_all"
+    )
     def post(self, request: Request) -> Response:
         serializer = ReasonSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        summary = agent_kill_all(reason=serializer.validated_data["reason"], actor=principal(request))
+        summary = agent_kill_all(
+            reason=serializer.validated_data["reason"], actor=principal(request)
+        )
         return Response(self.OutputSerializer(summary).data)
 
 
@@ -65,8 +70,11 @@ class HaltOutputSerializer(serializers.Serializer):
 class HubHaltApi(APIView):
     permission_classes = [IsAdminUser]
 
-    @extend_schema(request=ReasonSerializer, responses={200: HaltOutputSerializer},
-                   operation_id="killswitch_halt")  # fmt: skip
+    @extend_schema(
+        request=ReasonSerializer,
+        responses={200: HaltOutputSerializer},
+        operation_id="killswitch_halt",
+    )
     def post(self, request: Request) -> Response:
         serializer = ReasonSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -80,8 +88,11 @@ class HubReleaseApi(APIView):
     class InputSerializer(serializers.Serializer):
         reason = serializers.CharField(max_length=2000, required=False, default="")
 
-    @extend_schema(request=InputSerializer, responses={200: HaltOutputSerializer},
-                   operation_id="killswitch_release")  # fmt: skip
+    @extend_schema(
+        request=InputSerializer,
+        responses={200: HaltOutputSerializer},
+        operation_id="killswitch_release",
+    )
     def post(self, request: Request) -> Response:
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)

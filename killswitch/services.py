@@ -42,20 +42,27 @@ def agent_kill_all(*, reason: str, actor: str) -> dict[str, Any]:
         killed = list(pool.map(lambda stop: _cleanup_one(stop, reason, actor), stopped))
     errors = [stop for stop in stops if isinstance(stop, dict)]
     summary = {"total": len(ids), "killed": len(killed), "failed": len(errors), "errors": errors}
-    audit_record(actor=actor, action="agent.kill_all", target="hub", reason=reason,
-                 data={**summary, "kills": [asdict(termination) for termination in killed]})  # fmt: skip
+    audit_record(
+        actor=actor,
+        action="agent.kill_all",
+        target="hub",
+        reason=reason,
+        data={**summary, "kills": [asdict(termination) for termination in killed]},
+    )
     return summary
 
 
 def _stop_all(ids: list[Any], reason: str, actor: str) -> list[Termination | dict[str, str]]:
     try:
-        outcome = agent_stop_many(agent_ids=ids, reason=f"killed by {actor}: {reason}",
-                                  threads=_KILL_ALL_THREADS)  # fmt: skip
+        outcome = agent_stop_many(
+            agent_ids=ids, reason=f"killed by {actor}: {reason}", threads=_KILL_ALL_THREADS
+        )
     except AgentError as error:
         return [{"agent_id": str(agent_id), "error": str(error)} for agent_id in ids]
-    return [result if isinstance(result, Termination)
-            else {"agent_id": agent_id, "error": result}
-            for agent_id, result in outcome.items()]  # fmt: skip
+    return [
+        result if isinstance(result, Termination) else {"agent_id": agent_id, "error": result}
+        for agent_id, result in outcome.items()
+    ]
 
 
 def _cleanup_one(stopped: Termination, reason: str, actor: str) -> Termination:

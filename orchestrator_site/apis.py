@@ -20,20 +20,30 @@ class HealthApi(APIView):
     authentication_classes: list = []
 
     @extend_schema(
-        responses={200: inline_serializer("Health", {
-            "status": serializers.CharField(), "node": serializers.CharField(),
-            "database": serializers.CharField(), "halted": serializers.BooleanField(),
-            "yolo_mode": serializers.BooleanField(), "live_agents": serializers.IntegerField(),
-        })},
+        responses={
+            200: inline_serializer(
+                "Health",
+                {
+                    "status": serializers.CharField(),
+                    "node": serializers.CharField(),
+                    "database": serializers.CharField(),
+                    "halted": serializers.BooleanField(),
+                    "yolo_mode": serializers.BooleanField(),
+                    "live_agents": serializers.IntegerField(),
+                },
+            )
+        },
         operation_id="health",
-    )  # fmt: skip
+    )
     def get(self, request: Request) -> Response:
         connection.ensure_connection()
-        return Response({
-            "status": "ok",
-            "node": settings.FLOTILLA_NODE_NAME,
-            "database": connection.vendor,
-            "halted": hub_halt_get().halted,
-            "yolo_mode": getattr(settings, "YOLO_MODE", False),
-            "live_agents": len(live_agent_ids()),
-        })  # fmt: skip
+        return Response(
+            {
+                "status": "ok",
+                "node": settings.FLOTILLA_NODE_NAME,
+                "database": connection.vendor,
+                "halted": hub_halt_get().halted,
+                "yolo_mode": getattr(settings, "YOLO_MODE", False),
+                "live_agents": len(live_agent_ids()),
+            }
+        )

@@ -60,7 +60,9 @@ def _is_machine_path(path: str) -> bool:
 
 def not_found(request, exception=None):  # noqa: ANN001 - Django's handler signature
     if _is_machine_path(request.path):
-        return JsonResponse(error_body("not_found", f"No such endpoint: {request.path}"), status=404)
+        return JsonResponse(
+            error_body("not_found", f"No such endpoint: {request.path}"), status=404
+        )
     from django.views.defaults import page_not_found
 
     return page_not_found(request, exception)

@@ -55,13 +55,19 @@ class FlotillaCollector(Collector):
         """From the spawn request (row created) to the runtime starting (first ``running``)."""
         latency = ExpressionWrapper(F("started_at") - F("created_at"), output_field=DurationField())
         started = Agent.objects.filter(started_at__isnull=False).annotate(latency=latency)
-        buckets = {f"le_{index}": Count("id", filter=Q(latency__lte=timedelta(seconds=bound)))
-                   for index, bound in enumerate(SPAWN_BUCKETS_S)}  # fmt: skip
+        buckets = {
+            f"le_{index}": Count("id", filter=Q(latency__lte=timedelta(seconds=bound)))
+            for index, bound in enumerate(SPAWN_BUCKETS_S)
+        }
         row = started.aggregate(total=Count("id"), sum=Sum("latency"), **buckets)
         total_s = row["sum"].total_seconds() if row["sum"] else 0.0
-        return _histogram("flotilla_spawn_latency_seconds",
-                          "Time from a spawn request to the agent's runtime starting.",
-                          SPAWN_BUCKETS_S, row, total_s)  # fmt: skip
+        return _histogram(
+            "flotilla_spawn_latency_seconds",
+            "Time from a spawn request to the agent's runtime starting.",
+            SPAWN_BUCKETS_S,
+            row,
+            total_s,
+        )
 
     def _kill_latency(self) -> HistogramMetricFamily:
         """Kills done where they were asked, and kills executed on the agent's node."""
@@ -69,30 +75,44 @@ class FlotillaCollector(Collector):
         local = Q(action="agent.kill", data__killed=True) & (
             Q(data__routed_to="") | ~Q(data__has_key="routed_to")
         )
-        kills = (AuditEvent.objects.filter(local | Q(action="agent.sandbox_kill"))
-                 .annotate(latency_ms=latency_ms))  # fmt: skip
-        buckets = {f"le_{index}": Count("id", filter=Q(latency_ms__lte=bound * 1000))
-                   for index, bound in enumerate(KILL_BUCKETS_S)}  # fmt: skip
+        kills = AuditEvent.objects.filter(local | Q(action="agent.sandbox_kill")).annotate(
+            latency_ms=latency_ms
+        )
+        buckets = {
+            f"le_{index}": Count("id", filter=Q(latency_ms__lte=bound * 1000))
+            for index, bound in enumerate(KILL_BUCKETS_S)
+        }
         row = kills.aggregate(total=Count("id"), sum=Sum("latency_ms"), **buckets)
-        return _histogram("flotilla_kill_latency_seconds",
-                          "Time from a kill request to the agent's processes being killed.",
-                          KILL_BUCKETS_S, row, (row["sum"] or 0.0) / 1000)  # fmt: skip
+        return _histogram(
+            "flotilla_kill_latency_seconds",
+            "Time from a kill request to the agent's processes being killed.",
+            KILL_BUCKETS_S,
+            row,
+            (row["sum"] or 0.0) / 1000,
+        )
 
     def _gate_runs(self) -> CounterMetricFamily:
-        family = CounterMetricFamily("flotilla_gate_runs", "Gate verdicts by gate and outcome.",
-                                     labels=["gate", "outcome"])  # fmt: skip
+        family = CounterMetricFamily(
+            "flotilla_gate_runs", "Gate verdicts by gate and outcome.", labels=["gate", "outcome"]
+        )
         rows = GateRun.objects.values_list("gate", "outcome").annotate(n=Count("id")).order_by()
         for gate, outcome, count in rows:
             family.add_metric([gate, outcome], count)
         return family
 
     def _federation_rejections(self) -> CounterMetricFamily:
-        family = CounterMetricFamily("flotilla_federation_rejections",
-                                     "Federation requests refused, by error code.",
-                                     labels=["reason"])  # fmt: skip
-        rows = (AuditEvent.objects.filter(action="federation.rejected")
-                .annotate(code=KT("data__code")).values_list("code")
-                .annotate(n=Count("id")).order_by())  # fmt: skip
+        family = CounterMetricFamily(
+            "flotilla_federation_rejections",
+            "Federation requests refused, by error code.",
+            labels=["reason"],
+        )
+        rows = (
+            AuditEvent.objects.filter(action="federation.rejected")
+            .annotate(code=KT("data__code"))
+            .values_list("code")
+            .annotate(n=Count("id"))
+            .order_by()
+        )
         for reason, count in rows:
             family.add_metric([reason or "unknown"], count)
         return family
@@ -100,8 +120,7 @@ class FlotillaCollector(Collector):
     def _queue_depth(self) -> Iterator[GaugeMetricFamily]:
         from django_q.brokers import get_broker
 
-        family = GaugeMetricFamily("flotilla_queue_depth",
-                                   "Tasks waiting in the django-q2 broker.")  # fmt: skip
+        family = GaugeMetricFamily("flotilla_queue_depth", "Tasks waiting in the django-q2 broker.")
         try:
             family.add_metric([], get_broker().queue_size() or 0)
         except Exception:  # noqa: BLE001 - an unreachable broker must not break the scrape
@@ -110,8 +129,9 @@ class FlotillaCollector(Collector):
         yield family
 
 
-def _histogram(name: str, documentation: str, bounds: tuple, row: dict,
-               total: float) -> HistogramMetricFamily:  # fmt: skip
+def _histogram(
+    name: str, documentation: str, bounds: tuple, row: dict, total: float
+) -> HistogramMetricFamily:
     buckets = [(_bound(bound), row[f"le_{index}"]) for index, bound in enumerate(bounds)]
     buckets.append(("+Inf", row["total"]))
     return HistogramMetricFamily(name, documentation, buckets=buckets, sum_value=total)

@@ -60,15 +60,19 @@ class ViewScopedAutoSchema(AutoSchema):
         responses = super()._get_response_bodies(direction)
         if direction != "response":
             return responses
-        component = ResolvedComponent(name="Error", type=ResolvedComponent.SCHEMA,
-                                      object="Error", schema=ERROR_SCHEMA)  # fmt: skip
+        component = ResolvedComponent(
+            name="Error", type=ResolvedComponent.SCHEMA, object="Error", schema=ERROR_SCHEMA
+        )
         self.registry.register_on_missing(component)
         statuses = _GET_ERRORS if self.method == "GET" else tuple(ERROR_STATUSES)
         for status in statuses:
-            responses.setdefault(status, {
-                "content": {"application/json": {"schema": component.ref}},
-                "description": ERROR_STATUSES[status],
-            })  # fmt: skip
+            responses.setdefault(
+                status,
+                {
+                    "content": {"application/json": {"schema": component.ref}},
+                    "description": ERROR_STATUSES[status],
+                },
+            )
         return responses
 
     def _get_paginator(self):  # noqa: ANN202

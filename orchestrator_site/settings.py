@@ -40,7 +40,8 @@ def _secret_key() -> str:
         # Django's deploy check (security.W009) wants 50 characters and 5 distinct ones.
         if PRODUCTION and (len(configured) < 50 or len(set(configured)) < 5):
             raise ImproperlyConfigured(
-                "SECRET_KEY must be at least 50 characters (5 distinct) when FLOTILLA_ENV=production"
+                "SECRET_KEY must be at least 50 characters (5 distinct) "
+                "when FLOTILLA_ENV=production"
             )
         return configured
     if PRODUCTION:
@@ -412,7 +413,9 @@ def _federation_key() -> str:
             raise ImproperlyConfigured("FLOTILLA_FEDERATION_KEY must differ from SECRET_KEY")
         return configured
     if PRODUCTION:
-        raise ImproperlyConfigured("FLOTILLA_FEDERATION_KEY must be set when FLOTILLA_ENV=production")
+        raise ImproperlyConfigured(
+            "FLOTILLA_FEDERATION_KEY must be set when FLOTILLA_ENV=production"
+        )
     key_file = DATA_DIR / "federation_key"
     if not key_file.exists():
         key_file.write_text(secrets.token_urlsafe(48))

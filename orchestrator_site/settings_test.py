@@ -11,7 +11,7 @@ if "DATA_DIR" not in os.environ:
     os.chmod(os.environ["DATA_DIR"], 0o755)
 
 from orchestrator_site.settings import *  # noqa: F403
-from orchestrator_site.settings import DATABASES, DATA_DIR, Q_CLUSTER
+from orchestrator_site.settings import DATA_DIR, DATABASES, Q_CLUSTER
 
 # Threads and subprocesses in the tests need a database they can all open, so
 # the SQLite test database is a file rather than Django's in-memory default.

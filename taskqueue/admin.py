@@ -20,12 +20,23 @@ def _each(request: HttpRequest, items: QuerySet, action, label: str) -> None:  #
 
 @admin.register(Project)
 class ProjectAdmin(admin.ModelAdmin):
-    list_display = ["id", "name", "mode", "state", "failure_policy", "max_parallel",
-                    "webhook_state", "created_by", "created_at", "finished_at"]  # fmt: skip
+    list_display = [
+        "id",
+        "name",
+        "mode",
+        "state",
+        "failure_policy",
+        "max_parallel",
+        "webhook_state",
+        "created_by",
+        "created_at",
+        "finished_at",
+    ]
     list_filter = ["state", "mode", "failure_policy", "webhook_state"]
     search_fields = ["name", "created_by"]
-    readonly_fields = [field.name for field in Project._meta.fields
-                       if field.name not in ("name", "webhook_secret")]  # fmt: skip
+    readonly_fields = [
+        field.name for field in Project._meta.fields if field.name not in ("name", "webhook_secret")
+    ]
     exclude = ["webhook_secret"]
     actions = ["cancel", "pause", "resume"]
 
@@ -46,21 +57,37 @@ class ProjectAdmin(admin.ModelAdmin):
 
     @admin.action(description="Pause the selected projects")
     def pause(self, request: HttpRequest, queryset: QuerySet) -> None:
-        _each(request, queryset, lambda p: project_pause(project_id=p.id,
-              actor=self.actor(request)), "paused")  # fmt: skip
+        _each(
+            request,
+            queryset,
+            lambda p: project_pause(project_id=p.id, actor=self.actor(request)),
+            "paused",
+        )
 
     @admin.action(description="Resume the selected projects")
     def resume(self, request: HttpRequest, queryset: QuerySet) -> None:
-        _each(request, queryset, lambda p: project_resume(project_id=p.id,
-              actor=self.actor(request)), "resumed")  # fmt: skip
+        _each(
+            request,
+            queryset,
+            lambda p: project_resume(project_id=p.id, actor=self.actor(request)),
+            "resumed",
+        )
 
 
 class TaskAttemptInline(admin.TabularInline):
     model = TaskAttempt
     extra = 0
     can_delete = False
-    fields = ["number", "state", "agent", "base_branch", "backoff_s", "error", "created_at",
-              "finished_at"]  # fmt: skip
+    fields = [
+        "number",
+        "state",
+        "agent",
+        "base_branch",
+        "backoff_s",
+        "error",
+        "created_at",
+        "finished_at",
+    ]
     readonly_fields = fields
 
     def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
@@ -69,19 +96,44 @@ class TaskAttemptInline(admin.TabularInline):
 
 @admin.register(Task)
 class TaskAdmin(admin.ModelAdmin):
-    list_display = ["id", "project", "key", "state", "priority", "attempts", "max_retries",
-                    "retry_at", "started_at", "finished_at"]  # fmt: skip
+    list_display = [
+        "id",
+        "project",
+        "key",
+        "state",
+        "priority",
+        "attempts",
+        "max_retries",
+        "retry_at",
+        "started_at",
+        "finished_at",
+    ]
     list_filter = ["state", "runtime", "agent_type"]
     search_fields = ["key", "title", "project__name"]
     list_select_related = ["project"]
     raw_id_fields = ["project"]
-    readonly_fields = ["project", "key", "state", "attempts", "failures", "retry_at", "error",
-                       "depends_on", "created_at", "started_at", "finished_at"]  # fmt: skip
+    readonly_fields = [
+        "project",
+        "key",
+        "state",
+        "attempts",
+        "failures",
+        "retry_at",
+        "error",
+        "depends_on",
+        "created_at",
+        "started_at",
+        "finished_at",
+    ]
     inlines = [TaskAttemptInline]
     actions = ["retry"]
 
     @admin.action(description="Retry the selected failed, cancelled or skipped tasks")
     def retry(self, request: HttpRequest, queryset: QuerySet) -> None:
         actor = f"user:{request.user.get_username()}"
-        _each(request, queryset, lambda t: task_retry(project_id=t.project_id, key=t.key,
-              actor=actor), "retried")  # fmt: skip
+        _each(
+            request,
+            queryset,
+            lambda t: task_retry(project_id=t.project_id, key=t.key, actor=actor),
+            "retried",
+        )

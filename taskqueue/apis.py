@@ -112,9 +112,11 @@ class ProjectListApi(APIView):
     class FilterSerializer(serializers.Serializer):
         state = serializers.CharField(required=False)
 
-    @extend_schema(parameters=[FilterSerializer],
-                   responses={200: ProjectSummarySerializer(many=True)},
-                   operation_id="projects_list")  # fmt: skip
+    @extend_schema(
+        parameters=[FilterSerializer],
+        responses={200: ProjectSummarySerializer(many=True)},
+        operation_id="projects_list",
+    )
     def get(self, request: Request) -> Response:
         filters = self.FilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
@@ -124,14 +126,21 @@ class ProjectListApi(APIView):
 
 
 class ProjectCreateApi(APIView):
-    @extend_schema(request=ProjectInputSerializer, responses={201: ProjectDetailSerializer},
-                   operation_id="projects_create")  # fmt: skip
+    @extend_schema(
+        request=ProjectInputSerializer,
+        responses={201: ProjectDetailSerializer},
+        operation_id="projects_create",
+    )
     def post(self, request: Request) -> Response:
         tasks = request.data.get("tasks") if isinstance(request.data, dict) else None
         limit = settings.FLOTILLA_PROJECT_MAX_TASKS
         if isinstance(tasks, list) and len(tasks) > limit:
-            raise ProjectInvalid("The project is too large.", fields={"tasks": [
-                f"a project has at most {limit} tasks; this one has {len(tasks)}"]})  # fmt: skip
+            raise ProjectInvalid(
+                "The project is too large.",
+                fields={
+                    "tasks": [f"a project has at most {limit} tasks; this one has {len(tasks)}"]
+                },
+            )
         serializer = ProjectInputSerializer(data=request.data)
         if not serializer.is_valid():
             # Flattened here so task errors read "tasks[2].key" like the graph's own.
@@ -155,10 +164,19 @@ class ProjectDetailApi(APIView):
 
 
 class ProjectResultApi(APIView):
-    @extend_schema(responses={200: inline_serializer("ProjectResult", {
-        "id": serializers.IntegerField(), "state": serializers.CharField(),
-        "tasks": serializers.ListField(child=serializers.DictField())})},
-        operation_id="projects_result")  # fmt: skip
+    @extend_schema(
+        responses={
+            200: inline_serializer(
+                "ProjectResult",
+                {
+                    "id": serializers.IntegerField(),
+                    "state": serializers.CharField(),
+                    "tasks": serializers.ListField(child=serializers.DictField()),
+                },
+            )
+        },
+        operation_id="projects_result",
+    )
     def get(self, request: Request, project_id: int) -> Response:
         return Response(project_result(project_id=project_id))
 
@@ -169,21 +187,28 @@ class ProjectCancelApi(APIView):
     class InputSerializer(serializers.Serializer):
         reason = serializers.CharField(max_length=1000, default="", allow_blank=True)
 
-    @extend_schema(request=InputSerializer, responses={200: ProjectDetailSerializer},
-                   operation_id="projects_cancel")  # fmt: skip
+    @extend_schema(
+        request=InputSerializer,
+        responses={200: ProjectDetailSerializer},
+        operation_id="projects_cancel",
+    )
     def post(self, request: Request, project_id: int) -> Response:
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        project_cancel(project_id=project_id, actor=principal(request),
-                       reason=serializer.validated_data["reason"])  # fmt: skip
+        project_cancel(
+            project_id=project_id,
+            actor=principal(request),
+            reason=serializer.validated_data["reason"],
+        )
         return Response(project_detail(project_id))
 
 
 class ProjectPauseApi(APIView):
     permission_classes = CONTROL
 
-    @extend_schema(request=None, responses={200: ProjectDetailSerializer},
-                   operation_id="projects_pause")  # fmt: skip
+    @extend_schema(
+        request=None, responses={200: ProjectDetailSerializer}, operation_id="projects_pause"
+    )
     def post(self, request: Request, project_id: int) -> Response:
         project_pause(project_id=project_id, actor=principal(request))
         return Response(project_detail(project_id))
@@ -192,8 +217,9 @@ class ProjectPauseApi(APIView):
 class ProjectResumeApi(APIView):
     permission_classes = CONTROL
 
-    @extend_schema(request=None, responses={200: ProjectDetailSerializer},
-                   operation_id="projects_resume")  # fmt: skip
+    @extend_schema(
+        request=None, responses={200: ProjectDetailSerializer}, operation_id="projects_resume"
+    )
     def post(self, request: Request, project_id: int) -> Response:
         project_resume(project_id=project_id, actor=principal(request))
         return Response(project_detail(project_id))
@@ -202,8 +228,9 @@ class ProjectResumeApi(APIView):
 class TaskRetryApi(APIView):
     permission_classes = CONTROL
 
-    @extend_schema(request=None, responses={200: ProjectDetailSerializer},
-                   operation_id="projects_task_retry")  # fmt: skip
+    @extend_schema(
+        request=None, responses={200: ProjectDetailSerializer}, operation_id="projects_task_retry"
+    )
     def post(self, request: Request, project_id: int, key: str) -> Response:
         task_retry(project_id=project_id, key=key, actor=principal(request))
         return Response(project_detail(project_id))
@@ -230,8 +257,11 @@ class ProjectPlanApi(APIView):
                 raise serializers.ValidationError(problem)
             return value
 
-    @extend_schema(request=InputSerializer, responses={200: ProjectInputSerializer},
-                   operation_id="projects_plan")  # fmt: skip
+    @extend_schema(
+        request=InputSerializer,
+        responses={200: ProjectInputSerializer},
+        operation_id="projects_plan",
+    )
     def post(self, request: Request) -> Response:
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)

@@ -38,11 +38,20 @@ def project_artifacts_archive(*, project_id: int) -> bytes:
                 continue
             _add(archive, f"{folder}/diff.patch", _diff(attempt).encode())
             _add(archive, f"{folder}/events.jsonl", _events(attempt.agent_id))
-            gates = [{"stage": run.stage, "gate": run.gate, "outcome": run.outcome,
-                      "passed": run.passed, "summary": run.summary,
-                      "output_tail": run.output_tail, "confidence": run.confidence,
-                      "details": run.details, "created_at": run.created_at}
-                     for run in gate_runs_for_agent(agent_id=attempt.agent_id)]  # fmt: skip
+            gates = [
+                {
+                    "stage": run.stage,
+                    "gate": run.gate,
+                    "outcome": run.outcome,
+                    "passed": run.passed,
+                    "summary": run.summary,
+                    "output_tail": run.output_tail,
+                    "confidence": run.confidence,
+                    "details": run.details,
+                    "created_at": run.created_at,
+                }
+                for run in gate_runs_for_agent(agent_id=attempt.agent_id)
+            ]
             _add(archive, f"{folder}/gates.json", _json(gates))
     return buffer.getvalue()
 
@@ -50,16 +59,26 @@ def project_artifacts_archive(*, project_id: int) -> bytes:
 def _attempt_summary(attempt: TaskAttempt) -> dict[str, Any]:
     agent = attempt.agent
     return {
-        "task": attempt.task.key, "number": attempt.number, "state": attempt.state,
-        "error": attempt.error, "base_branch": attempt.base_branch,
-        "backoff_s": attempt.backoff_s, "created_at": attempt.created_at,
+        "task": attempt.task.key,
+        "number": attempt.number,
+        "state": attempt.state,
+        "error": attempt.error,
+        "base_branch": attempt.base_branch,
+        "backoff_s": attempt.backoff_s,
+        "created_at": attempt.created_at,
         "finished_at": attempt.finished_at,
-        "agent": None if agent is None else {
-            "id": str(agent.id), "state": agent.state, "work_branch": agent.work_branch,
-            "started_at": agent.started_at, "finished_at": agent.finished_at,
-            "error": agent.error, "result": agent.result,
+        "agent": None
+        if agent is None
+        else {
+            "id": str(agent.id),
+            "state": agent.state,
+            "work_branch": agent.work_branch,
+            "started_at": agent.started_at,
+            "finished_at": agent.finished_at,
+            "error": agent.error,
+            "result": agent.result,
         },
-    }  # fmt: skip
+    }
 
 
 def _diff(attempt: TaskAttempt) -> str:
@@ -67,8 +86,9 @@ def _diff(attempt: TaskAttempt) -> str:
     if agent is None or not (agent.result or {}).get("pushed_commit"):
         return ""
     try:
-        return workspace.remote_branch_diff(repository=agent.repository, branch=agent.work_branch,
-                                            base_branch=agent.base_branch)  # fmt: skip
+        return workspace.remote_branch_diff(
+            repository=agent.repository, branch=agent.work_branch, base_branch=agent.base_branch
+        )
     except workspace.WorkspaceError as error:
         return f"# diff unavailable: {error}\n"
 
@@ -77,9 +97,18 @@ def _events(agent_id: Any) -> bytes:
     lines, after = [], 0
     while True:
         batch = list(agent_events_range(after=after, agent_id=agent_id, limit=_EVENT_BATCH))
-        lines += [json.dumps({"id": event.id, "kind": event.kind, "data": event.data,
-                              "created_at": event.created_at}, cls=DjangoJSONEncoder)
-                  for event in batch]  # fmt: skip
+        lines += [
+            json.dumps(
+                {
+                    "id": event.id,
+                    "kind": event.kind,
+                    "data": event.data,
+                    "created_at": event.created_at,
+                },
+                cls=DjangoJSONEncoder,
+            )
+            for event in batch
+        ]
         if len(batch) < _EVENT_BATCH:
             return ("\n".join(lines) + "\n").encode()
         after = batch[-1].id

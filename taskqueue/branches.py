@@ -47,9 +47,11 @@ def task_repository(*, task: Task) -> str:
 
 def dependency_branches(*, task: Task, repository: str) -> list[str]:
     """The pushed work branches of the successful attempts of ``task``'s dependencies."""
-    successes = (TaskAttempt.objects.filter(task__in=task.depends_on.all(),
-                                            state=AttemptState.SUCCEEDED)
-                 .select_related("agent").order_by("task_id", "-number"))  # fmt: skip
+    successes = (
+        TaskAttempt.objects.filter(task__in=task.depends_on.all(), state=AttemptState.SUCCEEDED)
+        .select_related("agent")
+        .order_by("task_id", "-number")
+    )
     found: dict[int, str] = {}
     for attempt in successes:
         agent = attempt.agent
@@ -66,8 +68,9 @@ def attempt_base(*, task: Task) -> Base:
     if not pushed:
         return Base(repository, task.branch)
     target = integration_branch(project_id=task.project_id, key=task.key)
-    report = workspace.branch_integrate(repository=repository, base_branch=task.branch,
-                                        branches=pushed, target=target)  # fmt: skip
+    report = workspace.branch_integrate(
+        repository=repository, base_branch=task.branch, branches=pushed, target=target
+    )
     if report.conflicts:
         raise MergeConflict(
             f"merge conflict: {report.conflicting_branch} does not merge into {target} "

@@ -68,8 +68,12 @@ class DispatchReport:
 
 
 def project_dispatch_enqueue(*, project_id: int) -> None:
-    async_task("taskqueue.tasks.project_dispatch", project_id, group="projects",
-               task_name=f"project-dispatch-{project_id}")  # fmt: skip
+    async_task(
+        "taskqueue.tasks.project_dispatch",
+        project_id,
+        group="projects",
+        task_name=f"project-dispatch-{project_id}",
+    )
 
 
 def project_dispatch(*, project_id: int) -> DispatchReport:
@@ -100,9 +104,12 @@ def task_agent_finished(*, agent_id: str) -> None:
 
 def projects_dispatch_waiting(*, exclude: int | None = None) -> list[int]:
     """Dispatch other running projects with ready tasks: a finished agent freed a hub slot."""
-    ids = list(Task.objects.filter(state=TaskState.READY, project__state=ProjectState.RUNNING)
-               .exclude(project_id=exclude).values_list("project_id", flat=True)
-               .distinct()[:50])  # fmt: skip
+    ids = list(
+        Task.objects.filter(state=TaskState.READY, project__state=ProjectState.RUNNING)
+        .exclude(project_id=exclude)
+        .values_list("project_id", flat=True)
+        .distinct()[:50]
+    )
     for project_id in ids:
         if len(live_agent_ids()) >= settings.MAX_CONCURRENT_AGENTS:
             break
@@ -116,8 +123,11 @@ def projects_dispatch_waiting(*, exclude: int | None = None) -> list[int]:
 def _claim(project_id: int, report: DispatchReport) -> list[int]:
     now = timezone.now()
     with transaction.atomic():
-        project = (Project.objects.select_for_update()
-                   .filter(id=project_id, state__in=_DISPATCHING).first())  # fmt: skip
+        project = (
+            Project.objects.select_for_update()
+            .filter(id=project_id, state__in=_DISPATCHING)
+            .first()
+        )
         if project is None:
             return []
         if project.state == ProjectState.PENDING:
@@ -129,9 +139,11 @@ def _claim(project_id: int, report: DispatchReport) -> list[int]:
         claimed = []
         for task_id in tasks_due(project_id=project_id, now=now, limit=limit):
             if Task.objects.filter(id=task_id, state=TaskState.READY).update(
-                state=TaskState.RUNNING, attempts=F("attempts") + 1, retry_at=None,
+                state=TaskState.RUNNING,
+                attempts=F("attempts") + 1,
+                retry_at=None,
                 started_at=now,
-            ):  # fmt: skip
+            ):
                 number = Task.objects.filter(id=task_id).values_list("attempts", flat=True)[0]
                 claimed.append(TaskAttempt.objects.create(task_id=task_id, number=number).id)
         return claimed
@@ -142,15 +154,21 @@ def tasks_promote(*, project_id: int) -> int:
     blocking = Edge.objects.filter(from_task_id=OuterRef("pk")).exclude(
         to_task__state=TaskState.SUCCEEDED
     )
-    return (Task.objects.filter(project_id=project_id, state=TaskState.PENDING)
-            .filter(~Exists(blocking)).update(state=TaskState.READY))  # fmt: skip
+    return (
+        Task.objects.filter(project_id=project_id, state=TaskState.PENDING)
+        .filter(~Exists(blocking))
+        .update(state=TaskState.READY)
+    )
 
 
 def tasks_due(*, project_id: int, now: datetime, limit: int) -> list[int]:
     """Ready tasks whose time has come, in dispatch order: highest priority, then oldest."""
-    return list(Task.objects.filter(project_id=project_id, state=TaskState.READY)
-                .filter(_due(now)).order_by("-priority", "id")
-                .values_list("id", flat=True)[:limit])  # fmt: skip
+    return list(
+        Task.objects.filter(project_id=project_id, state=TaskState.READY)
+        .filter(_due(now))
+        .order_by("-priority", "id")
+        .values_list("id", flat=True)[:limit]
+    )
 
 
 def _free_slots(project: Project) -> int:
@@ -193,8 +211,10 @@ def attempt_start(*, attempt_id: int, report: DispatchReport | None = None) -> N
                 state=AttemptState.STARTED, base_branch=base.branch
             ):
                 return  # cancelled while the branch was being built
-            agent = agent_spawn(request=_spawn_request(task, attempt, base),
-                                requested_by=f"project:{task.project_id}")  # fmt: skip
+            agent = agent_spawn(
+                request=_spawn_request(task, attempt, base),
+                requested_by=f"project:{task.project_id}",
+            )
             TaskAttempt.objects.filter(id=attempt.id).update(agent_id=agent.id)
     except (ConcurrencyLimitReached, SpawnRefused) as refusal:
         report.deferred.append(task.key)
@@ -211,8 +231,10 @@ def _spawn_request(task: Task, attempt: TaskAttempt, base: "branches.Base") -> S
     script = task.script
     if task.runtime == "script":
         # Scripts can tell which attempt they are (a flaky test, a resumable job).
-        script = (f"export FLOTILLA_PROJECT_ID={task.project_id} FLOTILLA_TASK_KEY={task.key} "
-                  f"FLOTILLA_TASK_ATTEMPT={attempt.number}\n{task.script}")  # fmt: skip
+        script = (
+            f"export FLOTILLA_PROJECT_ID={task.project_id} FLOTILLA_TASK_KEY={task.key} "
+            f"FLOTILLA_TASK_ATTEMPT={attempt.number}\n{task.script}"
+        )
     return SpawnRequest(
         task_id=f"p{task.project_id}-{task.key}",
         agent_type=task.agent_type,
@@ -226,9 +248,12 @@ def _spawn_request(task: Task, attempt: TaskAttempt, base: "branches.Base") -> S
         # the hub's failure, so it does not spend the task's own retries.
         max_retries=settings.FLOTILLA_PROJECT_AGENT_RESTARTS,
         gate_profile=task.gate_profile,
-        options={"project_id": task.project_id, "task_key": task.key,
-                 "task_attempt": attempt.number},
-    )  # fmt: skip
+        options={
+            "project_id": task.project_id,
+            "task_key": task.key,
+            "task_attempt": attempt.number,
+        },
+    )
 
 
 def _attempt_defer(attempt: TaskAttempt, *, reason: str) -> None:
@@ -268,12 +293,18 @@ def _attempt_failed(attempt_id: int, *, error: str, retryable: bool = True) -> N
             return  # the project was cancelled meanwhile
         failures = task.failures + 1
         if retryable and failures <= task.max_retries:
-            delay = backoff_delay(base_s=task.backoff_base_s, cap_s=task.backoff_cap_s,
-                                  jitter=task.backoff_jitter, failures=failures)  # fmt: skip
+            delay = backoff_delay(
+                base_s=task.backoff_base_s,
+                cap_s=task.backoff_cap_s,
+                jitter=task.backoff_jitter,
+                failures=failures,
+            )
             Task.objects.filter(id=task.id, state=TaskState.RUNNING).update(
-                state=TaskState.READY, failures=failures, error=error,
+                state=TaskState.READY,
+                failures=failures,
+                error=error,
                 retry_at=now + timedelta(seconds=delay),
-            )  # fmt: skip
+            )
             TaskAttempt.objects.filter(id=attempt_id).update(backoff_s=delay)
             return
         if not Task.objects.filter(id=task.id, state=TaskState.RUNNING).update(
@@ -294,13 +325,15 @@ def _failure_policy(task: Task) -> list[Any]:
     """Skip what depends on the failed task; fail-fast also cancels everything else."""
     project_id = task.project_id
     if task.project.failure_policy == FailurePolicy.FAIL_FAST:
-        return tasks_cancel(project_id=project_id,
-                            reason=f"cancelled: task {task.key} failed (fail-fast)")  # fmt: skip
+        return tasks_cancel(
+            project_id=project_id, reason=f"cancelled: task {task.key} failed (fail-fast)"
+        )
     below = graph_descendants(edges=project_edges(project_id=project_id), roots={task.id})
     Task.objects.filter(id__in=below, state__in=[TaskState.PENDING, TaskState.READY]).update(
-        state=TaskState.SKIPPED, finished_at=timezone.now(),
+        state=TaskState.SKIPPED,
+        finished_at=timezone.now(),
         error=f"skipped: it depends on {task.key}, which failed",
-    )  # fmt: skip
+    )
     return []
 
 
@@ -326,9 +359,9 @@ def agents_stop(*, agent_ids: list[Any], reason: str) -> None:
 
 def project_edges(*, project_id: int) -> dict[int, list[int]]:
     edges: dict[int, list[int]] = {
-        task_id: [] for task_id in Task.objects.filter(project_id=project_id)
-        .values_list("id", flat=True)
-    }  # fmt: skip
+        task_id: []
+        for task_id in Task.objects.filter(project_id=project_id).values_list("id", flat=True)
+    }
     for task_id, dep_id in Edge.objects.filter(from_task__project_id=project_id).values_list(
         "from_task_id", "to_task_id"
     ):
@@ -353,17 +386,22 @@ def project_settle(*, project_id: int) -> bool:
             id=project_id, state__in=[*_DISPATCHING, ProjectState.PAUSED]
         ).update(
             state=ProjectState.FAILED if failed else ProjectState.SUCCEEDED,
-            finished_at=timezone.now(), wake_at=None,
+            finished_at=timezone.now(),
+            wake_at=None,
             webhook_state=WebhookState.PENDING if project.webhook_url else WebhookState.NONE,
-        )  # fmt: skip
+        )
         if won and project.webhook_url:
             transaction.on_commit(lambda: webhook_enqueue(project_id=project_id))
     return bool(won)
 
 
 def webhook_enqueue(*, project_id: int) -> None:
-    async_task("taskqueue.tasks.project_webhook_deliver", project_id, group="projects",
-               task_name=f"project-webhook-{project_id}")  # fmt: skip
+    async_task(
+        "taskqueue.tasks.project_webhook_deliver",
+        project_id,
+        group="projects",
+        task_name=f"project-webhook-{project_id}",
+    )
 
 
 # --- waking up for backoffs and not-before times ------------------------------
@@ -379,10 +417,12 @@ def project_wake_plan(*, project_id: int) -> datetime | None:
     second waker from being queued for a time already covered.
     """
     now = timezone.now()
-    times = [max(filter(None, pair)) for pair in
-             Task.objects.filter(project_id=project_id, state=TaskState.READY)
-             .filter(Q(retry_at__gt=now) | Q(not_before__gt=now))
-             .values_list("retry_at", "not_before")]  # fmt: skip
+    times = [
+        max(filter(None, pair))
+        for pair in Task.objects.filter(project_id=project_id, state=TaskState.READY)
+        .filter(Q(retry_at__gt=now) | Q(not_before__gt=now))
+        .values_list("retry_at", "not_before")
+    ]
     if not times:
         return None
     wake = min(times)
@@ -394,8 +434,13 @@ def project_wake_plan(*, project_id: int) -> datetime | None:
         .filter(Q(wake_at__isnull=True) | Q(wake_at__gt=wake) | Q(wake_at__lt=stale))
         .update(wake_at=wake)
     ):
-        async_task("taskqueue.tasks.project_wake", project_id, wake.isoformat(),
-                   group="projects", task_name=f"project-wake-{project_id}")  # fmt: skip
+        async_task(
+            "taskqueue.tasks.project_wake",
+            project_id,
+            wake.isoformat(),
+            group="projects",
+            task_name=f"project-wake-{project_id}",
+        )
         return wake
     return None
 
@@ -419,8 +464,9 @@ def projects_tick() -> dict[str, Any]:
     for project_id in dispatched:
         project_dispatch(project_id=project_id)
     due = Q(webhook_next_at__isnull=True) | Q(webhook_next_at__lte=timezone.now())
-    webhooks = list(Project.objects.filter(due, webhook_state=WebhookState.PENDING)
-                    .values_list("id", flat=True))  # fmt: skip
+    webhooks = list(
+        Project.objects.filter(due, webhook_state=WebhookState.PENDING).values_list("id", flat=True)
+    )
     for project_id in webhooks:
         webhook_enqueue(project_id=project_id)
     return {"recovered": recovered, "dispatched": dispatched, "webhooks": webhooks}
@@ -429,14 +475,15 @@ def projects_tick() -> dict[str, Any]:
 def attempts_recover() -> list[str]:
     """Attempts whose agent ended unnoticed, and claims whose preparer died, are settled."""
     recovered = []
-    for attempt in (TaskAttempt.objects.filter(state=AttemptState.STARTED,
-                                               agent__state__in=["completed", "failed", "killed"])
-                    .select_related("task")):  # fmt: skip
+    for attempt in TaskAttempt.objects.filter(
+        state=AttemptState.STARTED, agent__state__in=["completed", "failed", "killed"]
+    ).select_related("task"):
         task_agent_finished(agent_id=str(attempt.agent_id))
         recovered.append(f"{attempt.task.project_id}/{attempt.task.key}#{attempt.number}")
     cutoff = timezone.now() - timedelta(seconds=settings.FLOTILLA_PROJECT_PREPARE_TIMEOUT_S)
-    for attempt in (TaskAttempt.objects.filter(state=AttemptState.PREPARING, created_at__lt=cutoff)
-                    .select_related("task")):  # fmt: skip
+    for attempt in TaskAttempt.objects.filter(
+        state=AttemptState.PREPARING, created_at__lt=cutoff
+    ).select_related("task"):
         _attempt_defer(attempt, reason="its dispatcher stopped while preparing it")
         recovered.append(f"{attempt.task.project_id}/{attempt.task.key}#{attempt.number}")
     return recovered

@@ -28,8 +28,10 @@ def graph_validate(
 ) -> dict[str, list[str]]:
     """The dependency map of a valid project, or ``ProjectInvalid`` naming every problem."""
     if not keys:
-        raise ProjectInvalid("A project needs at least one task.",
-                             fields={"tasks": ["a project needs at least one task"]})  # fmt: skip
+        raise ProjectInvalid(
+            "A project needs at least one task.",
+            fields={"tasks": ["a project needs at least one task"]},
+        )
     if len(keys) > max_tasks:
         message = f"a project has at most {max_tasks} tasks; this one has {len(keys)}"
         raise ProjectInvalid("The project is too large.", fields={"tasks": [message]})
@@ -58,8 +60,10 @@ def graph_validate(
     cycle = graph_find_cycle(edges)
     if cycle:
         named = " → ".join(cycle)
-        raise ProjectInvalid(f"The tasks form a dependency cycle: {named}.",
-                             fields={"tasks": [f"dependency cycle: {named}"]})  # fmt: skip
+        raise ProjectInvalid(
+            f"The tasks form a dependency cycle: {named}.",
+            fields={"tasks": [f"dependency cycle: {named}"]},
+        )
     return edges
 
 

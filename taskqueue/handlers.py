@@ -17,10 +17,15 @@ def on_agent_finished(sender: Any, agent_id: str, state: str, **kwargs: Any) -> 
     """
     try:
         if TaskAttempt.objects.filter(agent_id=agent_id).exists():
-            async_task("taskqueue.tasks.task_agent_finished", agent_id, group="projects",
-                       task_name=f"project-agent-finished-{agent_id}")  # fmt: skip
-        elif Task.objects.filter(state=TaskState.READY,
-                                 project__state=ProjectState.RUNNING).exists():  # fmt: skip
+            async_task(
+                "taskqueue.tasks.task_agent_finished",
+                agent_id,
+                group="projects",
+                task_name=f"project-agent-finished-{agent_id}",
+            )
+        elif Task.objects.filter(
+            state=TaskState.READY, project__state=ProjectState.RUNNING
+        ).exists():
             async_task("taskqueue.tasks.projects_dispatch_waiting", group="projects")
     except Exception:
         # The agent's own transition has committed; the periodic tick catches up.

@@ -60,9 +60,14 @@ def project_plan(*, goal: str, repository: str, branch: str = "main") -> dict[st
     messages: list[dict[str, Any]] = [{"role": "user", "content": _prompt(goal, repository)}]
     for _ in range(2):
         reply = _ask(messages)
-        tool_use = next((block for block in reply.get("content", [])
-                         if block.get("type") == "tool_use"
-                         and block.get("name") == "submit_plan"), None)  # fmt: skip
+        tool_use = next(
+            (
+                block
+                for block in reply.get("content", [])
+                if block.get("type") == "tool_use" and block.get("name") == "submit_plan"
+            ),
+            None,
+        )
         if tool_use is None:
             raise PlannerFailed("the planner did not submit a plan")
         proposal = _proposal(tool_use.get("input") or {}, repository, branch)
@@ -71,11 +76,19 @@ def project_plan(*, goal: str, repository: str, branch: str = "main") -> dict[st
             return proposal
         messages += [
             {"role": "assistant", "content": reply["content"]},
-            {"role": "user", "content": [{
-                "type": "tool_result", "tool_use_id": tool_use["id"], "is_error": True,
-                "content": "The plan is not valid; fix these and call submit_plan again:\n"
-                           + json.dumps(problems, indent=1, ensure_ascii=False)}]},
-        ]  # fmt: skip
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": tool_use["id"],
+                        "is_error": True,
+                        "content": "The plan is not valid; fix these and call submit_plan again:\n"
+                        + json.dumps(problems, indent=1, ensure_ascii=False),
+                    }
+                ],
+            },
+        ]
     raise PlannerFailed("the planner's proposal is not a valid project", fields=problems)
 
 
@@ -107,8 +120,7 @@ def _ask(messages: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _prompt(goal: str, repository: str) -> str:
     limit = settings.FLOTILLA_PLANNER_MAX_TASKS
-    return (f"<goal>\n{goal}\n</goal>\n\nRepository: {repository}\n"
-            f"Plan at most {limit} tasks.")  # fmt: skip
+    return f"<goal>\n{goal}\n</goal>\n\nRepository: {repository}\nPlan at most {limit} tasks."
 
 
 def _proposal(plan: dict[str, Any], repository: str, branch: str) -> dict[str, Any]:
@@ -116,13 +128,19 @@ def _proposal(plan: dict[str, Any], repository: str, branch: str) -> dict[str, A
     for task in plan.get("tasks") or []:
         if not isinstance(task, dict):
             continue
-        tasks.append({
-            "key": task.get("key", ""), "title": str(task.get("title", ""))[:200],
-            "instructions": task.get("instructions", ""),
-            "agent_type": task.get("agent_type", "worker"), "runtime": "claude",
-            "repository": repository, "branch": branch,
-            "depends_on": task.get("depends_on") or [], "priority": task.get("priority", 5),
-        })  # fmt: skip
+        tasks.append(
+            {
+                "key": task.get("key", ""),
+                "title": str(task.get("title", ""))[:200],
+                "instructions": task.get("instructions", ""),
+                "agent_type": task.get("agent_type", "worker"),
+                "runtime": "claude",
+                "repository": repository,
+                "branch": branch,
+                "depends_on": task.get("depends_on") or [],
+                "priority": task.get("priority", 5),
+            }
+        )
     return {
         "name": str(plan.get("name") or "planned project")[:200],
         "mode": "dag",

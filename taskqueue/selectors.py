@@ -32,8 +32,11 @@ def project_tasks(*, project_id: Any) -> list[Task]:
     ).values_list("from_task_id", "to_task_id"):
         deps[task_id].append(keys[dep_id])
     last: dict[int, TaskAttempt] = {}
-    for attempt in (TaskAttempt.objects.filter(task__project_id=project_id)
-                    .select_related("agent").order_by("task_id", "number")):  # fmt: skip
+    for attempt in (
+        TaskAttempt.objects.filter(task__project_id=project_id)
+        .select_related("agent")
+        .order_by("task_id", "number")
+    ):
         last[attempt.task_id] = attempt
     for task in tasks:
         task.dependency_keys = deps[task.id]  # type: ignore[attr-defined]
@@ -42,16 +45,24 @@ def project_tasks(*, project_id: Any) -> list[Task]:
 
 
 def project_progress(*, project_id: Any) -> dict[str, Any]:
-    counts = Counter(dict(Task.objects.filter(project_id=project_id).values_list("state")
-                          .annotate(n=Count("id")).values_list("state", "n")))  # fmt: skip
+    counts = Counter(
+        dict(
+            Task.objects.filter(project_id=project_id)
+            .values_list("state")
+            .annotate(n=Count("id"))
+            .values_list("state", "n")
+        )
+    )
     return progress_of(counts)
 
 
 def progress_of(counts: Counter) -> dict[str, Any]:
     """``{total, finished, percent, states}`` from the number of tasks in each state."""
     total = sum(counts.values())
-    done = sum(counts[state] for state in (TaskState.SUCCEEDED, TaskState.FAILED,
-                                           TaskState.CANCELLED, TaskState.SKIPPED))  # fmt: skip
+    done = sum(
+        counts[state]
+        for state in (TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED, TaskState.SKIPPED)
+    )
     return {
         "total": total,
         "finished": done,
@@ -61,8 +72,11 @@ def progress_of(counts: Counter) -> dict[str, Any]:
 
 
 def project_attempts(*, project_id: Any) -> QuerySet[TaskAttempt]:
-    return (TaskAttempt.objects.filter(task__project_id=project_id)
-            .select_related("task", "agent").order_by("task_id", "number"))  # fmt: skip
+    return (
+        TaskAttempt.objects.filter(task__project_id=project_id)
+        .select_related("task", "agent")
+        .order_by("task_id", "number")
+    )
 
 
 def task_result(task: Task) -> dict[str, Any]:
@@ -107,8 +121,12 @@ def project_may_control(*, project: Project, user: Any) -> bool:
 def projects_progress(*, project_ids: Collection[int]) -> dict[int, dict[str, Any]]:
     """``project_progress`` of many projects in one query."""
     counts: dict[int, Counter] = {project_id: Counter() for project_id in project_ids}
-    rows = (Task.objects.filter(project_id__in=list(counts)).order_by()
-            .values("project_id", "state").annotate(n=Count("id")))  # fmt: skip
+    rows = (
+        Task.objects.filter(project_id__in=list(counts))
+        .order_by()
+        .values("project_id", "state")
+        .annotate(n=Count("id"))
+    )
     for row in rows:
         counts[row["project_id"]][row["state"]] = row["n"]
     return {project_id: progress_of(tally) for project_id, tally in counts.items()}

@@ -14,8 +14,10 @@ BRANCH = r"^(?!/|.*(?:\.\.|//|@\{|\.lock$|/$))[A-Za-z0-9._/-]+$"
 
 
 class TaskInputSerializer(serializers.Serializer):
-    key = serializers.RegexField(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$", error_messages={
-        "invalid": "1-64 letters, digits, _ or -, starting with a letter or digit"})  # fmt: skip
+    key = serializers.RegexField(
+        r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$",
+        error_messages={"invalid": "1-64 letters, digits, _ or -, starting with a letter or digit"},
+    )
     title = serializers.CharField(max_length=200, default="", allow_blank=True)
     instructions = serializers.CharField(max_length=100_000, default="", allow_blank=True)
     agent_type = serializers.ChoiceField(choices=AGENT_TYPES, default="worker")
@@ -23,8 +25,9 @@ class TaskInputSerializer(serializers.Serializer):
     script = serializers.CharField(max_length=100_000, default="", allow_blank=True)
     repository = serializers.CharField(max_length=1000, default="", allow_blank=True)
     branch = serializers.RegexField(BRANCH, max_length=250, default="main")
-    depends_on = serializers.ListField(child=serializers.CharField(max_length=64), default=list,
-                                       max_length=1000)  # fmt: skip
+    depends_on = serializers.ListField(
+        child=serializers.CharField(max_length=64), default=list, max_length=1000
+    )
     priority = serializers.IntegerField(min_value=1, max_value=10, default=5)
     max_retries = serializers.IntegerField(min_value=0, max_value=20, default=0)
     backoff_base_s = serializers.FloatField(min_value=0, max_value=86400, default=10.0)

@@ -77,11 +77,15 @@ def project_create(*, spec: ProjectSpec, created_by: str) -> Project:
     secret = spec.webhook_secret or (secrets.token_urlsafe(32) if spec.webhook_url else "")
     with transaction.atomic():
         project = Project.objects.create(
-            name=spec.name, mode=spec.mode, failure_policy=spec.failure_policy,
-            max_parallel=spec.max_parallel, webhook_url=spec.webhook_url,
-            webhook_secret=secret, created_by=created_by,
+            name=spec.name,
+            mode=spec.mode,
+            failure_policy=spec.failure_policy,
+            max_parallel=spec.max_parallel,
+            webhook_url=spec.webhook_url,
+            webhook_secret=secret,
+            created_by=created_by,
             state=ProjectState.PAUSED if spec.paused else ProjectState.PENDING,
-        )  # fmt: skip
+        )
         tasks = Task.objects.bulk_create(
             [_task_row(project, task) for task in spec.tasks], batch_size=1000
         )
@@ -89,27 +93,41 @@ def project_create(*, spec: ProjectSpec, created_by: str) -> Project:
         if any(task.id is None for task in tasks):  # backends without RETURNING
             ids = dict(Task.objects.filter(project=project).values_list("key", "id"))
         Task.depends_on.through.objects.bulk_create(
-            [Task.depends_on.through(from_task_id=ids[key], to_task_id=ids[dep])
-             for key, deps in edges.items() for dep in deps],
+            [
+                Task.depends_on.through(from_task_id=ids[key], to_task_id=ids[dep])
+                for key, deps in edges.items()
+                for dep in deps
+            ],
             batch_size=2000,
-        )  # fmt: skip
+        )
         summary = {"name": spec.name, "tasks": len(spec.tasks), "mode": spec.mode}
-        audit_record(actor=created_by, action="project.create", target=f"project:{project.id}",
-                     data=summary)  # fmt: skip
+        audit_record(
+            actor=created_by, action="project.create", target=f"project:{project.id}", data=summary
+        )
         transaction.on_commit(lambda: dispatcher.project_dispatch_enqueue(project_id=project.id))
     return project
 
 
 def _task_row(project: Project, task: TaskSpec) -> Task:
     return Task(
-        project=project, key=task.key, title=task.title or task.key,
-        instructions=task.instructions, agent_type=task.agent_type, runtime=task.runtime,
-        script=task.script, repository=task.repository, branch=task.branch,
-        priority=task.priority, max_retries=task.max_retries,
-        backoff_base_s=task.backoff_base_s, backoff_cap_s=task.backoff_cap_s,
-        backoff_jitter=task.backoff_jitter, timeout_s=task.timeout_s,
-        not_before=task.not_before, gate_profile=task.gate_profile,
-    )  # fmt: skip
+        project=project,
+        key=task.key,
+        title=task.title or task.key,
+        instructions=task.instructions,
+        agent_type=task.agent_type,
+        runtime=task.runtime,
+        script=task.script,
+        repository=task.repository,
+        branch=task.branch,
+        priority=task.priority,
+        max_retries=task.max_retries,
+        backoff_base_s=task.backoff_base_s,
+        backoff_cap_s=task.backoff_cap_s,
+        backoff_jitter=task.backoff_jitter,
+        timeout_s=task.timeout_s,
+        not_before=task.not_before,
+        gate_profile=task.gate_profile,
+    )
 
 
 def project_cancel(*, project_id: int, actor: str, reason: str = "") -> Project:
@@ -122,12 +140,19 @@ def project_cancel(*, project_id: int, actor: str, reason: str = "") -> Project:
                 f"project {project_id} is {project.state}; nothing to cancel"
             )
         Project.objects.filter(id=project_id).update(
-            state=ProjectState.CANCELLED, finished_at=timezone.now(), error=reason,
+            state=ProjectState.CANCELLED,
+            finished_at=timezone.now(),
+            error=reason,
             webhook_state=WebhookState.PENDING if project.webhook_url else WebhookState.NONE,
-        )  # fmt: skip
+        )
         agent_ids = dispatcher.tasks_cancel(project_id=project_id, reason=reason)
-        audit_record(actor=actor, action="project.cancel", target=f"project:{project_id}",
-                     reason=reason, data={"agents": [str(i) for i in agent_ids]})  # fmt: skip
+        audit_record(
+            actor=actor,
+            action="project.cancel",
+            target=f"project:{project_id}",
+            reason=reason,
+            data={"agents": [str(i) for i in agent_ids]},
+        )
         if project.webhook_url:
             transaction.on_commit(lambda: dispatcher.webhook_enqueue(project_id=project_id))
     dispatcher.agents_stop(agent_ids=agent_ids, reason=reason)
@@ -180,20 +205,33 @@ def task_retry(*, project_id: int, key: str, actor: str) -> Task:
             state=TaskState.PENDING, failures=0, retry_at=None, error="", finished_at=None
         )
         if not reopened:
-            raise ProjectStateConflict(f"task {key!r} is {task.state}; only a failed, "
-                                       "cancelled or skipped task can be retried")  # fmt: skip
-        below = graph_descendants(edges=dispatcher.project_edges(project_id=project_id),
-                                  roots={task.id})  # fmt: skip
+            raise ProjectStateConflict(
+                f"task {key!r} is {task.state}; only a failed, "
+                "cancelled or skipped task can be retried"
+            )
+        below = graph_descendants(
+            edges=dispatcher.project_edges(project_id=project_id), roots={task.id}
+        )
         Task.objects.filter(id__in=below, state__in=_RETRYABLE).update(
             state=TaskState.PENDING, failures=0, retry_at=None, error="", finished_at=None
         )
-        Project.objects.filter(id=project_id, state__in=[ProjectState.FAILED,
-                                                          ProjectState.SUCCEEDED]).update(
-            state=ProjectState.RUNNING, finished_at=None, error="", webhook_state=WebhookState.NONE,
-            webhook_attempts=0, webhook_next_at=None, webhook_error="",
-        )  # fmt: skip
-        audit_record(actor=actor, action="task.retry", target=f"project:{project_id}/{key}",
-                     data={"reopened_dependents": len(below)})  # fmt: skip
+        Project.objects.filter(
+            id=project_id, state__in=[ProjectState.FAILED, ProjectState.SUCCEEDED]
+        ).update(
+            state=ProjectState.RUNNING,
+            finished_at=None,
+            error="",
+            webhook_state=WebhookState.NONE,
+            webhook_attempts=0,
+            webhook_next_at=None,
+            webhook_error="",
+        )
+        audit_record(
+            actor=actor,
+            action="task.retry",
+            target=f"project:{project_id}/{key}",
+            data={"reopened_dependents": len(below)},
+        )
         transaction.on_commit(lambda: dispatcher.project_dispatch_enqueue(project_id=project_id))
     task.refresh_from_db()
     return task

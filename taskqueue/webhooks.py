@@ -46,18 +46,19 @@ def webhook_deliver(*, project_id: int) -> bool:
     # Claiming the attempt number also leases the delivery, so the tick does
     # not queue a second one while this one is in flight.
     lease = timezone.now() + timedelta(seconds=settings.FLOTILLA_WEBHOOK_TIMEOUT_S + 30)
-    if not Project.objects.filter(id=project_id, webhook_state=WebhookState.PENDING,
-                                  webhook_attempts=project.webhook_attempts).update(
-        webhook_attempts=attempt, webhook_next_at=lease
-    ):  # fmt: skip
+    if not Project.objects.filter(
+        id=project_id, webhook_state=WebhookState.PENDING, webhook_attempts=project.webhook_attempts
+    ).update(webhook_attempts=attempt, webhook_next_at=lease):
         return False
     error = _post(project, attempt)
     now = timezone.now()
     if error is None:
         Project.objects.filter(id=project_id).update(
-            webhook_state=WebhookState.DELIVERED, webhook_delivered_at=now, webhook_error="",
+            webhook_state=WebhookState.DELIVERED,
+            webhook_delivered_at=now,
+            webhook_error="",
             webhook_next_at=None,
-        )  # fmt: skip
+        )
         return True
     if attempt >= settings.FLOTILLA_WEBHOOK_MAX_ATTEMPTS:
         Project.objects.filter(id=project_id).update(
@@ -67,24 +68,34 @@ def webhook_deliver(*, project_id: int) -> bool:
             "project %s webhook given up after %s attempts: %s", project_id, attempt, error
         )
         return False
-    delay = min(settings.FLOTILLA_WEBHOOK_BACKOFF_CAP_S,
-                settings.FLOTILLA_WEBHOOK_BACKOFF_S * 2 ** (attempt - 1))  # fmt: skip
+    delay = min(
+        settings.FLOTILLA_WEBHOOK_BACKOFF_CAP_S,
+        settings.FLOTILLA_WEBHOOK_BACKOFF_S * 2 ** (attempt - 1),
+    )
     Project.objects.filter(id=project_id).update(
         webhook_error=error, webhook_next_at=now + timedelta(seconds=delay)
     )
     if delay <= settings.FLOTILLA_PROJECT_WAKE_HORIZON_S:
         time.sleep(delay)
-        async_task("taskqueue.tasks.project_webhook_deliver", project_id, group="projects",
-                   task_name=f"project-webhook-{project_id}")  # fmt: skip
+        async_task(
+            "taskqueue.tasks.project_webhook_deliver",
+            project_id,
+            group="projects",
+            task_name=f"project-webhook-{project_id}",
+        )
     return False
 
 
 def _post(project: Project, attempt: int) -> str | None:
     body = json.dumps(
-        {"event": "project.finished", "delivery": f"{project.id}-{attempt}",
-         "project": project_result(project_id=project.id)},
-        cls=DjangoJSONEncoder, separators=(",", ":"),
-    ).encode()  # fmt: skip
+        {
+            "event": "project.finished",
+            "delivery": f"{project.id}-{attempt}",
+            "project": project_result(project_id=project.id),
+        },
+        cls=DjangoJSONEncoder,
+        separators=(",", ":"),
+    ).encode()
     timestamp = str(int(time.time()))
     headers = {
         "Content-Type": "application/json",
@@ -94,12 +105,16 @@ def _post(project: Project, attempt: int) -> str | None:
         TIMESTAMP_HEADER: timestamp,
         SIGNATURE_HEADER: webhook_signature(
             secret=project.webhook_secret, timestamp=timestamp, body=body
-        ),  # fmt: skip
+        ),
     }
     try:
-        response = requests.post(project.webhook_url, data=body, headers=headers,
-                                 timeout=settings.FLOTILLA_WEBHOOK_TIMEOUT_S,
-                                 allow_redirects=False)  # fmt: skip
+        response = requests.post(
+            project.webhook_url,
+            data=body,
+            headers=headers,
+            timeout=settings.FLOTILLA_WEBHOOK_TIMEOUT_S,
+            allow_redirects=False,
+        )
     except requests.RequestException as error:
         return f"attempt {attempt}: {type(error).__name__}: {error}"[:1000]
     if 200 <= response.status_code < 300:

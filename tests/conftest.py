@@ -18,10 +18,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def git(cwd: Path, *args: str) -> str:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "Test", "GIT_AUTHOR_EMAIL": "test@example.com",
-           "GIT_COMMITTER_NAME": "Test", "GIT_COMMITTER_EMAIL": "test@example.com"}  # fmt: skip
-    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True,
-                          text=True).stdout.strip()  # fmt: skip
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "Test",
+        "GIT_AUTHOR_EMAIL": "test@example.com",
+        "GIT_COMMITTER_NAME": "Test",
+        "GIT_COMMITTER_EMAIL": "test@example.com",
+    }
+    return subprocess.run(
+        ["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
 def make_remote(tmp_path: Path, files: dict[str, str] | None = None, name: str = "remote") -> Path:
@@ -52,8 +58,9 @@ def user(db):
 
 @pytest.fixture
 def staff_user(db):
-    return get_user_model().objects.create_user("admin", password="admin-password",
-                                                is_staff=True, is_superuser=True)  # fmt: skip
+    return get_user_model().objects.create_user(
+        "admin", password="admin-password", is_staff=True, is_superuser=True
+    )
 
 
 @pytest.fixture
@@ -98,13 +105,17 @@ def wait_for_state(agent_id, states, timeout: float = 30.0) -> Agent:
 def subprocess_env() -> dict[str, str]:
     """The environment that points a child process at the test database."""
     db = settings.DATABASES["default"]
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "orchestrator_site.settings",
-           "DATA_DIR": str(settings.DATA_DIR)}  # fmt: skip
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "orchestrator_site.settings",
+        "DATA_DIR": str(settings.DATA_DIR),
+    }
     if db["ENGINE"].endswith("sqlite3"):
         env["DATABASE_URL"] = f"sqlite:///{db['NAME']}"
     else:
-        env["DATABASE_URL"] = (f"postgres://{db['USER']}@{db['HOST']}:{db['PORT'] or 5432}"
-                               f"/{db['NAME']}")  # fmt: skip
+        env["DATABASE_URL"] = (
+            f"postgres://{db['USER']}@{db['HOST']}:{db['PORT'] or 5432}/{db['NAME']}"
+        )
     return env
 
 
@@ -124,16 +135,29 @@ def hub_messages_server():
 @pytest.fixture(scope="session")
 def worker_cluster(django_db_setup, django_db_blocker, hub_messages_server):
     """A real django-q2 cluster (``manage.py qcluster``) on the test database."""
-    env = {**subprocess_env(), "FLOTILLA_WORKERS": "12", "FLOTILLA_DEFAULT_TIMEOUT_S": "60",
-           "DJANGO_SETTINGS_MODULE": "orchestrator_site.settings_test",
-           "ANTHROPIC_BASE_URL": hub_messages_server.url, "ANTHROPIC_API_KEY": HUB_ANTHROPIC_KEY,
-           "ANTHROPIC_MAX_RETRIES": "2"}  # fmt: skip
-    log = open(Path(settings.DATA_DIR) / "qcluster.log", "wb")
-    process = subprocess.Popen([sys.executable, "manage.py", "qcluster"], cwd=ROOT, env=env,
-                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    env = {
+        **subprocess_env(),
+        "FLOTILLA_WORKERS": "12",
+        "FLOTILLA_DEFAULT_TIMEOUT_S": "60",
+        "DJANGO_SETTINGS_MODULE": "orchestrator_site.settings_test",
+        "ANTHROPIC_BASE_URL": hub_messages_server.url,
+        "ANTHROPIC_API_KEY": HUB_ANTHROPIC_KEY,
+        "ANTHROPIC_MAX_RETRIES": "2",
+    }
+    log = open(Path(settings.DATA_DIR) / "qcluster.log", "wb")  # noqa: SIM115 - open for the session
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", "qcluster"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     time.sleep(0.5)
     if process.poll() is not None:
-        raise RuntimeError(f"qcluster exited: {(Path(settings.DATA_DIR) / 'qcluster.log').read_text()}")
+        raise RuntimeError(
+            f"qcluster exited: {(Path(settings.DATA_DIR) / 'qcluster.log').read_text()}"
+        )
     yield process
     os.killpg(process.pid, signal.SIGTERM)
     try:
@@ -194,7 +218,7 @@ def pytest_collection_modifyitems(config, items) -> None:
 
 @pytest.fixture(scope="session")
 def sandbox_toolchain():
-    """The gate toolchain (ruff, pytest, coverage) that bwrap sandboxes run; built once if missing."""
+    """The gate toolchain (ruff, pytest, coverage) bwrap sandboxes run; built once if missing."""
     from gates.toolchain import toolchain_ensure
 
     return toolchain_ensure().path

@@ -137,8 +137,9 @@ def conversation(*turns: Reply | Callable[[dict], Reply]) -> Callable[[dict], Re
 def tool_results(body: dict) -> list[dict[str, Any]]:
     """The tool_result blocks of the last user message of a request body."""
     content = body["messages"][-1]["content"]
-    return [block for block in content if isinstance(block, dict)
-            and block.get("type") == "tool_result"]  # fmt: skip
+    return [
+        block for block in content if isinstance(block, dict) and block.get("type") == "tool_result"
+    ]
 
 
 def raw_reply(

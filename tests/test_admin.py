@@ -17,12 +17,16 @@ def admin_client(staff_user) -> Client:
 def test_the_kill_selected_agents_action_kills_through_the_kill_switch(
     hub, api, staff_user, remote_repo
 ):
-    agent_id = api.post("/api/v1/agents", spawn_body(remote_repo, "echo started; sleep 60"),
-                        format="json").json()["agent_id"]  # fmt: skip
+    agent_id = api.post(
+        "/api/v1/agents", spawn_body(remote_repo, "echo started; sleep 60"), format="json"
+    ).json()["agent_id"]
     wait_until_output(agent_id, "started")
 
-    response = admin_client(staff_user).post("/admin/agents/agent/", {
-        "action": "kill_selected_agents", "_selected_action": [agent_id]}, follow=True)  # fmt: skip
+    response = admin_client(staff_user).post(
+        "/admin/agents/agent/",
+        {"action": "kill_selected_agents", "_selected_action": [agent_id]},
+        follow=True,
+    )
 
     assert response.status_code == 200
     assert b"Killed 1 of 1 agents." in response.content

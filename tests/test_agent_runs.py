@@ -7,8 +7,9 @@ from tests.conftest import git, spawn_body, wait_for_state
 
 
 def test_script_agent_that_writes_a_file_completes_and_pushes_its_branch(hub, api, remote_repo):
-    response = api.post("/api/v1/agents", spawn_body(remote_repo, "echo 'hello' > hello.txt"),
-                        format="json")  # fmt: skip
+    response = api.post(
+        "/api/v1/agents", spawn_body(remote_repo, "echo 'hello' > hello.txt"), format="json"
+    )
     assert response.status_code == 202, response.content
     agent_id = response.json()["agent_id"]
     assert response.json()["state"] == "queued"
@@ -26,8 +27,9 @@ def test_script_agent_that_writes_a_file_completes_and_pushes_its_branch(hub, ap
 
 
 def test_every_transition_is_recorded_as_an_event_in_order(hub, api, remote_repo):
-    agent_id = api.post("/api/v1/agents", spawn_body(remote_repo, "echo out"),
-                        format="json").json()["agent_id"]  # fmt: skip
+    agent_id = api.post(
+        "/api/v1/agents", spawn_body(remote_repo, "echo out"), format="json"
+    ).json()["agent_id"]
     wait_for_state(agent_id, AgentState.COMPLETED)
 
     events = api.get(f"/api/v1/agents/{agent_id}/events").json()["events"]
@@ -39,8 +41,9 @@ def test_every_transition_is_recorded_as_an_event_in_order(hub, api, remote_repo
 
 
 def test_events_after_an_id_return_only_newer_events(hub, api, remote_repo):
-    agent_id = api.post("/api/v1/agents", spawn_body(remote_repo, "true"),
-                        format="json").json()["agent_id"]  # fmt: skip
+    agent_id = api.post("/api/v1/agents", spawn_body(remote_repo, "true"), format="json").json()[
+        "agent_id"
+    ]
     wait_for_state(agent_id, AgentState.COMPLETED)
     all_events = api.get(f"/api/v1/agents/{agent_id}/events").json()
     middle = all_events["events"][2]["id"]
@@ -54,8 +57,9 @@ def test_events_after_an_id_return_only_newer_events(hub, api, remote_repo):
 
 
 def test_script_that_changes_nothing_completes_without_pushing(hub, api, remote_repo):
-    agent_id = api.post("/api/v1/agents", spawn_body(remote_repo, "ls"),
-                        format="json").json()["agent_id"]  # fmt: skip
+    agent_id = api.post("/api/v1/agents", spawn_body(remote_repo, "ls"), format="json").json()[
+        "agent_id"
+    ]
 
     agent = wait_for_state(agent_id, AgentState.COMPLETED)
 
@@ -65,8 +69,9 @@ def test_script_that_changes_nothing_completes_without_pushing(hub, api, remote_
 
 def test_failing_script_ends_failed_with_exit_code_and_output_tail(hub, api, remote_repo):
     script = "echo 'about to fail'; echo 'broken' > partial.txt; exit 3"
-    agent_id = api.post("/api/v1/agents", spawn_body(remote_repo, script),
-                        format="json").json()["agent_id"]  # fmt: skip
+    agent_id = api.post("/api/v1/agents", spawn_body(remote_repo, script), format="json").json()[
+        "agent_id"
+    ]
 
     agent = wait_for_state(agent_id, AgentState.FAILED)
 
@@ -78,8 +83,9 @@ def test_failing_script_ends_failed_with_exit_code_and_output_tail(hub, api, rem
 
 
 def test_script_past_its_timeout_ends_failed_with_a_timeout_reason(hub, api, remote_repo):
-    agent_id = api.post("/api/v1/agents", spawn_body(remote_repo, "sleep 30", timeout_s=1),
-                        format="json").json()["agent_id"]  # fmt: skip
+    agent_id = api.post(
+        "/api/v1/agents", spawn_body(remote_repo, "sleep 30", timeout_s=1), format="json"
+    ).json()["agent_id"]
 
     agent = wait_for_state(agent_id, AgentState.FAILED, timeout=15)
 
@@ -89,8 +95,9 @@ def test_script_past_its_timeout_ends_failed_with_a_timeout_reason(hub, api, rem
 
 
 def test_unknown_base_branch_fails_the_agent_with_a_readable_reason(hub, api, remote_repo):
-    agent_id = api.post("/api/v1/agents", spawn_body(remote_repo, "true", branch="nope"),
-                        format="json").json()["agent_id"]  # fmt: skip
+    agent_id = api.post(
+        "/api/v1/agents", spawn_body(remote_repo, "true", branch="nope"), format="json"
+    ).json()["agent_id"]
 
     agent = wait_for_state(agent_id, AgentState.FAILED)
 

@@ -4,7 +4,8 @@ import json
 import uuid
 
 import pytest
-from hypothesis import HealthCheck, given, settings as hypothesis_settings
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
@@ -34,8 +35,9 @@ def test_a_drf_token_authenticates(user):
     assert APIClient(HTTP_AUTHORIZATION="Token wrong").get("/api/v1/agents").status_code == 401
 
 
-@pytest.mark.parametrize("path", ["/api/v1/agents/kill-all", "/api/v1/killswitch/halt",
-                                  "/api/v1/killswitch/release"])  # fmt: skip
+@pytest.mark.parametrize(
+    "path", ["/api/v1/agents/kill-all", "/api/v1/killswitch/halt", "/api/v1/killswitch/release"]
+)
 def test_staff_only_operations_are_refused_to_other_users_with_403(api, path):
     response = api.post(path, {"reason": "try"}, format="json")
 
@@ -50,8 +52,11 @@ def test_kill_all_and_kill_require_a_reason(api, staff_api):
 
 
 def test_unknown_agents_get_404(api):
-    for path in (f"/api/v1/agents/{uuid.uuid4()}", "/api/v1/agents/not-a-uuid",
-                 f"/api/v1/agents/{uuid.uuid4()}/events"):  # fmt: skip
+    for path in (
+        f"/api/v1/agents/{uuid.uuid4()}",
+        "/api/v1/agents/not-a-uuid",
+        f"/api/v1/agents/{uuid.uuid4()}/events",
+    ):
         response = api.get(path)
         assert response.status_code == 404, path
         assert response.json()["error"]["code"] == "not_found"
@@ -84,8 +89,10 @@ def test_unknown_api_paths_get_a_json_404(api):
 def test_bad_spawn_bodies_get_400_with_field_errors(api, remote_repo, change, field):
     body = spawn_body(remote_repo, "true")
     if isinstance(change.get("context"), dict):
-        change["context"] = {key: str(remote_repo) if value == "REPO" else value
-                             for key, value in change["context"].items()}  # fmt: skip
+        change["context"] = {
+            key: str(remote_repo) if value == "REPO" else value
+            for key, value in change["context"].items()
+        }
     body.update(change)
 
     response = api.post("/api/v1/agents", body, format="json")
@@ -112,8 +119,10 @@ def test_malformed_json_gets_400_not_500(api):
 def test_spawns_over_the_concurrency_limit_get_429(api, remote_repo, settings):
     settings.MAX_CONCURRENT_AGENTS = 2
     for _ in range(2):
-        assert api.post("/api/v1/agents", spawn_body(remote_repo, "true"),
-                        format="json").status_code == 202  # fmt: skip
+        assert (
+            api.post("/api/v1/agents", spawn_body(remote_repo, "true"), format="json").status_code
+            == 202
+        )
 
     response = api.post("/api/v1/agents", spawn_body(remote_repo, "true"), format="json")
 
@@ -123,14 +132,29 @@ def test_spawns_over_the_concurrency_limit_get_429(api, remote_repo, settings):
 
 
 def test_an_agent_reads_with_the_documented_fields(api, remote_repo):
-    agent_id = api.post("/api/v1/agents", spawn_body(remote_repo, "true"),
-                        format="json").json()["agent_id"]  # fmt: skip
+    agent_id = api.post("/api/v1/agents", spawn_body(remote_repo, "true"), format="json").json()[
+        "agent_id"
+    ]
 
     body = api.get(f"/api/v1/agents/{agent_id}").json()
 
-    documented = {"id", "state", "progress", "agent_type", "runtime", "repository", "branch",
-                  "work_branch", "node", "origin", "error", "result", "created_at",
-                  "started_at", "finished_at"}  # fmt: skip
+    documented = {
+        "id",
+        "state",
+        "progress",
+        "agent_type",
+        "runtime",
+        "repository",
+        "branch",
+        "work_branch",
+        "node",
+        "origin",
+        "error",
+        "result",
+        "created_at",
+        "started_at",
+        "finished_at",
+    }
     assert documented <= set(body)
     assert body["state"] == "queued" and body["work_branch"] == f"flotilla/{agent_id}"
     assert body["repository"] == str(remote_repo)
@@ -156,24 +180,39 @@ def test_openapi_schema_and_docs_are_served(api):
     schema = api.get("/api/v1/schema/?format=json")
     assert schema.status_code == 200
     paths = json.loads(schema.content)["paths"]
-    assert {"/api/v1/agents", "/api/v1/agents/{agent_id}/kill", "/api/v1/agents/kill-all",
-            "/api/v1/killswitch/halt", "/api/v1/health"} <= set(paths)  # fmt: skip
+    assert {
+        "/api/v1/agents",
+        "/api/v1/agents/{agent_id}/kill",
+        "/api/v1/agents/kill-all",
+        "/api/v1/killswitch/halt",
+        "/api/v1/health",
+    } <= set(paths)
     assert api.get("/api/v1/docs/").status_code == 200
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10),
-                                                                      children, max_size=4),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
     max_leaves=12,
-)  # fmt: skip
+)
 
 
-@hypothesis_settings(max_examples=150, deadline=None,
-                     suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
-@given(body=st.dictionaries(
-    st.sampled_from(["task_id", "agent_type", "runtime", "script", "context", "options", "x"]),
-    json_values, max_size=6))  # fmt: skip
+@hypothesis_settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    body=st.dictionaries(
+        st.sampled_from(["task_id", "agent_type", "runtime", "script", "context", "options", "x"]),
+        json_values,
+        max_size=6,
+    )
+)
 def test_no_spawn_body_produces_a_500(api, body):
     response = api.post("/api/v1/agents", body, format="json")
 

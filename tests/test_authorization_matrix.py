@@ -48,31 +48,40 @@ MATRIX = [
     ("POST", "/api/v1/projects", "api/v1/projects", USER),
     ("POST", "/api/v1/projects/plan", "api/v1/projects/plan", USER),
     ("GET", f"/api/v1/projects/{PROJECT}", "api/v1/projects/<int:project_id>", USER),
-    ("GET", f"/api/v1/projects/{PROJECT}/result", "api/v1/projects/<int:project_id>/result",
-     USER),
-    ("GET", f"/api/v1/projects/{PROJECT}/artifacts",
-     "api/v1/projects/<int:project_id>/artifacts", USER),
-    ("POST", f"/api/v1/projects/{PROJECT}/cancel", "api/v1/projects/<int:project_id>/cancel",
-     USER),
+    ("GET", f"/api/v1/projects/{PROJECT}/result", "api/v1/projects/<int:project_id>/result", USER),
+    (
+        "GET",
+        f"/api/v1/projects/{PROJECT}/artifacts",
+        "api/v1/projects/<int:project_id>/artifacts",
+        USER,
+    ),
+    ("POST", f"/api/v1/projects/{PROJECT}/cancel", "api/v1/projects/<int:project_id>/cancel", USER),
     ("POST", f"/api/v1/projects/{PROJECT}/pause", "api/v1/projects/<int:project_id>/pause", USER),
-    ("POST", f"/api/v1/projects/{PROJECT}/resume", "api/v1/projects/<int:project_id>/resume",
-     USER),
-    ("POST", f"/api/v1/projects/{PROJECT}/tasks/k/retry",
-     "api/v1/projects/<int:project_id>/tasks/<str:key>/retry", USER),
+    ("POST", f"/api/v1/projects/{PROJECT}/resume", "api/v1/projects/<int:project_id>/resume", USER),
+    (
+        "POST",
+        f"/api/v1/projects/{PROJECT}/tasks/k/retry",
+        "api/v1/projects/<int:project_id>/tasks/<str:key>/retry",
+        USER,
+    ),
     ("GET", "/api/v1/peers", "api/v1/peers", STAFF),
     ("POST", "/api/v1/peers/connect", "api/v1/peers/connect", STAFF),
     ("POST", f"/api/v1/peers/{PEER_ID}/agents", "api/v1/peers/<uuid:peer_id>/agents", USER),
     ("POST", f"/api/v1/peers/{PEER_ID}/accept", "api/v1/peers/<uuid:peer_id>/accept", STAFF),
     ("POST", f"/api/v1/peers/{PEER_ID}/reject", "api/v1/peers/<uuid:peer_id>/reject", STAFF),
     ("POST", f"/api/v1/peers/{PEER_ID}/suspend", "api/v1/peers/<uuid:peer_id>/suspend", STAFF),
-    ("POST", f"/api/v1/peers/{PEER_ID}/disconnect", "api/v1/peers/<uuid:peer_id>/disconnect",
-     STAFF),
+    (
+        "POST",
+        f"/api/v1/peers/{PEER_ID}/disconnect",
+        "api/v1/peers/<uuid:peer_id>/disconnect",
+        STAFF,
+    ),
     ("GET", "/federation/v1/identity", "federation/v1/identity", ANYONE),
     ("POST", "/federation/v1/connect", "federation/v1/connect", PEER),
     ("POST", "/federation/v1/commands", "federation/v1/commands", PEER),
     ("POST", "/federation/v1/events", "federation/v1/events", PEER),
     ("GET", "/metrics", "metrics", STAFF),
-]  # fmt: skip
+]
 
 API_PREFIXES = ("api/v1/", "federation/v1/", "metrics")
 
@@ -101,10 +110,19 @@ def principals(db):
     user = User.objects.create_user("matrix-user", password="x" * 12)
     staff = User.objects.create_user("matrix-staff", password="x" * 12, is_staff=True)
     key = Ed25519PrivateKey.generate()
-    public = {"key_id": "matrix-peer#1", "alg": "ed25519", "created": None, "expires": None,
-              "public_key": signing.public_key_text(key)}  # fmt: skip
-    document = {"instance_id": "matrix-peer", "name": "matrix peer", "url": "http://127.0.0.1:9",
-                "keys": [public]}  # fmt: skip
+    public = {
+        "key_id": "matrix-peer#1",
+        "alg": "ed25519",
+        "created": None,
+        "expires": None,
+        "public_key": signing.public_key_text(key),
+    }
+    document = {
+        "instance_id": "matrix-peer",
+        "name": "matrix peer",
+        "url": "http://127.0.0.1:9",
+        "keys": [public],
+    }
     peer = peer_register_inbound(document=document, key_id="matrix-peer#1")
     Peer.objects.filter(id=peer.id).update(state=PeerState.ACTIVE, requests_per_minute=100_000)
     return {
@@ -122,11 +140,15 @@ def request_as(principal: str, principals: dict, method: str, path: str) -> int:
         headers["Authorization"] = f"Token {principals[principal]}"
     elif principal == "peer":
         key, _ = principals["peer"]
-        signed = signing.request_sign(method=method, url=f"http://testserver{path}", body=body,
-                                      key_id="matrix-peer#1", private_key=key)  # fmt: skip
+        signed = signing.request_sign(
+            method=method,
+            url=f"http://testserver{path}",
+            body=body,
+            key_id="matrix-peer#1",
+            private_key=key,
+        )
         headers.update(signed)
-    response = client.generic(method, path, body, content_type="application/json",
-                              headers=headers)  # fmt: skip
+    response = client.generic(method, path, body, content_type="application/json", headers=headers)
     return response.status_code
 
 
@@ -136,16 +158,22 @@ def _body(path: str, principals: dict) -> dict:
     if path == "/federation/v1/connect":
         return document
     if path.startswith("/federation/v1/"):
-        return {"message_id": str(uuid.uuid4()), "instance_id": "matrix-peer",
-                "command": "agent.status", "payload": {"agent_id": str(AGENT)},
-                "timestamp": "2026-01-01T00:00:00Z"}  # fmt: skip
+        return {
+            "message_id": str(uuid.uuid4()),
+            "instance_id": "matrix-peer",
+            "command": "agent.status",
+            "payload": {"agent_id": str(AGENT)},
+            "timestamp": "2026-01-01T00:00:00Z",
+        }
     return {}
 
 
-@pytest.mark.parametrize(("method", "path", "pattern", "access"), MATRIX,
-                         ids=[f"{m} {p}" for m, p, _, _ in MATRIX])  # fmt: skip
-def test_each_principal_gets_exactly_the_documented_access(principals, method, path, pattern,
-                                                           access):  # fmt: skip
+@pytest.mark.parametrize(
+    ("method", "path", "pattern", "access"), MATRIX, ids=[f"{m} {p}" for m, p, _, _ in MATRIX]
+)
+def test_each_principal_gets_exactly_the_documented_access(
+    principals, method, path, pattern, access
+):
     got = {}
     for principal in ("anonymous", "user", "staff", "peer"):
         status = request_as(principal, principals, method, path)

@@ -38,12 +38,15 @@ def spawn_claude(api, remote, *, agent_type: str = "worker", **options) -> str:
         "task_id": options.pop("task_id", "fix-mean"),
         "agent_type": agent_type,
         "runtime": "claude",
-        "context": {"repository": str(remote), "branch": "main",
-                    "instructions": "Make the test suite pass.",
-                    "work_items": ["test_stats.py::test_mean fails"],
-                    "skills": ["python"]},
+        "context": {
+            "repository": str(remote),
+            "branch": "main",
+            "instructions": "Make the test suite pass.",
+            "work_items": ["test_stats.py::test_mean fails"],
+            "skills": ["python"],
+        },
         "options": options,
-    }  # fmt: skip
+    }
     response = api.post("/api/v1/agents", body, format="json")
     assert response.status_code == 202, response.content
     return response.json()["agent_id"]
@@ -93,7 +96,7 @@ def test_a_scripted_conversation_fixes_a_failing_test_and_pushes_the_fix(
                     },
                 )
             ]
-        ),  # fmt: skip
+        ),
         tool_use_reply([("run_command", {"command": "python -m pytest -q", "timeout_s": 60})]),
         tool_use_reply([("commit", {"message": "Fix the off-by-one in mean()"})]),
         tool_use_reply([("finish", {"summary": SUMMARY})]),
@@ -125,22 +128,42 @@ def test_a_scripted_conversation_fixes_a_failing_test_and_pushes_the_fix(
     assert "test_stats.py::test_mean fails" in first["system"][0]["text"]
     assert first["tools"][-1]["cache_control"] == {"type": "ephemeral"}
     assert [tool["name"] for tool in first["tools"]] == [
-        "read_file", "write_file", "edit_file", "list_files", "search", "run_command", "commit",
+        "read_file",
+        "write_file",
+        "edit_file",
+        "list_files",
+        "search",
+        "run_command",
+        "commit",
         "finish",
-    ]  # fmt: skip
+    ]
     assert first["model"] == settings.FLOTILLA_CLAUDE_MODEL
     # The lifecycle is truthful: the commit and the finish each went through the gates.
     assert states(api, agent_id) == [
-        "queued", "spawning", "running", "gating", "running", "gating", "pushing", "completed",
-    ]  # fmt: skip
+        "queued",
+        "spawning",
+        "running",
+        "gating",
+        "running",
+        "gating",
+        "pushing",
+        "completed",
+    ]
     # Every assistant turn and tool call is in the transcript, readable through the API.
     entries = transcript(api, agent_id)
     assert [(e["role"], e.get("name")) for e in entries] == [
         ("user", None),
-        ("assistant", None), ("tool", "read_file"), ("assistant", None), ("tool", "edit_file"),
-        ("assistant", None), ("tool", "run_command"), ("assistant", None), ("tool", "commit"),
-        ("assistant", None), ("tool", "finish"),
-    ]  # fmt: skip
+        ("assistant", None),
+        ("tool", "read_file"),
+        ("assistant", None),
+        ("tool", "edit_file"),
+        ("assistant", None),
+        ("tool", "run_command"),
+        ("assistant", None),
+        ("tool", "commit"),
+        ("assistant", None),
+        ("tool", "finish"),
+    ]
     assert entries[1]["content"][0] == {"type": "text", "text": "Let me look."}
     body = api.get(f"/api/v1/agents/{agent_id}").json()
     assert body["usage"]["input_tokens"] == 50 and body["usage"]["output_tokens"] == 25
@@ -158,7 +181,7 @@ def test_a_commit_the_gates_reject_reaches_the_model_which_then_fixes_it(
         tool_use_reply([("commit", {"message": "Fix mean"})]),
         tool_use_reply(
             [("edit_file", {"path": "stats.py", "old_text": "import os\n\n\n", "new_text": ""})]
-        ),  # fmt: skip
+        ),
         tool_use_reply([("commit", {"message": "Fix mean"})]),
         tool_use_reply([("finish", {"summary": SUMMARY})]),
     )
@@ -186,7 +209,7 @@ def test_an_exhausted_budget_pauses_the_agent_and_a_raised_budget_resumes_it(
     claude_server.default = conversation(
         tool_use_reply(
             [("write_file", {"path": "stats.py", "content": FIXED_SOURCE})], usage_data=expensive
-        ),  # fmt: skip
+        ),
         tool_use_reply([("commit", {"message": "Fix mean"})]),
         tool_use_reply([("finish", {"summary": SUMMARY})]),
     )
@@ -220,8 +243,15 @@ def test_an_exhausted_budget_pauses_the_agent_and_a_raised_budget_resumes_it(
     assert git(remote, "show", f"flotilla/{agent_id}:stats.py") == FIXED_SOURCE.strip()
     assert agent.result["summary"] == SUMMARY and agent.error == ""
     assert states(api, agent_id)[2:] == [
-        "running", "paused", "running", "gating", "running", "gating", "pushing", "completed",
-    ]  # fmt: skip
+        "running",
+        "paused",
+        "running",
+        "gating",
+        "running",
+        "gating",
+        "pushing",
+        "completed",
+    ]
     assert agent.started_at == paused.started_at
     again = api.post(f"/api/v1/agents/{agent_id}/resume", {"budget_usd": "2"}, format="json")
     assert again.status_code == 409
@@ -277,7 +307,7 @@ def test_escaping_paths_and_malformed_calls_become_error_results_the_model_reads
                 ("read_file", {"path": "big.txt"}),
                 ("run_command", {"command": "env"}),
             ]
-        ),  # fmt: skip
+        ),
         tool_use_reply([("write_file", {"path": "half.py"})], stop_reason="max_tokens"),
         message_reply([{"type": "text", "text": "All done, I think."}]),
         tool_use_reply([("finish", {"summary": "nothing to change"})]),
@@ -319,8 +349,14 @@ def test_a_reviewer_gets_read_only_tools_and_rides_out_server_errors(
         tool_use_reply([("finish", {"summary": "Verdict: fine. No findings."})]),
     )
 
-    agent_id = spawn_claude(api, remote_repo, agent_type="reviewer", model="claude-haiku-4-5",
-                            max_turns=5, max_tokens=1024)  # fmt: skip
+    agent_id = spawn_claude(
+        api,
+        remote_repo,
+        agent_type="reviewer",
+        model="claude-haiku-4-5",
+        max_turns=5,
+        max_tokens=1024,
+    )
     agent = wait_for_state(agent_id, AgentState.COMPLETED, timeout=60)
 
     assert agent.result["summary"] == "Verdict: fine. No findings."
@@ -328,8 +364,12 @@ def test_a_reviewer_gets_read_only_tools_and_rides_out_server_errors(
     sent = bodies(claude_server)
     assert len(sent) == 4
     assert [tool["name"] for tool in sent[0]["tools"]] == [
-        "read_file", "list_files", "search", "run_command", "finish",
-    ]  # fmt: skip
+        "read_file",
+        "list_files",
+        "search",
+        "run_command",
+        "finish",
+    ]
     assert sent[0]["model"] == "claude-haiku-4-5" and sent[0]["max_tokens"] == 1024
     assert "no tools to write, edit or commit" in sent[0]["system"][0]["text"]
 
@@ -362,8 +402,12 @@ def test_a_turn_limit_ends_the_run_as_failed(claude_server, api, remote_repo):
 
 
 def test_spawn_refuses_a_model_without_a_price(api, remote_repo):
-    body = {"task_id": "t", "runtime": "claude", "context": {"repository": str(remote_repo)},
-            "options": {"model": "gpt-4o"}}  # fmt: skip
+    body = {
+        "task_id": "t",
+        "runtime": "claude",
+        "context": {"repository": str(remote_repo)},
+        "options": {"model": "gpt-4o"},
+    }
     response = api.post("/api/v1/agents", body, format="json")
     assert response.status_code == 400
     assert "options.model" in response.json()["error"]["fields"]
@@ -372,9 +416,16 @@ def test_spawn_refuses_a_model_without_a_price(api, remote_repo):
 def test_only_a_paused_agent_resumes(api, remote_repo):
     from agents.services import SpawnRequest, agent_spawn
 
-    agent = agent_spawn(request=SpawnRequest(task_id="t", agent_type="worker", runtime="claude",
-                                             repository=str(remote_repo), base_branch="main"),
-                        requested_by="test")  # fmt: skip
+    agent = agent_spawn(
+        request=SpawnRequest(
+            task_id="t",
+            agent_type="worker",
+            runtime="claude",
+            repository=str(remote_repo),
+            base_branch="main",
+        ),
+        requested_by="test",
+    )
     response = api.post(f"/api/v1/agents/{agent.id}/resume", {"budget_usd": "5"}, format="json")
     assert response.status_code == 409
     assert response.json()["error"]["code"] == "invalid_transition"

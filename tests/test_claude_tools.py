@@ -117,18 +117,29 @@ def test_malformed_tool_input_is_described_for_the_model(name, tool_input, probl
 def test_reviewers_get_no_tool_that_changes_the_repository():
     assert tool_names("reviewer") == ["read_file", "list_files", "search", "run_command", "finish"]
     assert tool_names("worker") == [
-        "read_file", "write_file", "edit_file", "list_files", "search", "run_command", "commit",
+        "read_file",
+        "write_file",
+        "edit_file",
+        "list_files",
+        "search",
+        "run_command",
+        "commit",
         "finish",
-    ]  # fmt: skip
+    ]
     definitions = tool_definitions("tester")
     assert definitions[-1]["cache_control"] == {"type": "ephemeral"}
     assert definitions[5]["input_schema"]["properties"].keys() == {"command", "timeout_s"}
 
 
 def test_cost_counts_input_output_and_cache_tokens_at_the_models_price():
-    usage = Usage.from_reply({"input_tokens": 1000, "output_tokens": 2000,
-                              "cache_read_input_tokens": 10_000,
-                              "cache_creation_input_tokens": 4000})  # fmt: skip
+    usage = Usage.from_reply(
+        {
+            "input_tokens": 1000,
+            "output_tokens": 2000,
+            "cache_read_input_tokens": 10_000,
+            "cache_creation_input_tokens": 4000,
+        }
+    )
     # Sonnet: $3 in, $15 out, $0.30 cache read, $3.75 cache write per million.
     assert usage.cost_usd("claude-sonnet-4-5") == Decimal("0.003") + Decimal("0.03") + Decimal(
         "0.003"
@@ -163,8 +174,13 @@ def test_a_model_call_is_abandoned_within_a_poll_when_asked_to_stop(messages_ser
     threading.Timer(0.3, stop.set).start()
     started = time.monotonic()
     with LlmSession() as session, pytest.raises(LlmCancelled):
-        session.create(should_stop=stop.is_set, poll_s=0.05, model="m", max_tokens=10,
-                       messages=[{"role": "user", "content": "hi"}])  # fmt: skip
+        session.create(
+            should_stop=stop.is_set,
+            poll_s=0.05,
+            model="m",
+            max_tokens=10,
+            messages=[{"role": "user", "content": "hi"}],
+        )
     assert time.monotonic() - started < 1.0
     deadline = time.monotonic() + 2
     while not messages_server.disconnects and time.monotonic() < deadline:
@@ -175,7 +191,11 @@ def test_a_model_call_is_abandoned_within_a_poll_when_asked_to_stop(messages_ser
 def test_a_session_reports_server_errors_after_the_sdks_retries(messages_server):
     messages_server.script(error_reply(529), error_reply(529))
     with LlmSession() as session, pytest.raises(LlmError) as caught:
-        session.create(should_stop=lambda: False, model="m", max_tokens=10,
-                       messages=[{"role": "user", "content": "hi"}])  # fmt: skip
+        session.create(
+            should_stop=lambda: False,
+            model="m",
+            max_tokens=10,
+            messages=[{"role": "user", "content": "hi"}],
+        )
     assert caught.value.reason == "the Messages API answered 529: overloaded_error: scripted 529"
     assert len(messages_server.requests) == 2  # one retry (ANTHROPIC_MAX_RETRIES=1)

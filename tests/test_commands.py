@@ -23,17 +23,27 @@ def free_port() -> int:
 
 
 def manage(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT,
-                          env=env or subprocess_env(), capture_output=True, text=True)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=env or subprocess_env(),
+        capture_output=True,
+        text=True,
+    )
 
 
 def test_runhub_serves_the_api_runs_agents_and_stops_both_processes_on_sigterm(
     transactional_db, remote_repo
 ):
     port = free_port()
-    hub = subprocess.Popen([sys.executable, "manage.py", "runhub", "--port", str(port)],
-                           cwd=ROOT, env=subprocess_env(), stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    hub = subprocess.Popen(
+        [sys.executable, "manage.py", "runhub", "--port", str(port)],
+        cwd=ROOT,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         assert f"http://127.0.0.1:{port}/" in hub.stdout.readline()
         deadline = time.monotonic() + 30
@@ -48,8 +58,9 @@ def test_runhub_serves_the_api_runs_agents_and_stops_both_processes_on_sigterm(
         spawned = manage("spawn", str(remote_repo), "echo via-runhub > out.txt")
         assert spawned.returncode == 0, spawned.stderr
         wait_for_state(spawned.stdout.strip(), AgentState.COMPLETED)
-        children = subprocess.run(["pgrep", "-P", str(hub.pid)], capture_output=True,
-                                  text=True).stdout.split()  # fmt: skip
+        children = subprocess.run(
+            ["pgrep", "-P", str(hub.pid)], capture_output=True, text=True
+        ).stdout.split()
         assert len(children) == 2
     finally:
         hub.send_signal(signal.SIGTERM)

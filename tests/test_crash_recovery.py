@@ -37,8 +37,12 @@ class HubProcesses:
 
     def __init__(self, log_dir: Path, node: str) -> None:
         self.log_dir = log_dir
-        self.env = {**subprocess_env(), "FLOTILLA_NODE_NAME": node, "FLOTILLA_WORKERS": "6",
-                    "Q_CLUSTER_NAME": f"crash-{node}"}  # fmt: skip
+        self.env = {
+            **subprocess_env(),
+            "FLOTILLA_NODE_NAME": node,
+            "FLOTILLA_WORKERS": "6",
+            "Q_CLUSTER_NAME": f"crash-{node}",
+        }
         self.port = _free_port()
         self.processes: list[subprocess.Popen] = []
 
@@ -46,8 +50,16 @@ class HubProcesses:
         return self._start("qcluster", [sys.executable, "manage.py", "qcluster"])
 
     def start_web(self) -> subprocess.Popen:
-        argv = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
-                "orchestrator_site.asgi:application"]  # fmt: skip
+        argv = [
+            sys.executable,
+            "-m",
+            "daphne",
+            "-b",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "orchestrator_site.asgi:application",
+        ]
         web = self._start("daphne", argv)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -61,8 +73,13 @@ class HubProcesses:
         raise RuntimeError(f"daphne did not start: {(self.log_dir / 'daphne.log').read_text()}")
 
     def reconcile(self) -> dict:
-        done = subprocess.run([sys.executable, "manage.py", "reconcile", "--no-schedule"],
-                              cwd=ROOT, env=self.env, capture_output=True, text=True)  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "manage.py", "reconcile", "--no-schedule"],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+        )
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout)
 
@@ -72,8 +89,14 @@ class HubProcesses:
 
     def _start(self, name: str, argv: list[str]) -> subprocess.Popen:
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 (closed with the process)
-        process = subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        process = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.processes.append(process)
         return process
 
@@ -91,12 +114,19 @@ def _free_port() -> int:
 
 
 def spawn_over_http(hub: HubProcesses, token: str, repository: Path, **options) -> str:
-    body = {"task_id": "crash", "agent_type": "worker", "runtime": "script",
-            "script": LONG_SCRIPT, "context": {"repository": str(repository), "branch": "main"},
-            "options": {"timeout_s": 600, **options}}  # fmt: skip
-    request = urllib.request.Request(f"{hub.url}/api/v1/agents", data=json.dumps(body).encode(),
-                                     headers={"Authorization": f"Token {token}",
-                                              "Content-Type": "application/json"})  # fmt: skip
+    body = {
+        "task_id": "crash",
+        "agent_type": "worker",
+        "runtime": "script",
+        "script": LONG_SCRIPT,
+        "context": {"repository": str(repository), "branch": "main"},
+        "options": {"timeout_s": 600, **options},
+    }
+    request = urllib.request.Request(
+        f"{hub.url}/api/v1/agents",
+        data=json.dumps(body).encode(),
+        headers={"Authorization": f"Token {token}", "Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
         assert response.status == 202
         return json.loads(response.read())["agent_id"]
@@ -132,10 +162,13 @@ def crashable_hub(transactional_db, tmp_path):
     "backends",
     [
         pytest.param(["bwrap"] * 5, id="bwrap"),
-        pytest.param(["bwrap", "bwrap", "bwrap", "docker", "docker"], id="bwrap+docker",
-                     marks=pytest.mark.docker),
+        pytest.param(
+            ["bwrap", "bwrap", "bwrap", "docker", "docker"],
+            id="bwrap+docker",
+            marks=pytest.mark.docker,
+        ),
     ],
-)  # fmt: skip
+)
 def test_hub_killed_mid_run_recovers_on_restart_without_leaking_anything(
     crashable_hub, remote_repo, backends
 ):
@@ -145,11 +178,16 @@ def test_hub_killed_mid_run_recovers_on_restart_without_leaking_anything(
     web = hub.start_web()
     # Agents 0 and 3 may be retried; the others may not.
     retries = {0: 1, 3: 1}
-    ids = [spawn_over_http(hub, hub.token, remote_repo, sandbox=backend,
-                           max_retries=retries.get(index, 0))
-           for index, backend in enumerate(backends)]  # fmt: skip
-    wait_until(lambda: all(Agent.objects.get(id=i).state == AgentState.RUNNING for i in ids),
-               what="every agent running")  # fmt: skip
+    ids = [
+        spawn_over_http(
+            hub, hub.token, remote_repo, sandbox=backend, max_retries=retries.get(index, 0)
+        )
+        for index, backend in enumerate(backends)
+    ]
+    wait_until(
+        lambda: all(Agent.objects.get(id=i).state == AgentState.RUNNING for i in ids),
+        what="every agent running",
+    )
     agents = {agent_id: Agent.objects.get(id=agent_id) for agent_id in ids}
     # Agent 1 has committed work that is not pushed yet (as a claude agent
     # may have mid-run): the crash must not lose it.
@@ -174,8 +212,10 @@ def test_hub_killed_mid_run_recovers_on_restart_without_leaking_anything(
     again = {ids[0], ids[3]}
     assert set(report["retried"]) == again
     assert set(report["failed"]) == set(ids) - again
-    wait_until(lambda: all(Agent.objects.get(id=i).state == AgentState.RUNNING for i in again),
-               what="the retried agents running again")  # fmt: skip
+    wait_until(
+        lambda: all(Agent.objects.get(id=i).state == AgentState.RUNNING for i in again),
+        what="the retried agents running again",
+    )
     for agent_id in set(ids) - again:
         agent = Agent.objects.get(id=agent_id)
         assert agent.state == AgentState.FAILED and agent.error == HUB_RESTARTED

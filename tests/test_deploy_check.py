@@ -19,10 +19,17 @@ PRODUCTION_ENV = {
 def manage(tmp_path, *args: str, **env: str) -> subprocess.CompletedProcess:
     ours = ("FLOTILLA_", "SECRET_KEY", "DJANGO_", "ALLOWED_HOSTS")
     environ = {key: value for key, value in os.environ.items() if not key.startswith(ours)}
-    environ.update(DJANGO_SETTINGS_MODULE="orchestrator_site.settings", DATA_DIR=str(tmp_path),
-                   **env)  # fmt: skip
-    return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=environ,
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    environ.update(
+        DJANGO_SETTINGS_MODULE="orchestrator_site.settings", DATA_DIR=str(tmp_path), **env
+    )
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_the_deploy_check_gives_no_warning_with_the_documented_production_environment(tmp_path):

@@ -32,9 +32,19 @@ def test_sandbox_image_is_built_once_and_then_left_alone():
 
         assert first.returncode == 0 and "built the sandbox image" in first.stdout
         assert second.returncode == 0 and "is up to date" in second.stdout
-        inspect = subprocess.run(["docker", "image", "inspect", image, "--format",
-                                  "{{.Config.User}} {{.Config.WorkingDir}}"],
-                                 capture_output=True, text=True, check=True)  # fmt: skip
+        inspect = subprocess.run(
+            [
+                "docker",
+                "image",
+                "inspect",
+                image,
+                "--format",
+                "{{.Config.User}} {{.Config.WorkingDir}}",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         assert inspect.stdout.split() == ["65534:65534", "/workspace"]
     finally:
         subprocess.run(["docker", "rmi", "-f", image], capture_output=True)

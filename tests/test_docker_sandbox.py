@@ -32,8 +32,10 @@ def containers_of(agent_id) -> list[str]:
     """What `docker ps -a` lists for an agent, through the real CLI."""
     listing = subprocess.run(
         ["docker", "ps", "-a", "-q", "--filter", f"label=flotilla.agent_id={agent_id}"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return listing.stdout.split()
 
 
@@ -48,8 +50,9 @@ def sandbox(tmp_path: Path):
         workspace.mkdir()
         # As in a real worktree: a .git file that the agent may read but never change.
         (workspace / ".git").write_text("gitdir: /nowhere\n")
-        spec = SandboxSpec(agent_id=f"test-{workspace.name}-{time.monotonic_ns()}",
-                           workspace=workspace, **limits)  # fmt: skip
+        spec = SandboxSpec(
+            agent_id=f"test-{workspace.name}-{time.monotonic_ns()}", workspace=workspace, **limits
+        )
         handle = backend.start(spec)
         handles.append(handle)
         return handle
@@ -65,8 +68,9 @@ def run(backend: DockerSandbox, handle: dict, command: str, timeout_s: float = 2
 
 def test_script_agent_in_docker_completes_pushes_and_leaves_no_container(hub, api, remote_repo):
     script = "echo hello > hello.txt; id -u > uid.txt"
-    response = api.post("/api/v1/agents", spawn_body(remote_repo, script, sandbox="docker"),
-                        format="json")  # fmt: skip
+    response = api.post(
+        "/api/v1/agents", spawn_body(remote_repo, script, sandbox="docker"), format="json"
+    )
     assert response.status_code == 202, response.content
     agent_id = response.json()["agent_id"]
 
@@ -81,9 +85,9 @@ def test_script_agent_in_docker_completes_pushes_and_leaves_no_container(hub, ap
 
 
 def test_killing_a_docker_agent_removes_its_container_within_a_second(hub, api, remote_repo):
-    agent_id = api.post("/api/v1/agents",
-                        spawn_body(remote_repo, "sleep 300", sandbox="docker"),
-                        format="json").json()["agent_id"]  # fmt: skip
+    agent_id = api.post(
+        "/api/v1/agents", spawn_body(remote_repo, "sleep 300", sandbox="docker"), format="json"
+    ).json()["agent_id"]
     wait_for_state(agent_id, AgentState.RUNNING)
     assert len(containers_of(agent_id)) == 1
 
@@ -101,8 +105,9 @@ def test_killing_a_docker_agent_removes_its_container_within_a_second(hub, api, 
 
 
 def test_memory_hog_in_a_docker_agent_fails_the_agent_as_out_of_memory(hub, api, remote_repo):
-    body = spawn_body(remote_repo, "head -c 400m /dev/zero | tail > /dev/null",
-                      sandbox="docker", memory_mb=64)  # fmt: skip
+    body = spawn_body(
+        remote_repo, "head -c 400m /dev/zero | tail > /dev/null", sandbox="docker", memory_mb=64
+    )
     agent_id = api.post("/api/v1/agents", body, format="json").json()["agent_id"]
 
     agent = wait_for_state(agent_id, AgentState.FAILED)
@@ -121,8 +126,11 @@ def test_commands_run_as_the_unprivileged_sandbox_user_without_capabilities(sand
     uid = str(settings.FLOTILLA_SANDBOX_UID)
     assert identity.ok, identity.output_tail
     assert identity.output_tail.splitlines() == [
-        uid, uid, "CapEff:\t0000000000000000", "NoNewPrivs:\t1"
-    ]  # fmt: skip
+        uid,
+        uid,
+        "CapEff:\t0000000000000000",
+        "NoNewPrivs:\t1",
+    ]
 
 
 def test_only_the_workspace_and_tmp_are_writable(sandbox):
@@ -212,8 +220,12 @@ def test_output_lines_stream_to_the_sink_while_the_command_runs(sandbox):
     handle = start()
     seen: list[tuple[float, list[str]]] = []
 
-    backend.exec(handle, "echo first; sleep 1; echo second", timeout_s=10,
-                 on_output=lambda lines: seen.append((time.monotonic(), lines)))  # fmt: skip
+    backend.exec(
+        handle,
+        "echo first; sleep 1; echo second",
+        timeout_s=10,
+        on_output=lambda lines: seen.append((time.monotonic(), lines)),
+    )
 
     lines = [line for _, batch in seen for line in batch]
     assert lines == ["first", "second"]

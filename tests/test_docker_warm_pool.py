@@ -52,8 +52,11 @@ def container_exists(reference: str) -> bool:
 
 def ready_containers(node: str) -> set[str]:
     """Container ids of the node's ready, unclaimed pool slots."""
-    return {record["id"] for slot in warmpool.slots(node)
-            if slot.claimant() is None and (record := slot.container())}  # fmt: skip
+    return {
+        record["id"]
+        for slot in warmpool.slots(node)
+        if slot.claimant() is None and (record := slot.container())
+    }
 
 
 def slot_mounts(node: str) -> list[Path]:
@@ -67,10 +70,14 @@ class PoolHub:
 
     def __init__(self, log_dir: Path, pool_size: int) -> None:
         self.node = f"warm-{uuid.uuid4().hex[:8]}"
-        self.env = {**subprocess_env(), "FLOTILLA_NODE_NAME": self.node,
-                    "Q_CLUSTER_NAME": self.node, "FLOTILLA_WORKERS": "4",
-                    "FLOTILLA_DOCKER_WARM_POOL": str(pool_size),
-                    "FLOTILLA_DEFAULT_TIMEOUT_S": "60"}  # fmt: skip
+        self.env = {
+            **subprocess_env(),
+            "FLOTILLA_NODE_NAME": self.node,
+            "Q_CLUSTER_NAME": self.node,
+            "FLOTILLA_WORKERS": "4",
+            "FLOTILLA_DOCKER_WARM_POOL": str(pool_size),
+            "FLOTILLA_DEFAULT_TIMEOUT_S": "60",
+        }
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
@@ -79,18 +86,40 @@ class PoolHub:
         self.token = ""
 
     def start(self) -> None:
-        daphne = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
-                  "orchestrator_site.asgi:application"]  # fmt: skip
-        for name, argv in (("qcluster", [sys.executable, "manage.py", "qcluster"]),
-                           ("daphne", daphne)):  # fmt: skip
+        daphne = [
+            sys.executable,
+            "-m",
+            "daphne",
+            "-b",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "orchestrator_site.asgi:application",
+        ]
+        for name, argv in (
+            ("qcluster", [sys.executable, "manage.py", "qcluster"]),
+            ("daphne", daphne),
+        ):
             log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 (lives with the process)
-            self.processes.append(subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=log,
-                                                   stderr=subprocess.STDOUT,
-                                                   start_new_session=True))  # fmt: skip
+            self.processes.append(
+                subprocess.Popen(
+                    argv,
+                    cwd=ROOT,
+                    env=self.env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
         assert eventually(self._answers), (self.log_dir / "daphne.log").read_text()
         # What a hub start runs: the reconciler, which asks a worker to fill the pool.
-        done = subprocess.run([sys.executable, "manage.py", "reconcile", "--no-schedule"],
-                              cwd=ROOT, env=self.env, capture_output=True, text=True)  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "manage.py", "reconcile", "--no-schedule"],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+        )
         assert done.returncode == 0, done.stderr
 
     def _answers(self) -> bool:
@@ -106,8 +135,9 @@ class PoolHub:
 
     def post(self, path: str, body: dict) -> tuple[int, dict]:
         headers = {"Authorization": f"Token {self.token}", "Content-Type": "application/json"}
-        request = urllib.request.Request(f"{self.url}/api/v1/{path}", headers=headers,
-                                         data=json.dumps(body).encode())  # fmt: skip
+        request = urllib.request.Request(
+            f"{self.url}/api/v1/{path}", headers=headers, data=json.dumps(body).encode()
+        )
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, json.loads(response.read())
 
@@ -135,8 +165,9 @@ def pool_hub(transactional_db, tmp_path):
 
 def test_the_warm_pool_is_off_by_default(hub, api, remote_repo):
     assert settings.FLOTILLA_DOCKER_WARM_POOL == 0
-    agent_id = api.post("/api/v1/agents", spawn_body(remote_repo, "echo cold", sandbox="docker"),
-                        format="json").json()["agent_id"]  # fmt: skip
+    agent_id = api.post(
+        "/api/v1/agents", spawn_body(remote_repo, "echo cold", sandbox="docker"), format="json"
+    ).json()["agent_id"]
 
     agent = wait_for_state(agent_id, AgentState.COMPLETED)
 
@@ -149,8 +180,10 @@ def test_a_spawn_claims_a_warm_container_completes_pushed_and_the_pool_refills(
 ):
     assert eventually(lambda: len(ready_containers(pool_hub.node)) == 1), "the pool never filled"
     (warm,) = ready_containers(pool_hub.node)
-    script = ("echo hello > hello.txt; id -u > uid.txt; "
-              "(echo hijack > .git) 2>/dev/null || echo protected > git.txt")  # fmt: skip
+    script = (
+        "echo hello > hello.txt; id -u > uid.txt; "
+        "(echo hijack > .git) 2>/dev/null || echo protected > git.txt"
+    )
 
     status, body = pool_hub.post("agents", spawn_body(remote_repo, script, sandbox="docker"))
     agent = wait_for_state(body["agent_id"], AgentState.COMPLETED)
@@ -216,8 +249,9 @@ def test_the_reconciler_releases_slots_claimed_by_agents_that_are_gone(pool_node
         handles.append(backend.start(SandboxSpec(agent_id=str(uuid.uuid4()), workspace=worktree)))
     assert all(handle.get("warm_slot") for handle in handles)
     # No agent row exists for either claim (its hub died); one container is even gone already.
-    subprocess.run(["docker", "rm", "-f", handles[1]["container_id"]], check=True,
-                   capture_output=True)  # fmt: skip
+    subprocess.run(
+        ["docker", "rm", "-f", handles[1]["container_id"]], check=True, capture_output=True
+    )
 
     report = agents_reconcile(node=pool_node)
 
@@ -228,8 +262,9 @@ def test_the_reconciler_releases_slots_claimed_by_agents_that_are_gone(pool_node
     assert slot_mounts(pool_node) == []
     assert f"docker:{handles[0]['agent_id']}" in report.sandboxes_removed
     assert f"docker-pool:{Path(handles[1]['warm_slot']).name}" in report.sandboxes_removed
-    assert AuditEvent.objects.filter(action="sandbox.remove",
-                                     target=f"agent:{handles[1]['agent_id']}").exists()  # fmt: skip
+    assert AuditEvent.objects.filter(
+        action="sandbox.remove", target=f"agent:{handles[1]['agent_id']}"
+    ).exists()
 
 
 def test_a_warm_slot_goes_to_exactly_one_of_many_racing_claims(pool_node):

@@ -84,8 +84,12 @@ def test_a_killed_agents_unpushed_commits_stay_on_its_branch(hub, api, remote_re
     assert not Path(agent.worktree_path).exists()
     mirror = workspace.mirror_path(agent.repository)
     assert git(mirror, "show", f"flotilla/{agent_id}:work.txt") == "precious"
-    assert workspace.branch_unpushed_commits(repository=agent.repository,
-                                             work_branch=agent.work_branch) == 1  # fmt: skip
+    assert (
+        workspace.branch_unpushed_commits(
+            repository=agent.repository, work_branch=agent.work_branch
+        )
+        == 1
+    )
     assert AuditEvent.objects.get(action="agent.kill").data["branch_kept"] is True
 
 
@@ -131,19 +135,29 @@ def test_a_kill_racing_completion_has_exactly_one_winner(transactional_db, remot
     from agents.services import SpawnRequest, agent_spawn
 
     for attempt in range(20):
-        agent = agent_spawn(request=SpawnRequest(
-            task_id=f"race-{attempt}", agent_type="worker", runtime="script", script="true",
-            repository=str(remote_repo), base_branch="main"), requested_by="test")  # fmt: skip
+        agent = agent_spawn(
+            request=SpawnRequest(
+                task_id=f"race-{attempt}",
+                agent_type="worker",
+                runtime="script",
+                script="true",
+                repository=str(remote_repo),
+                base_branch="main",
+            ),
+            requested_by="test",
+        )
         Agent.objects.filter(id=agent.id).update(state=AgentState.PUSHING)
         barrier = threading.Barrier(2)
         results = {}
 
-        def move(to: AgentState) -> None:
+        def move(to: AgentState, barrier=barrier, results=results, agent=agent) -> None:
             barrier.wait()
             results[to] = agent_transition(agent_id=agent.id, to=to, reason="race")
 
-        threads = [threading.Thread(target=move, args=(to,))
-                   for to in (AgentState.COMPLETED, AgentState.KILLED)]  # fmt: skip
+        threads = [
+            threading.Thread(target=move, args=(to,))
+            for to in (AgentState.COMPLETED, AgentState.KILLED)
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -165,8 +179,9 @@ def test_kills_racing_real_runs_end_each_agent_in_exactly_one_final_state(hub, a
 
     for agent_id in ids:
         agent = wait_for_state(agent_id, {"killed", "completed"})
-        finals = AgentEvent.objects.filter(agent_id=agent_id, kind="state",
-                                           data__to__in=["completed", "failed", "killed"])  # fmt: skip
+        finals = AgentEvent.objects.filter(
+            agent_id=agent_id, kind="state", data__to__in=["completed", "failed", "killed"]
+        )
         assert [event.data["to"] for event in finals] == [agent.state]
 
 
@@ -205,10 +220,15 @@ def test_halt_refuses_new_spawns_with_409_until_released(hub, api, staff_api, re
     assert api.get("/api/v1/health").json()["halted"] is True
 
     assert staff_api.post("/api/v1/killswitch/release", {}, format="json").status_code == 200
-    assert api.post("/api/v1/agents", spawn_body(remote_repo, "true"),
-                    format="json").status_code == 202  # fmt: skip
-    assert list(AuditEvent.objects.filter(action__startswith="hub.").values_list(
-        "action", flat=True).order_by("id")) == ["hub.halt", "hub.release"]  # fmt: skip
+    assert (
+        api.post("/api/v1/agents", spawn_body(remote_repo, "true"), format="json").status_code
+        == 202
+    )
+    assert list(
+        AuditEvent.objects.filter(action__startswith="hub.")
+        .values_list("action", flat=True)
+        .order_by("id")
+    ) == ["hub.halt", "hub.release"]
 
 
 def test_the_kill_command_kills_an_agent_from_the_shell(hub, api, remote_repo):
@@ -220,8 +240,13 @@ def test_the_kill_command_kills_an_agent_from_the_shell(hub, api, remote_repo):
     agent_id = spawn(api, remote_repo)
     wait_until_output(agent_id, "started")
 
-    result = subprocess.run([sys.executable, "manage.py", "kill", agent_id, "--reason", "cli test"],
-                            cwd=ROOT, env=subprocess_env(), capture_output=True, text=True)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "manage.py", "kill", agent_id, "--reason", "cli test"],
+        cwd=ROOT,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+    )
 
     assert result.returncode == 0, result.stderr
     assert "killed" in result.stdout

@@ -23,8 +23,11 @@ def scrape(client) -> dict[str, list]:
 
 
 def sample(samples: list, name: str, **labels: str) -> float:
-    return next(s.value for s in samples if s.name == name and all(
-        s.labels.get(key) == value for key, value in labels.items()))  # fmt: skip
+    return next(
+        s.value
+        for s in samples
+        if s.name == name and all(s.labels.get(key) == value for key, value in labels.items())
+    )
 
 
 def test_metrics_count_agents_latencies_gates_and_federation_rejections(
@@ -34,8 +37,9 @@ def test_metrics_count_agents_latencies_gates_and_federation_rejections(
     sleeper = api.post("/api/v1/agents", spawn_body(remote_repo, "sleep 60"), format="json")
     wait_for_state(done.data["agent_id"], "completed")
     wait_for_state(sleeper.data["agent_id"], "running")
-    killed = api.post(f"/api/v1/agents/{sleeper.data['agent_id']}/kill", {"reason": "metrics"},
-                      format="json")  # fmt: skip
+    killed = api.post(
+        f"/api/v1/agents/{sleeper.data['agent_id']}/kill", {"reason": "metrics"}, format="json"
+    )
     assert killed.status_code == 200
     unsigned = scraper.post("/federation/v1/commands", data=b"{}", content_type="application/json")
     assert unsigned.status_code == 401

@@ -31,8 +31,12 @@ class Hub:
     def __init__(self, log_dir: Path) -> None:
         node = f"projects-crash-{uuid.uuid4().hex[:8]}"
         self.log_dir = log_dir
-        self.env = {**subprocess_env(), "FLOTILLA_NODE_NAME": node, "FLOTILLA_WORKERS": "6",
-                    "Q_CLUSTER_NAME": f"crash-{node}"}  # fmt: skip
+        self.env = {
+            **subprocess_env(),
+            "FLOTILLA_NODE_NAME": node,
+            "FLOTILLA_WORKERS": "6",
+            "Q_CLUSTER_NAME": f"crash-{node}",
+        }
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
@@ -40,14 +44,28 @@ class Hub:
 
     def start(self, name: str, *argv: str) -> subprocess.Popen:
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 (closed with the process)
-        process = subprocess.Popen([sys.executable, *argv], cwd=ROOT, env=self.env, stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        process = subprocess.Popen(
+            [sys.executable, *argv],
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.processes.append(process)
         return process
 
     def start_web(self) -> None:
-        web = self.start("daphne", "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
-                         "orchestrator_site.asgi:application")  # fmt: skip
+        web = self.start(
+            "daphne",
+            "-m",
+            "daphne",
+            "-b",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "orchestrator_site.asgi:application",
+        )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and web.poll() is None:
             try:
@@ -58,16 +76,22 @@ class Hub:
         raise RuntimeError((self.log_dir / "daphne.log").read_text())
 
     def manage(self, *argv: str) -> str:
-        done = subprocess.run([sys.executable, "manage.py", *argv], cwd=ROOT, env=self.env,
-                              capture_output=True, text=True)  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "manage.py", *argv],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+        )
         assert done.returncode == 0, done.stderr
         return done.stdout
 
     def post(self, path: str, body: dict, token: str) -> dict:
         request = urllib.request.Request(
-            f"http://127.0.0.1:{self.port}{path}", data=json.dumps(body).encode(),
+            f"http://127.0.0.1:{self.port}{path}",
+            data=json.dumps(body).encode(),
             headers={"Authorization": f"Token {token}", "Content-Type": "application/json"},
-        )  # fmt: skip
+        )
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.loads(response.read())
 
@@ -98,18 +122,32 @@ def test_worker_killed_mid_project_resumes_on_restart_with_no_task_run_twice(
     repo = str(remote_repo)
     tasks = [
         {"key": "design", "script": "echo design > design.txt", "repository": repo},
-        {"key": "left", "script": "sleep 2; echo left > left.txt", "repository": repo,
-         "depends_on": ["design"]},
-        {"key": "right", "script": "sleep 2; echo right > right.txt", "repository": repo,
-         "depends_on": ["design"]},
-        {"key": "last", "script": "cat left.txt right.txt > both.txt", "repository": repo,
-         "depends_on": ["left", "right"]},
-    ]  # fmt: skip
+        {
+            "key": "left",
+            "script": "sleep 2; echo left > left.txt",
+            "repository": repo,
+            "depends_on": ["design"],
+        },
+        {
+            "key": "right",
+            "script": "sleep 2; echo right > right.txt",
+            "repository": repo,
+            "depends_on": ["design"],
+        },
+        {
+            "key": "last",
+            "script": "cat left.txt right.txt > both.txt",
+            "repository": repo,
+            "depends_on": ["left", "right"],
+        },
+    ]
     project = hub.post("/api/v1/projects", {"name": "crash", "tasks": tasks}, hub.token)
     pid = project["id"]
     middle = [f"p{pid}-left", f"p{pid}-right"]
-    wait_until(lambda: Agent.objects.filter(task_id__in=middle, state="running").count() == 2,
-               what="left and right running")  # fmt: skip
+    wait_until(
+        lambda: Agent.objects.filter(task_id__in=middle, state="running").count() == 2,
+        what="left and right running",
+    )
 
     os.killpg(worker.pid, signal.SIGKILL)
     worker.wait()
@@ -131,13 +169,17 @@ def test_worker_killed_mid_project_resumes_on_restart_with_no_task_run_twice(
         attempts = TaskAttempt.objects.filter(task=task)
         assert attempts.count() == 1, task.key
         assert attempts.filter(state="succeeded").count() == 1, task.key
-        completions = AgentEvent.objects.filter(agent_id=attempts[0].agent_id, kind="state",
-                                                data__to="completed")  # fmt: skip
+        completions = AgentEvent.objects.filter(
+            agent_id=attempts[0].agent_id, kind="state", data__to="completed"
+        )
         assert completions.count() == 1, task.key
-    runs = {a.task.key: a.agent for a in TaskAttempt.objects.filter(task__project_id=pid)
-            .select_related("task", "agent")}  # fmt: skip
+    runs = {
+        a.task.key: a.agent
+        for a in TaskAttempt.objects.filter(task__project_id=pid).select_related("task", "agent")
+    }
     assert runs["left"].attempt == 1 and runs["right"].attempt == 1  # re-run once by the reconciler
     assert runs["design"].attempt == 0 and runs["last"].attempt == 0
     for key in ("left", "right"):
-        assert is_ancestor(remote_repo, runs[key].result["pushed_commit"],
-                           runs["last"].result["pushed_commit"])  # fmt: skip
+        assert is_ancestor(
+            remote_repo, runs[key].result["pushed_commit"], runs["last"].result["pushed_commit"]
+        )

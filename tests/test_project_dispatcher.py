@@ -13,13 +13,13 @@ from tests.test_projects import wait_for_project, wait_until
 
 
 def spec(*keys: str, script: str = "true", **fields) -> ProjectSpec:
-    return ProjectSpec(name="p", tasks=[TaskSpec(key=key, script=script) for key in keys],
-                       **fields)  # fmt: skip
+    return ProjectSpec(name="p", tasks=[TaskSpec(key=key, script=script) for key in keys], **fields)
 
 
 def test_racing_dispatch_passes_start_every_task_exactly_once(hub):
-    project = project_create(spec=spec(*[f"t{i}" for i in range(12)], mode="parallel"),
-                             created_by="test")  # fmt: skip
+    project = project_create(
+        spec=spec(*[f"t{i}" for i in range(12)], mode="parallel"), created_by="test"
+    )
     errors: list[BaseException] = []
 
     def dispatch() -> None:
@@ -47,8 +47,9 @@ def test_racing_dispatch_passes_start_every_task_exactly_once(hub):
 
 def test_a_claim_whose_dispatcher_died_is_released_by_the_tick(hub):
     project = Project.objects.create(name="p", created_by="test", state="paused")
-    project_task = Task.objects.create(project=project, key="only", script="true", state="running",
-                                       attempts=1)  # fmt: skip
+    project_task = Task.objects.create(
+        project=project, key="only", script="true", state="running", attempts=1
+    )
     stale = TaskAttempt.objects.create(task=project_task, number=1)  # preparing, no agent
     long_ago = timezone.now() - timedelta(hours=1)
     TaskAttempt.objects.filter(id=stale.id).update(created_at=long_ago)
@@ -64,8 +65,10 @@ def test_a_claim_whose_dispatcher_died_is_released_by_the_tick(hub):
 
 def test_the_tick_settles_an_agent_whose_finish_was_never_handled(hub):
     project = project_create(spec=spec("a", "b", mode="sequential"), created_by="test")
-    wait_until(lambda: Task.objects.filter(project=project, key="a", state="succeeded").exists(),
-               what="a done")  # fmt: skip
+    wait_until(
+        lambda: Task.objects.filter(project=project, key="a", state="succeeded").exists(),
+        what="a done",
+    )
     wait_for_project(project.id)
     # Rewind the rows to "a's agent finished but nobody recorded it": the
     # signal or its django-q2 task was lost.
@@ -84,9 +87,16 @@ def test_the_tick_settles_an_agent_whose_finish_was_never_handled(hub):
 
 def test_a_not_before_time_holds_a_task_back_until_then(hub):
     later = timezone.now() + timedelta(seconds=2)
-    project = project_create(spec=ProjectSpec(name="p", tasks=[
-        TaskSpec(key="soon", script="true"),
-        TaskSpec(key="later", script="true", not_before=later)]), created_by="test")  # fmt: skip
+    project = project_create(
+        spec=ProjectSpec(
+            name="p",
+            tasks=[
+                TaskSpec(key="soon", script="true"),
+                TaskSpec(key="later", script="true", not_before=later),
+            ],
+        ),
+        created_by="test",
+    )
 
     assert wait_for_project(project.id).state == "succeeded"
 
@@ -96,10 +106,12 @@ def test_a_not_before_time_holds_a_task_back_until_then(hub):
 
 
 def test_backoff_grows_exponentially_up_to_the_cap_and_jitter_only_shortens_it():
-    delays = [dispatcher.backoff_delay(base_s=2, cap_s=20, jitter=0, failures=n)
-              for n in range(1, 7)]  # fmt: skip
+    delays = [
+        dispatcher.backoff_delay(base_s=2, cap_s=20, jitter=0, failures=n) for n in range(1, 7)
+    ]
     assert delays == [2, 4, 8, 16, 20, 20]
-    jittered = [dispatcher.backoff_delay(base_s=10, cap_s=100, jitter=0.5, failures=1)
-                for _ in range(200)]  # fmt: skip
+    jittered = [
+        dispatcher.backoff_delay(base_s=10, cap_s=100, jitter=0.5, failures=1) for _ in range(200)
+    ]
     assert all(5 <= delay <= 10 for delay in jittered)
     assert len(set(jittered)) > 100

@@ -5,27 +5,50 @@ from tests.messages_server import error_reply, text_reply, tool_use_reply
 
 
 def plan(*tasks: tuple[str, list[str]]):
-    return tool_use_reply([("submit_plan", {"name": "Add login", "tasks": [
-        {"key": key, "title": f"Do {key}", "instructions": f"Implement {key}.",
-         "depends_on": deps} for key, deps in tasks]})])  # fmt: skip
+    return tool_use_reply(
+        [
+            (
+                "submit_plan",
+                {
+                    "name": "Add login",
+                    "tasks": [
+                        {
+                            "key": key,
+                            "title": f"Do {key}",
+                            "instructions": f"Implement {key}.",
+                            "depends_on": deps,
+                        }
+                        for key, deps in tasks
+                    ],
+                },
+            )
+        ]
+    )
 
 
-def test_planner_returns_a_validated_dag_that_can_be_submitted(api, messages_server,
-                                                                remote_repo):  # fmt: skip
-    messages_server.script(plan(("architect", []), ("backend", ["architect"]),
-                                ("frontend", ["architect"]),
-                                ("tests", ["backend", "frontend"])))  # fmt: skip
+def test_planner_returns_a_validated_dag_that_can_be_submitted(api, messages_server, remote_repo):
+    messages_server.script(
+        plan(
+            ("architect", []),
+            ("backend", ["architect"]),
+            ("frontend", ["architect"]),
+            ("tests", ["backend", "frontend"]),
+        )
+    )
 
-    response = api.post("/api/v1/projects/plan",
-                        {"goal": "Add a login page", "repository": str(remote_repo)},
-                        format="json")  # fmt: skip
+    response = api.post(
+        "/api/v1/projects/plan",
+        {"goal": "Add a login page", "repository": str(remote_repo)},
+        format="json",
+    )
 
     assert response.status_code == 200, response.content
     proposal = response.json()
     assert proposal["mode"] == "dag" and proposal["name"] == "Add login"
     assert [t["key"] for t in proposal["tasks"]] == ["architect", "backend", "frontend", "tests"]
-    assert all(t["repository"] == str(remote_repo) and t["runtime"] == "claude"
-               for t in proposal["tasks"])  # fmt: skip
+    assert all(
+        t["repository"] == str(remote_repo) and t["runtime"] == "claude" for t in proposal["tasks"]
+    )
     request = messages_server.requests[0]["body"]
     assert request["tool_choice"] == {"type": "tool", "name": "submit_plan"}
     assert "Add a login page" in request["messages"][0]["content"]
@@ -39,8 +62,9 @@ def test_planner_returns_a_validated_dag_that_can_be_submitted(api, messages_ser
 def test_an_invalid_proposal_is_sent_back_with_its_errors_once(api, messages_server, remote_repo):
     messages_server.script(plan(("a", ["b"]), ("b", ["a"])), plan(("a", []), ("b", ["a"])))
 
-    response = api.post("/api/v1/projects/plan", {"goal": "g", "repository": str(remote_repo)},
-                        format="json")  # fmt: skip
+    response = api.post(
+        "/api/v1/projects/plan", {"goal": "g", "repository": str(remote_repo)}, format="json"
+    )
 
     assert response.status_code == 200, response.content
     assert [t["depends_on"] for t in response.json()["tasks"]] == [[], ["a"]]
@@ -54,8 +78,9 @@ def test_a_planner_that_keeps_proposing_invalid_plans_is_a_502_with_the_errors(
 ):
     messages_server.script(plan(("a", ["ghost"])), plan(("a", ["ghost"])))
 
-    response = api.post("/api/v1/projects/plan", {"goal": "g", "repository": str(remote_repo)},
-                        format="json")  # fmt: skip
+    response = api.post(
+        "/api/v1/projects/plan", {"goal": "g", "repository": str(remote_repo)}, format="json"
+    )
 
     assert response.status_code == 502
     error = response.json()["error"]
@@ -65,11 +90,13 @@ def test_a_planner_that_keeps_proposing_invalid_plans_is_a_502_with_the_errors(
 
 def test_planner_errors_are_reported_without_a_plan(api, messages_server, remote_repo):
     messages_server.script(error_reply(400, "bad request"), error_reply(400, "bad request"))
-    first = api.post("/api/v1/projects/plan", {"goal": "g", "repository": str(remote_repo)},
-                     format="json")  # fmt: skip
+    first = api.post(
+        "/api/v1/projects/plan", {"goal": "g", "repository": str(remote_repo)}, format="json"
+    )
     messages_server.script(text_reply("I would rather chat"))
-    second = api.post("/api/v1/projects/plan", {"goal": "g", "repository": str(remote_repo)},
-                      format="json")  # fmt: skip
+    second = api.post(
+        "/api/v1/projects/plan", {"goal": "g", "repository": str(remote_repo)}, format="json"
+    )
 
     assert first.status_code == 502 and "400" in first.json()["error"]["message"]
     assert second.status_code == 502
@@ -77,7 +104,8 @@ def test_planner_errors_are_reported_without_a_plan(api, messages_server, remote
 
 
 def test_planning_needs_a_usable_repository(api):
-    response = api.post("/api/v1/projects/plan", {"goal": "g", "repository": "/no/such/repo"},
-                        format="json")  # fmt: skip
+    response = api.post(
+        "/api/v1/projects/plan", {"goal": "g", "repository": "/no/such/repo"}, format="json"
+    )
     assert response.status_code == 400
     assert "repository" in response.json()["error"]["fields"]

@@ -55,8 +55,9 @@ def test_a_project_over_the_task_limit_is_rejected(api, settings):
 
 
 def test_bad_task_fields_are_reported_per_task(api):
-    response = post(api, [t("ok"), {"key": "bad key!", "script": "true"},
-                          {"key": "noscript", "priority": 11}])  # fmt: skip
+    response = post(
+        api, [t("ok"), {"key": "bad key!", "script": "true"}, {"key": "noscript", "priority": 11}]
+    )
 
     assert response.status_code == 400
     assert response.json()["error"]["fields"] == {
@@ -100,12 +101,17 @@ def test_admin_pages_list_projects_and_tasks(client, staff_user, api):
     project_id = post(api, [t("a"), t("b", "a")], paused=True).json()["id"]
     client.force_login(staff_user)
 
-    for path in ("/admin/taskqueue/project/", f"/admin/taskqueue/project/{project_id}/change/",
-                 "/admin/taskqueue/task/"):  # fmt: skip
+    for path in (
+        "/admin/taskqueue/project/",
+        f"/admin/taskqueue/project/{project_id}/change/",
+        "/admin/taskqueue/task/",
+    ):
         response = client.get(path)
         assert response.status_code == 200, path
-    assert b"webhook_secret" not in client.get(
-        f"/admin/taskqueue/project/{project_id}/change/").content  # fmt: skip
+    assert (
+        b"webhook_secret"
+        not in client.get(f"/admin/taskqueue/project/{project_id}/change/").content
+    )
 
 
 def test_a_project_created_paused_starts_nothing_until_resumed(api):

@@ -26,8 +26,9 @@ class Receiver:
 
             def do_POST(self) -> None:  # noqa: N802
                 body = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.received.append({"headers": dict(self.headers), "body": body,
-                                          "at": time.monotonic()})  # fmt: skip
+                receiver.received.append(
+                    {"headers": dict(self.headers), "body": body, "at": time.monotonic()}
+                )
                 status = receiver.statuses.pop(0) if receiver.statuses else 200
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
@@ -63,8 +64,9 @@ SECRET = "s3cret-for-the-webhook-test"
 
 def test_receiver_gets_the_finished_project_signed_with_hmac_sha256(hub, api, receiver):
     server = receiver()
-    project = create(api, [{"key": "only", "script": "true"}], webhook_url=server.url,
-                     webhook_secret=SECRET)  # fmt: skip
+    project = create(
+        api, [{"key": "only", "script": "true"}], webhook_url=server.url, webhook_secret=SECRET
+    )
     assert "webhook_secret" not in project  # the caller chose it; it is never echoed
 
     assert wait_for_project(project["id"]).state == "succeeded"
@@ -73,21 +75,27 @@ def test_receiver_gets_the_finished_project_signed_with_hmac_sha256(hub, api, re
     delivery = server.received[0]
     headers = delivery["headers"]
     assert headers["Content-Type"] == "application/json"
-    assert webhook_signature_valid(secret=SECRET, timestamp=headers["X-Flotilla-Timestamp"],
-                                   body=delivery["body"],
-                                   signature=headers["X-Flotilla-Signature"])  # fmt: skip
-    assert not webhook_signature_valid(secret="another-secret-entirely",
-                                       timestamp=headers["X-Flotilla-Timestamp"],
-                                       body=delivery["body"],
-                                       signature=headers["X-Flotilla-Signature"])  # fmt: skip
+    assert webhook_signature_valid(
+        secret=SECRET,
+        timestamp=headers["X-Flotilla-Timestamp"],
+        body=delivery["body"],
+        signature=headers["X-Flotilla-Signature"],
+    )
+    assert not webhook_signature_valid(
+        secret="another-secret-entirely",
+        timestamp=headers["X-Flotilla-Timestamp"],
+        body=delivery["body"],
+        signature=headers["X-Flotilla-Signature"],
+    )
     assert abs(int(headers["X-Flotilla-Timestamp"]) - time.time()) < 60
     payload = json.loads(delivery["body"])
     assert payload["event"] == "project.finished"
     assert payload["project"]["id"] == project["id"]
     assert payload["project"]["state"] == "succeeded"
     assert payload["project"]["tasks"][0]["key"] == "only"
-    wait_until(lambda: Project.objects.get(id=project["id"]).webhook_state == "delivered",
-               what="delivered")  # fmt: skip
+    wait_until(
+        lambda: Project.objects.get(id=project["id"]).webhook_state == "delivered", what="delivered"
+    )
 
 
 def test_a_failing_receiver_is_retried_with_backoff_until_it_accepts(hub, api, receiver):
@@ -96,20 +104,28 @@ def test_a_failing_receiver_is_retried_with_backoff_until_it_accepts(hub, api, r
     secret = project["webhook_secret"]  # generated and shown once
 
     wait_for_project(project["id"])
-    wait_until(lambda: Project.objects.get(id=project["id"]).webhook_state == "delivered",
-               what="delivered after retries")  # fmt: skip
+    wait_until(
+        lambda: Project.objects.get(id=project["id"]).webhook_state == "delivered",
+        what="delivered after retries",
+    )
 
     assert len(server.received) == 3
     gaps = [b["at"] - a["at"] for a, b in zip(server.received, server.received[1:], strict=False)]
     # settings_test: FLOTILLA_WEBHOOK_BACKOFF_S = 0.2, doubling.
     assert gaps[0] >= 0.2 and gaps[1] >= 0.4
     assert [d["headers"]["X-Flotilla-Delivery"] for d in server.received] == [
-        f"{project['id']}-1", f"{project['id']}-2", f"{project['id']}-3"]  # fmt: skip
+        f"{project['id']}-1",
+        f"{project['id']}-2",
+        f"{project['id']}-3",
+    ]
     for delivery in server.received:
         headers = delivery["headers"]
-        assert webhook_signature_valid(secret=secret, body=delivery["body"],
-                                       timestamp=headers["X-Flotilla-Timestamp"],
-                                       signature=headers["X-Flotilla-Signature"])  # fmt: skip
+        assert webhook_signature_valid(
+            secret=secret,
+            body=delivery["body"],
+            timestamp=headers["X-Flotilla-Timestamp"],
+            signature=headers["X-Flotilla-Signature"],
+        )
     stored = Project.objects.get(id=project["id"])
     assert stored.webhook_attempts == 3 and stored.webhook_delivered_at is not None
 

@@ -43,8 +43,11 @@ def wait_until(check, timeout: float = 30.0, what: str = "") -> None:
 def agents_of(project_id: int) -> dict[str, list[Agent]]:
     """Each task's agents, oldest attempt first."""
     runs: dict[str, list[Agent]] = {}
-    for attempt in (TaskAttempt.objects.filter(task__project_id=project_id)
-                    .select_related("task", "agent").order_by("task_id", "number")):  # fmt: skip
+    for attempt in (
+        TaskAttempt.objects.filter(task__project_id=project_id)
+        .select_related("task", "agent")
+        .order_by("task_id", "number")
+    ):
         runs.setdefault(attempt.task.key, []).append(attempt.agent)
     return runs
 
@@ -112,9 +115,13 @@ def test_dag_project_starts_a_task_only_after_all_its_dependencies_with_their_wo
         task("architect", "echo plan > plan.txt", remote_repo),
         task("backend", "sleep 1; echo api > api.txt", remote_repo, depends_on=["architect"]),
         task("frontend", "sleep 1; echo ui > ui.txt", remote_repo, depends_on=["architect"]),
-        task("tests", "cat plan.txt api.txt ui.txt > all.txt", remote_repo,
-             depends_on=["backend", "frontend"]),
-    ]  # fmt: skip
+        task(
+            "tests",
+            "cat plan.txt api.txt ui.txt > all.txt",
+            remote_repo,
+            depends_on=["backend", "frontend"],
+        ),
+    ]
     project = create(api, tasks, mode="dag")
 
     assert wait_for_project(project["id"]).state == "succeeded"
@@ -131,8 +138,9 @@ def test_dag_project_starts_a_task_only_after_all_its_dependencies_with_their_wo
 
 
 def test_ready_tasks_go_out_highest_priority_first_within_max_parallel(hub, api, remote_repo):
-    tasks = [task(f"p{priority}", "true", remote_repo, priority=priority)
-             for priority in (1, 10, 5, 7)]  # fmt: skip
+    tasks = [
+        task(f"p{priority}", "true", remote_repo, priority=priority) for priority in (1, 10, 5, 7)
+    ]
     project = create(api, tasks, mode="parallel", max_parallel=1)
 
     assert wait_for_project(project["id"]).state == "succeeded"
@@ -144,15 +152,24 @@ def test_ready_tasks_go_out_highest_priority_first_within_max_parallel(hub, api,
 
 
 def test_flaky_task_succeeds_on_its_third_attempt_after_exponential_backoffs(hub, api, remote_repo):
-    flaky = task("flaky", '[ "$FLOTILLA_TASK_ATTEMPT" -ge 3 ] || exit 7; echo ok > ok.txt',
-                 remote_repo, max_retries=4, backoff_base_s=1.0, backoff_cap_s=30,
-                 backoff_jitter=0.25)  # fmt: skip
+    flaky = task(
+        "flaky",
+        '[ "$FLOTILLA_TASK_ATTEMPT" -ge 3 ] || exit 7; echo ok > ok.txt',
+        remote_repo,
+        max_retries=4,
+        backoff_base_s=1.0,
+        backoff_cap_s=30,
+        backoff_jitter=0.25,
+    )
     project = create(api, [flaky])
 
     assert wait_for_project(project["id"]).state == "succeeded"
 
-    attempts = list(TaskAttempt.objects.filter(task__project_id=project["id"])
-                    .select_related("agent").order_by("number"))  # fmt: skip
+    attempts = list(
+        TaskAttempt.objects.filter(task__project_id=project["id"])
+        .select_related("agent")
+        .order_by("number")
+    )
     assert [a.state for a in attempts] == ["failed", "failed", "succeeded"]
     assert "status 7" in attempts[0].error
     assert Task.objects.get(project_id=project["id"]).attempts == 3
@@ -175,8 +192,12 @@ def test_task_that_always_fails_skips_its_dependents_and_the_rest_goes_on(hub, a
     assert wait_for_project(project["id"]).state == "failed"
 
     states = dict(Task.objects.filter(project_id=project["id"]).values_list("key", "state"))
-    assert states == {"broken": "failed", "after": "skipped", "after-after": "skipped",
-                      "independent": "succeeded"}  # fmt: skip
+    assert states == {
+        "broken": "failed",
+        "after": "skipped",
+        "after-after": "skipped",
+        "independent": "succeeded",
+    }
     assert Task.objects.get(project_id=project["id"], key="broken").attempts == 2
     assert not TaskAttempt.objects.filter(task__key__in=["after", "after-after"]).exists()
     result = api.get(f"/api/v1/projects/{project['id']}/result").json()
@@ -204,15 +225,20 @@ def test_fail_fast_cancels_every_other_task_and_kills_running_agents(hub, api, r
 
 
 def test_cancel_kills_running_agents_and_cancels_the_rest(hub, api, remote_repo):
-    tasks = [task("long", "sleep 60", remote_repo), task("next", "true", remote_repo,
-                                                          depends_on=["long"])]  # fmt: skip
+    tasks = [
+        task("long", "sleep 60", remote_repo),
+        task("next", "true", remote_repo, depends_on=["long"]),
+    ]
     project = create(api, tasks)
     long_task = f"p{project['id']}-long"
-    wait_until(lambda: Agent.objects.filter(task_id=long_task, state="running").exists(),
-               what="long running")  # fmt: skip
+    wait_until(
+        lambda: Agent.objects.filter(task_id=long_task, state="running").exists(),
+        what="long running",
+    )
 
-    response = api.post(f"/api/v1/projects/{project['id']}/cancel", {"reason": "changed my mind"},
-                        format="json")  # fmt: skip
+    response = api.post(
+        f"/api/v1/projects/{project['id']}/cancel", {"reason": "changed my mind"}, format="json"
+    )
 
     assert response.status_code == 200, response.content
     assert response.json()["state"] == "cancelled"
@@ -226,13 +252,17 @@ def test_cancel_kills_running_agents_and_cancels_the_rest(hub, api, remote_repo)
 def test_pause_holds_back_new_tasks_until_resume(hub, api, remote_repo):
     tasks = [task("first", "sleep 1", remote_repo), task("second", "true", remote_repo)]
     project = create(api, tasks, mode="sequential")
-    wait_until(lambda: Agent.objects.filter(task_id=f"p{project['id']}-first").exists(),
-               what="first started")  # fmt: skip
+    wait_until(
+        lambda: Agent.objects.filter(task_id=f"p{project['id']}-first").exists(),
+        what="first started",
+    )
 
     paused = api.post(f"/api/v1/projects/{project['id']}/pause")
     assert paused.status_code == 200 and paused.json()["state"] == "paused"
-    wait_until(lambda: Task.objects.get(project_id=project["id"], key="first").state
-               == "succeeded", what="first done")  # fmt: skip
+    wait_until(
+        lambda: Task.objects.get(project_id=project["id"], key="first").state == "succeeded",
+        what="first done",
+    )
     time.sleep(1.0)
     assert Task.objects.get(project_id=project["id"], key="second").state in {"pending", "ready"}
     assert Project.objects.get(id=project["id"]).state == "paused"
@@ -245,8 +275,10 @@ def test_pause_holds_back_new_tasks_until_resume(hub, api, remote_repo):
 
 
 def test_retrying_a_failed_task_by_hand_reruns_it_and_its_skipped_dependents(hub, api, remote_repo):
-    tasks = [task("once", '[ "$FLOTILLA_TASK_ATTEMPT" -ge 2 ] || exit 1', remote_repo),
-             task("then", "true", remote_repo, depends_on=["once"])]  # fmt: skip
+    tasks = [
+        task("once", '[ "$FLOTILLA_TASK_ATTEMPT" -ge 2 ] || exit 1', remote_repo),
+        task("then", "true", remote_repo, depends_on=["once"]),
+    ]
     project = create(api, tasks)
     assert wait_for_project(project["id"]).state == "failed"
 

@@ -51,22 +51,33 @@ def agent_mid_run(
     Its supervisor is a process that has already exited, as after a worker crash.
     """
     agent = Agent.objects.create(
-        task_id="task-1", agent_type="worker", runtime="script", script=script,
-        repository=workspace.repository_normalise(str(repository)), base_branch="main",
-        sandbox_backend=backend, timeout_s=60, requested_by="user:test", node=node,
-        state=AgentState.RUNNING, started_at=timezone.now(),
-        **(supervisor or dead_supervisor()), **fields,
-    )  # fmt: skip
+        task_id="task-1",
+        agent_type="worker",
+        runtime="script",
+        script=script,
+        repository=workspace.repository_normalise(str(repository)),
+        base_branch="main",
+        sandbox_backend=backend,
+        timeout_s=60,
+        requested_by="user:test",
+        node=node,
+        state=AgentState.RUNNING,
+        started_at=timezone.now(),
+        **(supervisor or dead_supervisor()),
+        **fields,
+    )
     agent.work_branch = f"flotilla/{agent.id}"
     path = workspace.worktree_path(agent_id=str(agent.id), task_id=agent.task_id)
-    workspace.worktree_create(repository=agent.repository, base_branch="main",
-                              work_branch=agent.work_branch, path=path)  # fmt: skip
+    workspace.worktree_create(
+        repository=agent.repository, base_branch="main", work_branch=agent.work_branch, path=path
+    )
     sandbox = sandbox_backend(backend)
     handle = sandbox.start(SandboxSpec(agent_id=str(agent.id), workspace=path))
     agent.sandbox_handle, agent.worktree_path = handle, str(path)
     agent.save()
-    thread = threading.Thread(target=sandbox.exec, args=(handle, "sleep 300"),
-                              kwargs={"timeout_s": 60}, daemon=True)  # fmt: skip
+    thread = threading.Thread(
+        target=sandbox.exec, args=(handle, "sleep 300"), kwargs={"timeout_s": 60}, daemon=True
+    )
     thread.start()
     return agent, thread
 
@@ -173,9 +184,11 @@ def test_sandbox_and_worktree_left_by_a_finished_agent_are_removed(db, node, rem
     assert report.worktrees_removed == [agent.worktree_path]
     assert not Path(agent.worktree_path).exists()
     assert not workspace.branch_exists(repository=agent.repository, work_branch=agent.work_branch)
-    actions = set(AuditEvent.objects.filter(actor="system:reconciler",
-                                            target=f"agent:{agent.id}")
-                  .values_list("action", flat=True))  # fmt: skip
+    actions = set(
+        AuditEvent.objects.filter(
+            actor="system:reconciler", target=f"agent:{agent.id}"
+        ).values_list("action", flat=True)
+    )
     assert actions == {"sandbox.remove", "worktree.remove"}
 
 
@@ -183,8 +196,9 @@ def test_worktree_of_an_agent_the_database_never_knew_is_pruned(db, node, remote
     stray_id = str(uuid.uuid4())
     path = workspace.worktree_path(agent_id=stray_id, task_id="lost")
     repository = workspace.repository_normalise(str(remote_repo))
-    workspace.worktree_create(repository=repository, base_branch="main",
-                              work_branch=f"flotilla/{stray_id}", path=path)  # fmt: skip
+    workspace.worktree_create(
+        repository=repository, base_branch="main", work_branch=f"flotilla/{stray_id}", path=path
+    )
 
     report = agents_reconcile(node=node)
 
@@ -208,10 +222,16 @@ def test_sandbox_of_an_agent_unknown_here_is_reported_not_killed(db, node):
 
 def test_queued_agent_whose_run_task_was_lost_is_enqueued_again(hub, node, remote_repo):
     agent = Agent.objects.create(
-        task_id="task-1", agent_type="worker", runtime="script", script="echo late > late.txt",
-        repository=workspace.repository_normalise(str(remote_repo)), base_branch="main",
-        sandbox_backend="bwrap", timeout_s=60, requested_by="user:test",
-    )  # fmt: skip
+        task_id="task-1",
+        agent_type="worker",
+        runtime="script",
+        script="echo late > late.txt",
+        repository=workspace.repository_normalise(str(remote_repo)),
+        base_branch="main",
+        sandbox_backend="bwrap",
+        timeout_s=60,
+        requested_by="user:test",
+    )
     long_ago = timezone.now() - timedelta(minutes=5)
     Agent.objects.filter(id=agent.id).update(
         work_branch=f"flotilla/{agent.id}", created_at=long_ago

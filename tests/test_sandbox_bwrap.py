@@ -51,12 +51,17 @@ def test_commands_run_as_an_unprivileged_user_in_the_workspace(sandbox):
 
 
 def test_writing_outside_the_workspace_fails(sandbox):
-    result = run(sandbox, "echo x > /usr/evil; echo x > /etc/evil; echo x > /evil; "
-                          "echo x > /tmp/fine && echo tmp-ok")  # fmt: skip
+    result = run(
+        sandbox,
+        "echo x > /usr/evil; echo x > /etc/evil; echo x > /evil; echo x > /tmp/fine && echo tmp-ok",
+    )
 
     assert "tmp-ok" in result.output_tail
-    assert result.output_tail.count("Read-only file system") + result.output_tail.count(
-        "Permission denied") >= 3  # fmt: skip
+    assert (
+        result.output_tail.count("Read-only file system")
+        + result.output_tail.count("Permission denied")
+        >= 3
+    )
     assert not Path("/usr/evil").exists() and not Path("/evil").exists()
 
 
@@ -90,8 +95,10 @@ def host_server():
     server.close()
 
 
-CONNECT = ("python3 -c \"import socket; socket.create_connection(('127.0.0.1', {port}), 2); "
-           "print('connected')\"")  # fmt: skip
+CONNECT = (
+    "python3 -c \"import socket; socket.create_connection(('127.0.0.1', {port}), 2); "
+    "print('connected')\""
+)
 
 
 def test_a_network_connection_fails_when_not_allowed(sandbox, host_server):
@@ -108,8 +115,9 @@ def test_a_network_connection_works_when_the_spawn_allows_it(host_server):
     port, accepted = host_server
     workspace = reachable_dir()
     backend = sandbox_backend("bwrap")
-    handle = backend.start(SandboxSpec(agent_id=str(uuid.uuid4()), workspace=workspace,
-                                       network=True))  # fmt: skip
+    handle = backend.start(
+        SandboxSpec(agent_id=str(uuid.uuid4()), workspace=workspace, network=True)
+    )
     try:
         result = backend.exec(handle, CONNECT.format(port=port), timeout_s=20)
     finally:
@@ -143,11 +151,16 @@ def test_a_memory_hog_is_killed_by_the_memory_limit(sandbox):
 
 @needs_cgroups
 def test_fork_bomb_and_memory_hog_agents_fail_and_the_hub_keeps_working(hub, api, remote_repo):
-    bomb = api.post("/api/v1/agents", spawn_body(remote_repo, "b() { b | b & }; while :; do b; done",
-                                                 timeout_s=3, pids=64), format="json")  # fmt: skip
-    hog = api.post("/api/v1/agents", spawn_body(
-        remote_repo, "python3 -c \"x = bytearray(900 * 1024 * 1024)\"", memory_mb=128),
-        format="json")  # fmt: skip
+    bomb = api.post(
+        "/api/v1/agents",
+        spawn_body(remote_repo, "b() { b | b & }; while :; do b; done", timeout_s=3, pids=64),
+        format="json",
+    )
+    hog = api.post(
+        "/api/v1/agents",
+        spawn_body(remote_repo, 'python3 -c "x = bytearray(900 * 1024 * 1024)"', memory_mb=128),
+        format="json",
+    )
     assert bomb.status_code == 202 and hog.status_code == 202, (bomb.content, hog.content)
 
     failed_bomb = wait_for_state(bomb.json()["agent_id"], AgentState.FAILED, timeout=30)
@@ -155,6 +168,7 @@ def test_fork_bomb_and_memory_hog_agents_fail_and_the_hub_keeps_working(hub, api
     failed_hog = wait_for_state(hog.json()["agent_id"], AgentState.FAILED, timeout=30)
     assert "status 137" in failed_hog.error
 
-    healthy = api.post("/api/v1/agents", spawn_body(remote_repo, "echo fine > ok.txt"),
-                       format="json").json()["agent_id"]  # fmt: skip
+    healthy = api.post(
+        "/api/v1/agents", spawn_body(remote_repo, "echo fine > ok.txt"), format="json"
+    ).json()["agent_id"]
     wait_for_state(healthy, AgentState.COMPLETED)

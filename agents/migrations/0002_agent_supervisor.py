@@ -4,20 +4,19 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('agents', '0001_initial'),
+        ("agents", "0001_initial"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='agent',
-            name='supervisor_pid',
+            model_name="agent",
+            name="supervisor_pid",
             field=models.PositiveIntegerField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='agent',
-            name='supervisor_started',
+            model_name="agent",
+            name="supervisor_started",
             field=models.BigIntegerField(blank=True, null=True),
         ),
     ]

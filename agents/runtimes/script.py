@@ -13,8 +13,11 @@ class ScriptRuntime(AgentRuntime):
         result = context.sandbox.exec(
             context.handle, context.agent.script, timeout_s=timeout_s, on_output=context.output
         )
-        details = {"exit_code": result.exit_code, "output_tail": result.output_tail,
-                   "duration_s": round(result.duration_s, 3)}  # fmt: skip
+        details = {
+            "exit_code": result.exit_code,
+            "output_tail": result.output_tail,
+            "duration_s": round(result.duration_s, 3),
+        }
         if result.timed_out:
             return RunOutcome(False, error=f"timed out after {timeout_s} s", result=details)
         if result.exit_code != 0:

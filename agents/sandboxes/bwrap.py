@@ -15,7 +15,13 @@ from agents.sandboxes.base import (
     SandboxSpec,
     SandboxUnavailable,
 )
-from agents.sandboxes.local import local_exec, local_handle, local_kill, local_live_agent_ids, local_remove
+from agents.sandboxes.local import (
+    local_exec,
+    local_handle,
+    local_kill,
+    local_live_agent_ids,
+    local_remove,
+)
 
 WORKSPACE = "/workspace"
 _SYSTEM_LINKS = ("/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32")
@@ -92,12 +98,22 @@ class BwrapSandbox(Sandbox):
         uid = str(handle["uid"])
         workspace = handle["workspace"]
         argv = [
-            self.setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
-            "--inh-caps=-all", "--no-new-privs",
-            self.bwrap, "--unshare-all", "--die-with-parent", "--new-session",
-            "--hostname", "sandbox",
-            "--ro-bind", "/usr", "/usr",
-        ]  # fmt: skip
+            self.setpriv,
+            f"--reuid={uid}",
+            f"--regid={uid}",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--no-new-privs",
+            self.bwrap,
+            "--unshare-all",
+            "--die-with-parent",
+            "--new-session",
+            "--hostname",
+            "sandbox",
+            "--ro-bind",
+            "/usr",
+            "/usr",
+        ]
         for link in _SYSTEM_LINKS:
             path = Path(link)
             if path.is_symlink():
@@ -115,20 +131,40 @@ class BwrapSandbox(Sandbox):
         if handle.get("network"):
             argv.append("--share-net")
         argv += [
-            "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
-            "--bind", workspace, WORKSPACE,
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+            "--tmpfs",
+            "/tmp",
+            "--bind",
+            workspace,
+            WORKSPACE,
             # The worktree's .git file points the hub's git at its metadata;
             # the agent may read it but never redirect it.
-            "--ro-bind-try", f"{workspace}/.git", f"{WORKSPACE}/.git",
+            "--ro-bind-try",
+            f"{workspace}/.git",
+            f"{WORKSPACE}/.git",
             # bwrap builds the root on a tmpfs; making it read-only leaves
             # /workspace and /tmp as the only places a command can write.
-            "--remount-ro", "/",
-            "--chdir", WORKSPACE, "--clearenv",
-            "--setenv", "PATH", search_path,
-            "--setenv", "HOME", "/tmp", "--setenv", "LANG", "C.UTF-8",
-            "--setenv", "FLOTILLA_AGENT_ID", handle["agent_id"],
-        ]  # fmt: skip
+            "--remount-ro",
+            "/",
+            "--chdir",
+            WORKSPACE,
+            "--clearenv",
+            "--setenv",
+            "PATH",
+            search_path,
+            "--setenv",
+            "HOME",
+            "/tmp",
+            "--setenv",
+            "LANG",
+            "C.UTF-8",
+            "--setenv",
+            "FLOTILLA_AGENT_ID",
+            handle["agent_id"],
+        ]
         for key, value in handle.get("env", {}).items():
             argv += ["--setenv", key, value]
         return [*argv, "--", "/bin/sh", "-c", command]
-

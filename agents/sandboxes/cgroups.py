@@ -5,6 +5,7 @@ between our reading of the member list and the SIGKILL, so a fork bomb dies
 as surely as a single process.
 """
 
+import contextlib
 import logging
 import os
 import signal
@@ -73,10 +74,8 @@ class AgentCgroup:
         self._freeze("FROZEN")
         try:
             for pid in self.pids():
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
         finally:
             self._freeze("THAWED")
         deadline = time.monotonic() + wait_s

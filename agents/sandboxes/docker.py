@@ -153,12 +153,16 @@ class DockerSandbox(Sandbox):
             while (slot := warmpool.slot_claim(node=node, claimant=spec.agent_id)) is not None:
                 record = slot.container() or {}
                 handle: SandboxHandle = {
-                    "backend": self.name, "agent_id": spec.agent_id, "container": name,
-                    "container_id": record.get("id", ""), "uid": uid,
+                    "backend": self.name,
+                    "agent_id": spec.agent_id,
+                    "container": name,
+                    "container_id": record.get("id", ""),
+                    "uid": uid,
                     "workspace": str(spec.workspace),
-                    "cgroup_procs": record.get("cgroup_procs", ""), "warm_slot": str(slot.path),
+                    "cgroup_procs": record.get("cgroup_procs", ""),
+                    "warm_slot": str(slot.path),
                     "env": {AGENT_LABEL: spec.agent_id, **spec.env},
-                }  # fmt: skip
+                }
                 if not self._rename_claimed(record.get("id", ""), name, spec.agent_id, slot):
                     warmpool.slot_release(slot)  # its container died: try the next slot
                     continue
@@ -406,8 +410,9 @@ def _slots_release(handle: SandboxHandle) -> None:
 def workspace_chown(workspace: Path, uid: int) -> None:
     # The sandbox user must own its worktree to write to it; the hub (root)
     # still commits there, with safe.directory set by the workspace module.
-    chown = subprocess.run(["chown", "-R", f"{uid}:{uid}", str(workspace)],
-                           capture_output=True, text=True)  # fmt: skip
+    chown = subprocess.run(
+        ["chown", "-R", f"{uid}:{uid}", str(workspace)], capture_output=True, text=True
+    )
     if chown.returncode != 0:
         raise SandboxError(f"cannot hand the worktree to the sandbox user: {chown.stderr}")
 
@@ -548,10 +553,13 @@ _POOL_START_THREADS = 4
 
 def pool_fits(spec: SandboxSpec) -> bool:
     """Whether a pool container (made with the default limits, no network) can serve ``spec``."""
-    return (settings.FLOTILLA_DOCKER_WARM_POOL > 0 and not spec.network
-            and spec.memory_mb == settings.FLOTILLA_SANDBOX_MEMORY_MB
-            and spec.pids == settings.FLOTILLA_SANDBOX_PIDS
-            and spec.cpus == settings.FLOTILLA_SANDBOX_CPUS)  # fmt: skip
+    return (
+        settings.FLOTILLA_DOCKER_WARM_POOL > 0
+        and not spec.network
+        and spec.memory_mb == settings.FLOTILLA_SANDBOX_MEMORY_MB
+        and spec.pids == settings.FLOTILLA_SANDBOX_PIDS
+        and spec.cpus == settings.FLOTILLA_SANDBOX_CPUS
+    )
 
 
 def docker_pool_refill_enqueue() -> None:
@@ -576,8 +584,9 @@ def docker_pool_refill(*, node: str, size: int | None = None) -> dict[str, list[
         _pool_prune(api, node, report)
         ready = [slot for slot in warmpool.slots(node) if slot.claimant() is None]
         for _ in range(len(ready) - target):
-            slot = warmpool.slot_claim(node=node, claimant=warmpool.MAINTENANCE_CLAIM,
-                                       candidates=ready)  # fmt: skip
+            slot = warmpool.slot_claim(
+                node=node, claimant=warmpool.MAINTENANCE_CLAIM, candidates=ready
+            )
             if slot is None:
                 break  # spawns took the surplus
             _pool_slot_remove(api, slot)
@@ -586,8 +595,9 @@ def docker_pool_refill(*, node: str, size: int | None = None) -> dict[str, list[
         if missing > 0:
             warmpool.pool_root_share(node)
             with ThreadPoolExecutor(max_workers=min(missing, _POOL_START_THREADS)) as threads:
-                report["started"] = list(threads.map(lambda _: _pool_slot_start(api, node),
-                                                     range(missing)))  # fmt: skip
+                report["started"] = list(
+                    threads.map(lambda _: _pool_slot_start(api, node), range(missing))
+                )
         if target == 0:
             warmpool.pool_root_unshare(node)
     return report
@@ -600,8 +610,11 @@ def docker_pool_drain(*, node: str) -> dict[str, list[str]]:
 
 def docker_pool_claims(*, node: str) -> dict[str, str]:
     """Slot path → claimant of every claimed slot; the reconciler lists these before live agents."""
-    return {str(slot.path): claimant for slot in warmpool.slots(node)
-            if (claimant := slot.claimant()) is not None}  # fmt: skip
+    return {
+        str(slot.path): claimant
+        for slot in warmpool.slots(node)
+        if (claimant := slot.claimant()) is not None
+    }
 
 
 def docker_pool_sweep(*, node: str, claims: dict[str, str], live: set[str]) -> list[str]:
@@ -625,10 +638,13 @@ def _pool_slot_start(api: docker.APIClient, node: str) -> str:
     slot = warmpool.slot_create(node)
     name = f"{POOL_NAME_PREFIX}{slot.name}"
     uid = settings.FLOTILLA_SANDBOX_UID
-    spec = SandboxSpec(agent_id="", workspace=slot.workspace,
-                       memory_mb=settings.FLOTILLA_SANDBOX_MEMORY_MB,
-                       pids=settings.FLOTILLA_SANDBOX_PIDS,
-                       cpus=settings.FLOTILLA_SANDBOX_CPUS)  # fmt: skip
+    spec = SandboxSpec(
+        agent_id="",
+        workspace=slot.workspace,
+        memory_mb=settings.FLOTILLA_SANDBOX_MEMORY_MB,
+        pids=settings.FLOTILLA_SANDBOX_PIDS,
+        cpus=settings.FLOTILLA_SANDBOX_CPUS,
+    )
     config = DockerSandbox()._container_config(spec, name, uid, slot=slot)
     try:
         created = api.create_container(**config)
@@ -637,12 +653,14 @@ def _pool_slot_start(api: docker.APIClient, node: str) -> str:
     except Exception as error:  # the SDK raises several unrelated types here
         _pool_slot_remove(api, slot, container=name)
         if isinstance(error, docker.errors.ImageNotFound):
-            raise SandboxUnavailable(f"the sandbox image {settings.FLOTILLA_DOCKER_IMAGE} is "
-                                     "missing: build it with `python manage.py sandbox_image`"
-                                     ) from None  # fmt: skip
+            raise SandboxUnavailable(
+                f"the sandbox image {settings.FLOTILLA_DOCKER_IMAGE} is "
+                "missing: build it with `python manage.py sandbox_image`"
+            ) from None
         raise SandboxError(f"cannot start a warm pool container: {error}") from None
-    warmpool.slot_ready(slot, container_id=created["Id"], name=name,
-                        cgroup_procs=_cgroup_procs_file(pid))  # fmt: skip
+    warmpool.slot_ready(
+        slot, container_id=created["Id"], name=name, cgroup_procs=_cgroup_procs_file(pid)
+    )
     return slot.name
 
 
@@ -674,8 +692,9 @@ def _pool_prune(api: docker.APIClient, node: str, report: dict[str, list[str]]) 
             if record["id"] in running:
                 continue
             # A spawn may be claiming it right now: take it through a claim too.
-            if not warmpool.slot_claim(node=node, claimant=warmpool.MAINTENANCE_CLAIM,
-                                       candidates=[slot]):  # fmt: skip
+            if not warmpool.slot_claim(
+                node=node, claimant=warmpool.MAINTENANCE_CLAIM, candidates=[slot]
+            ):
                 continue
         # Without a record, a refill died half-way through making it (refills hold the lock).
         _pool_slot_remove(api, slot, container=found["Id"] if found else "")
@@ -731,11 +750,16 @@ def docker_image_build(*, rebuild: bool = False) -> tuple[str, bool]:
         return image, False
     repository, tag = docker.utils.parse_repository_tag(image)
     uid = settings.FLOTILLA_SANDBOX_UID
-    changes = [f"LABEL {LABEL_LAYOUT}={digest}", f"WORKDIR {WORKSPACE}", f"USER {uid}:{uid}",
-               'CMD ["/bin/sleep", "infinity"]']  # fmt: skip
+    changes = [
+        f"LABEL {LABEL_LAYOUT}={digest}",
+        f"WORKDIR {WORKSPACE}",
+        f"USER {uid}:{uid}",
+        'CMD ["/bin/sleep", "infinity"]',
+    ]
     try:
-        api.import_image_from_data(_image_tar(layout), repository=repository,
-                                   tag=tag or "latest", changes=changes)  # fmt: skip
+        api.import_image_from_data(
+            _image_tar(layout), repository=repository, tag=tag or "latest", changes=changes
+        )
     except docker.errors.APIError as error:
         raise SandboxError(f"cannot build the sandbox image {image}: {error.explanation}") from None
     if existing and api.inspect_image(image)["Id"] != existing["Id"]:

@@ -6,6 +6,7 @@ that runs as root, before privileges are dropped.
 """
 
 import collections
+import contextlib
 import logging
 import os
 import select
@@ -156,10 +157,8 @@ def local_remove(handle: SandboxHandle) -> None:
 
 
 def _killpg(pgid: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def labelled_pids(agent_id: str | None = None) -> dict[int, str]:

@@ -12,7 +12,13 @@ from agents.sandboxes.base import (
     SandboxSpec,
     SandboxUnavailable,
 )
-from agents.sandboxes.local import local_exec, local_handle, local_kill, local_live_agent_ids, local_remove
+from agents.sandboxes.local import (
+    local_exec,
+    local_handle,
+    local_kill,
+    local_live_agent_ids,
+    local_remove,
+)
 
 
 class ProcessSandbox(Sandbox):

@@ -42,8 +42,13 @@ _ENOENT = 2
 MAINTENANCE_CLAIM = "pool:maintenance"
 
 _libc = ctypes.CDLL(None, use_errno=True)
-_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
-                        ctypes.c_void_p]  # fmt: skip
+_libc.mount.argtypes = [
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_ulong,
+    ctypes.c_void_p,
+]
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 
 
@@ -144,12 +149,14 @@ def slots(node: str) -> list[WarmSlot]:
     root = pool_root(node)
     if not root.is_dir():
         return []
-    return sorted((WarmSlot(path) for path in root.iterdir() if path.is_dir()),
-                  key=lambda slot: slot.name)  # fmt: skip
+    return sorted(
+        (WarmSlot(path) for path in root.iterdir() if path.is_dir()), key=lambda slot: slot.name
+    )
 
 
-def slot_claim(*, node: str, claimant: str, candidates: list[WarmSlot] | None = None
-               ) -> WarmSlot | None:  # fmt: skip
+def slot_claim(
+    *, node: str, claimant: str, candidates: list[WarmSlot] | None = None
+) -> WarmSlot | None:
     """Claim a ready, unclaimed slot for ``claimant``; None when there is none.
 
     The claim file's exclusive creation is the claim, so two processes never
@@ -216,8 +223,11 @@ def slot_release(slot: WarmSlot) -> None:
 def mounts_under(path: Path) -> list[Path]:
     """Every mount point at or below ``path`` (for tests and the reconciler's report)."""
     prefix = str(path)
-    return [point for point in _mount_points()
-            if str(point) == prefix or str(point).startswith(prefix + "/")]  # fmt: skip
+    return [
+        point
+        for point in _mount_points()
+        if str(point) == prefix or str(point).startswith(prefix + "/")
+    ]
 
 
 # --- mount(2) -----------------------------------------------------------------

@@ -4,26 +4,29 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='AuditEvent',
+            name="AuditEvent",
             fields=[
-                ('id', models.BigAutoField(primary_key=True, serialize=False)),
-                ('created_at', models.DateTimeField(auto_now_add=True, db_index=True)),
-                ('actor', models.CharField(help_text='user:<name>, peer:<id>, system:<part>', max_length=200)),
-                ('action', models.CharField(db_index=True, max_length=100)),
-                ('target', models.CharField(blank=True, db_index=True, max_length=200)),
-                ('reason', models.TextField(blank=True)),
-                ('data', models.JSONField(blank=True, default=dict)),
+                ("id", models.BigAutoField(primary_key=True, serialize=False)),
+                ("created_at", models.DateTimeField(auto_now_add=True, db_index=True)),
+                (
+                    "actor",
+                    models.CharField(
+                        help_text="user:<name>, peer:<id>, system:<part>", max_length=200
+                    ),
+                ),
+                ("action", models.CharField(db_index=True, max_length=100)),
+                ("target", models.CharField(blank=True, db_index=True, max_length=200)),
+                ("reason", models.TextField(blank=True)),
+                ("data", models.JSONField(blank=True, default=dict)),
             ],
             options={
-                'ordering': ['-id'],
+                "ordering": ["-id"],
             },
         ),
     ]

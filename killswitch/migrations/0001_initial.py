@@ -4,24 +4,29 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='HubHalt',
+            name="HubHalt",
             fields=[
-                ('id', models.PositiveSmallIntegerField(default=1, editable=False, primary_key=True, serialize=False)),
-                ('halted', models.BooleanField(default=False)),
-                ('reason', models.TextField(blank=True)),
-                ('actor', models.CharField(blank=True, max_length=200)),
-                ('changed_at', models.DateTimeField(auto_now=True)),
+                (
+                    "id",
+                    models.PositiveSmallIntegerField(
+                        default=1, editable=False, primary_key=True, serialize=False
+                    ),
+                ),
+                ("halted", models.BooleanField(default=False)),
+                ("reason", models.TextField(blank=True)),
+                ("actor", models.CharField(blank=True, max_length=200)),
+                ("changed_at", models.DateTimeField(auto_now=True)),
             ],
             options={
-                'constraints': [models.CheckConstraint(condition=models.Q(('id', 1)), name='hub_halt_singleton')],
+                "constraints": [
+                    models.CheckConstraint(condition=models.Q(("id", 1)), name="hub_halt_singleton")
+                ],
             },
         ),
     ]

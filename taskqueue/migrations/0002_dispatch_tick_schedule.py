@@ -9,9 +9,13 @@ def create_tick(apps, schema_editor):  # noqa: ANN001 - migration signature
     Schedule = apps.get_model("django_q", "Schedule")
     Schedule.objects.update_or_create(
         name=SCHEDULE_NAME,
-        defaults={"func": "taskqueue.tasks.projects_tick", "schedule_type": "I",
-                  "minutes": 1, "repeats": -1},
-    )  # fmt: skip
+        defaults={
+            "func": "taskqueue.tasks.projects_tick",
+            "schedule_type": "I",
+            "minutes": 1,
+            "repeats": -1,
+        },
+    )
 
 
 def delete_tick(apps, schema_editor):  # noqa: ANN001 - migration signature

@@ -7,9 +7,14 @@ from federation.models import Peer, PeerState
 
 
 def _peer(**fields) -> Peer:
-    defaults = {"instance_id": "hub-b", "name": "Hub B", "url": "https://hub-b.example",
-                "keys": [{"key_id": "hub-b#1", "alg": "ed25519", "public_key": "x"}],
-                "max_concurrent_agents": 5, "requests_per_minute": 60}  # fmt: skip
+    defaults = {
+        "instance_id": "hub-b",
+        "name": "Hub B",
+        "url": "https://hub-b.example",
+        "keys": [{"key_id": "hub-b#1", "alg": "ed25519", "public_key": "x"}],
+        "max_concurrent_agents": 5,
+        "requests_per_minute": 60,
+    }
     return Peer.objects.create(**{**defaults, **fields})
 
 

@@ -31,9 +31,13 @@ def _create(user, repository, **fields) -> dict:
         {"key": "a", "script": "true", "repository": str(repository)},
         {"key": "b", "script": "true", "repository": str(repository), "depends_on": ["a"]},
         {"key": "c", "script": "true", "repository": str(repository), "depends_on": ["a"]},
-        {"key": "d", "script": "true", "repository": str(repository),
-         "depends_on": ["b", "c", "a"]},
-    ]  # fmt: skip
+        {
+            "key": "d",
+            "script": "true",
+            "repository": str(repository),
+            "depends_on": ["b", "c", "a"],
+        },
+    ]
     body = {"name": "diamond", "mode": "dag", "paused": True, "tasks": tasks, **fields}
     response = _api(user).post("/api/v1/projects", body, format="json")
     assert response.status_code == 201, response.content

@@ -70,11 +70,19 @@ def _template_database() -> str:
     if not _template_ready:
         admin_execute(f"DROP DATABASE IF EXISTS {_TEMPLATE}")
         admin_execute(f"CREATE DATABASE {_TEMPLATE}")
-        env = {**os.environ, "DJANGO_SETTINGS_MODULE": "orchestrator_site.settings",
-               "DATABASE_URL": database_url(_TEMPLATE),
-               "DATA_DIR": tempfile.mkdtemp(prefix="flotilla-rel-migrate-")}  # fmt: skip
-        subprocess.run([sys.executable, "manage.py", "migrate", "--no-input"], cwd=ROOT,
-                       env=env, check=True, capture_output=True)  # fmt: skip
+        env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "orchestrator_site.settings",
+            "DATABASE_URL": database_url(_TEMPLATE),
+            "DATA_DIR": tempfile.mkdtemp(prefix="flotilla-rel-migrate-"),
+        }
+        subprocess.run(
+            [sys.executable, "manage.py", "migrate", "--no-input"],
+            cwd=ROOT,
+            env=env,
+            check=True,
+            capture_output=True,
+        )
         _template_ready = True
     return _TEMPLATE
 
@@ -103,8 +111,15 @@ class Node:
 
 
 class Cluster:
-    def __init__(self, *, workers: int = 2, webs: int = 2, worker_processes: int = 20,
-                 redis_url: str = "", extra_env: dict[str, str] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        workers: int = 2,
+        webs: int = 2,
+        worker_processes: int = 20,
+        redis_url: str = "",
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self.id = uuid.uuid4().hex[:8]
         self.database = f"flotilla_rel_{self.id}"
         self.root = Path(tempfile.mkdtemp(prefix=f"flotilla-rel-{self.id}-"))
@@ -128,8 +143,9 @@ class Cluster:
             **(extra_env or {}),
         }
         self.webs = [self._node(f"web-{index + 1}", "web") for index in range(webs)]
-        self.workers = [self._node(f"node-{chr(ord('a') + index)}", "worker")
-                        for index in range(workers)]  # fmt: skip
+        self.workers = [
+            self._node(f"node-{chr(ord('a') + index)}", "worker") for index in range(workers)
+        ]
         self.staff_token = self.user_token = ""
         self.session = requests.Session()
 
@@ -162,16 +178,27 @@ class Cluster:
             shutil.rmtree(self.root, ignore_errors=True)
 
     def manage(self, node: Node, *args: str, check: bool = True) -> str:
-        done = subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=node.env,
-                              capture_output=True, text=True)  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "manage.py", *args],
+            cwd=ROOT,
+            env=node.env,
+            capture_output=True,
+            text=True,
+        )
         if check and done.returncode != 0:
             raise RuntimeError(f"manage.py {args[0]} on {node.name} failed: {done.stderr[-3000:]}")
         return done.stdout
 
     def _spawn(self, node: Node, name: str, argv: list[str]) -> subprocess.Popen:
         log = open(self.root / f"{node.name}-{name}.log", "ab")  # noqa: SIM115 - the child keeps it
-        process = subprocess.Popen(argv, cwd=ROOT, env=node.env, stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        process = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env=node.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         log.close()
         node.processes.append(process)
         return process
@@ -185,14 +212,25 @@ class Cluster:
 
     def wait_listening(self, node: Node, timeout: float = 30) -> None:
         log = self.root / f"{node.name}-kill_listener.log"
-        wait_until(lambda: log.exists() and "listening" in log.read_text(), timeout,
-                   f"the kill listener of {node.name}")  # fmt: skip
+        wait_until(
+            lambda: log.exists() and "listening" in log.read_text(),
+            timeout,
+            f"the kill listener of {node.name}",
+        )
 
     def start_web(self, node: Node) -> None:
         node.processes = []
         node.port = free_port()
-        argv = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(node.port),
-                "orchestrator_site.asgi:application"]  # fmt: skip
+        argv = [
+            sys.executable,
+            "-m",
+            "daphne",
+            "-b",
+            "127.0.0.1",
+            "-p",
+            str(node.port),
+            "orchestrator_site.asgi:application",
+        ]
         process = self._spawn(node, "daphne", argv)
 
         def up() -> bool:
@@ -223,17 +261,27 @@ class Cluster:
 
     # --- API and database -------------------------------------------------------
 
-    def api(self, web: Node, method: str, path: str, *, token: str | None = None,
-            **kwargs: Any) -> requests.Response:  # fmt: skip
+    def api(
+        self, web: Node, method: str, path: str, *, token: str | None = None, **kwargs: Any
+    ) -> requests.Response:
         headers = {"Authorization": f"Token {token or self.staff_token}"}
-        return self.session.request(method, f"{web.url}/api/v1/{path}", headers=headers,
-                                    timeout=kwargs.pop("timeout", 30), **kwargs)  # fmt: skip
+        return self.session.request(
+            method,
+            f"{web.url}/api/v1/{path}",
+            headers=headers,
+            timeout=kwargs.pop("timeout", 30),
+            **kwargs,
+        )
 
     def spawn(self, web: Node, repository: Path, script: str, **options: Any) -> str:
-        body = {"task_id": options.pop("task_id", "reliability"), "agent_type": "worker",
-                "runtime": "script", "script": script,
-                "context": {"repository": str(repository), "branch": "main"},
-                "options": {"timeout_s": 120, **options}}  # fmt: skip
+        body = {
+            "task_id": options.pop("task_id", "reliability"),
+            "agent_type": "worker",
+            "runtime": "script",
+            "script": script,
+            "context": {"repository": str(repository), "branch": "main"},
+            "options": {"timeout_s": 120, **options},
+        }
         response = self.api(web, "POST", "agents", json=body)
         assert response.status_code == 202, response.text
         return response.json()["agent_id"]
@@ -248,8 +296,15 @@ class Cluster:
 
     def agents(self) -> dict[str, dict[str, Any]]:
         rows = self.query("SELECT id::text, state, node, result::text, error FROM agents_agent")
-        return {row[0]: {"state": row[1], "node": row[2], "result": json.loads(row[3] or "{}"),
-                         "error": row[4]} for row in rows}  # fmt: skip
+        return {
+            row[0]: {
+                "state": row[1],
+                "node": row[2],
+                "result": json.loads(row[3] or "{}"),
+                "error": row[4],
+            }
+            for row in rows
+        }
 
 
 def wait_until(check: Callable[[], Any], timeout: float, what: str, every: float = 0.05) -> Any:

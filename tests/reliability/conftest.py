@@ -71,14 +71,21 @@ def sandbox_processes(agent_ids) -> dict[str, list[int]]:
 
 
 def agent_cgroups(agent_ids) -> list[str]:
-    return [str(agent_id) for agent_id in agent_ids
-            if AgentCgroup(cgroup_name(str(agent_id))).path("freezer").exists()]  # fmt: skip
+    return [
+        str(agent_id)
+        for agent_id in agent_ids
+        if AgentCgroup(cgroup_name(str(agent_id))).path("freezer").exists()
+    ]
 
 
 def remote_branch_commits(repository: Path, agent_id: str) -> int:
     """How many commits the agent's branch in the remote holds above main (0: no branch)."""
-    done = subprocess.run(["git", "rev-list", "--count", f"main..flotilla/{agent_id}"],
-                          cwd=repository, capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run(
+        ["git", "rev-list", "--count", f"main..flotilla/{agent_id}"],
+        cwd=repository,
+        capture_output=True,
+        text=True,
+    )
     return int(done.stdout.strip()) if done.returncode == 0 else 0
 
 

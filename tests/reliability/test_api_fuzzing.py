@@ -34,16 +34,35 @@ def fuzz_hub():
 def test_schemathesis_finds_no_server_error_and_no_response_outside_the_schema(fuzz_hub, tmp_path):
     examples = "200" if HEAVY else "25"
     done = subprocess.run(
-        [str(ST), "run", f"{fuzz_hub.url}/api/v1/schema/?format=json",
-         "--header", f"Authorization: Token {fuzz_hub.token}",
-         "--checks", "not_a_server_error,status_code_conformance,response_schema_conformance,"
-                     "content_type_conformance",
-         "--phases", "examples,fuzzing", "--max-examples", examples, "--seed", "9",
-         "--exclude-path-regex", EXCLUDED, "--request-timeout", "30", "--continue-on-failure",
-         "--report-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "NO_COLOR": "1"},
+        [
+            str(ST),
+            "run",
+            f"{fuzz_hub.url}/api/v1/schema/?format=json",
+            "--header",
+            f"Authorization: Token {fuzz_hub.token}",
+            "--checks",
+            "not_a_server_error,status_code_conformance,response_schema_conformance,"
+            "content_type_conformance",
+            "--phases",
+            "examples,fuzzing",
+            "--max-examples",
+            examples,
+            "--seed",
+            "9",
+            "--exclude-path-regex",
+            EXCLUDED,
+            "--request-timeout",
+            "30",
+            "--continue-on-failure",
+            "--report-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "NO_COLOR": "1"},
         cwd=tmp_path,  # Schemathesis keeps a cache in its working directory
-    )  # fmt: skip
+    )
     readable = re.sub(r"(\\u[0-9a-f]{4}|[A-Za-z0-9+/=]){200,}", "…", done.stdout)
     assert done.returncode == 0, readable[-15000:]
     assert "Tested: " in readable

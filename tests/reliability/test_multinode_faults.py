@@ -28,8 +28,12 @@ def assert_nothing_lost_or_pushed_twice(cluster, repository, ids: list[str]) -> 
         if agent["state"] == "completed":
             # One push of one commit: a second delivery would have added another.
             assert commits == 1, (agent_id, commits)
-            head = subprocess.run(["git", "rev-parse", f"flotilla/{agent_id}"], cwd=repository,
-                                  capture_output=True, text=True).stdout.strip()  # fmt: skip
+            head = subprocess.run(
+                ["git", "rev-parse", f"flotilla/{agent_id}"],
+                cwd=repository,
+                capture_output=True,
+                text=True,
+            ).stdout.strip()
             assert agent["result"]["pushed_commit"] == head
         else:
             assert commits == 0, (agent_id, agent)
@@ -47,12 +51,22 @@ def assert_no_orphan_sandbox(cluster, ids: list[str]) -> None:
 
 def test_a_worker_sigkilled_mid_run_loses_nothing_and_leaves_no_sandbox(cluster, repository):
     web_1, web_2 = cluster.webs
-    ids = [cluster.spawn(web_1 if index % 2 else web_2, repository, WORK.format(seconds=6),
-                         task_id=f"crash{index}", max_retries=index % 2)
-           for index in range(10)]  # fmt: skip
+    ids = [
+        cluster.spawn(
+            web_1 if index % 2 else web_2,
+            repository,
+            WORK.format(seconds=6),
+            task_id=f"crash{index}",
+            max_retries=index % 2,
+        )
+        for index in range(10)
+    ]
     wait_until(lambda: set(cluster.states(ids).values()) == {"running"}, 60, "running agents")
-    on_b = [agent_id for agent_id, agent in cluster.agents().items() if agent["node"] == "node-b"
-            and agent_id in ids]  # fmt: skip
+    on_b = [
+        agent_id
+        for agent_id, agent in cluster.agents().items()
+        if agent["node"] == "node-b" and agent_id in ids
+    ]
     assert on_b, "node-b runs some of the agents"
 
     node_b = cluster.workers[1]
@@ -77,12 +91,19 @@ def test_a_worker_sigkilled_mid_run_loses_nothing_and_leaves_no_sandbox(cluster,
 def restart_postgresql() -> None:
     """Restart the server; whatever happens, make sure it is up again before returning."""
     try:
-        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", "15", "main", "restart"],
-                       check=True, capture_output=True, timeout=60)  # fmt: skip
+        subprocess.run(
+            ["pg_ctlcluster", "--skip-systemctl-redirect", "15", "main", "restart"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
     finally:
         if not postgres_available():
-            subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", "15", "main", "start"],
-                           capture_output=True, timeout=60)  # fmt: skip
+            subprocess.run(
+                ["pg_ctlcluster", "--skip-systemctl-redirect", "15", "main", "start"],
+                capture_output=True,
+                timeout=60,
+            )
         wait_until(postgres_available, 60, "PostgreSQL back up", every=0.2)
 
 
@@ -90,8 +111,10 @@ def test_a_postgresql_restart_mid_run_loses_nothing_and_kills_still_reach_the_no
     cluster, repository
 ):
     web_1, web_2 = cluster.webs
-    ids = [cluster.spawn(web_1, repository, WORK.format(seconds=4), task_id=f"pg{index}")
-           for index in range(6)]  # fmt: skip
+    ids = [
+        cluster.spawn(web_1, repository, WORK.format(seconds=4), task_id=f"pg{index}")
+        for index in range(6)
+    ]
     wait_until(lambda: set(cluster.states(ids).values()) == {"running"}, 60, "running agents")
 
     restart_postgresql()
@@ -119,8 +142,9 @@ def test_a_web_process_sigkilled_during_a_spawn_burst_loses_no_accepted_agent(cl
 
     def spawn(index: int) -> None:
         try:
-            agent_id = cluster.spawn(web_2, repository, "echo burst > burst.txt",
-                                     task_id=f"burst{index}")  # fmt: skip
+            agent_id = cluster.spawn(
+                web_2, repository, "echo burst > burst.txt", task_id=f"burst{index}"
+            )
         except (requests.RequestException, AssertionError):
             return  # the web process died under this request: the client saw no answer
         with lock:
@@ -141,7 +165,10 @@ def test_a_web_process_sigkilled_during_a_spawn_burst_loses_no_accepted_agent(cl
     # reconciler puts such agents back in the queue once they are 2 s old here.
     time.sleep(2.5)
     cluster.manage(cluster.workers[0], "reconcile", "--no-schedule")
-    wait_until(lambda: set(cluster.states(ids).values()) == {"completed"}, 90,
-               "every agent of the burst completed")  # fmt: skip
+    wait_until(
+        lambda: set(cluster.states(ids).values()) == {"completed"},
+        90,
+        "every agent of the burst completed",
+    )
     assert_nothing_lost_or_pushed_twice(cluster, repository, ids)
     assert_no_orphan_sandbox(cluster, ids)

@@ -13,8 +13,10 @@ def test_forty_agents_spread_over_two_workers_all_stop_within_a_second_of_one_ki
     cluster, repository
 ):
     web_1, web_2 = cluster.webs
-    ids = [cluster.spawn(web_1 if index % 2 else web_2, repository, SLEEPER, task_id=f"k{index}")
-           for index in range(40)]  # fmt: skip
+    ids = [
+        cluster.spawn(web_1 if index % 2 else web_2, repository, SLEEPER, task_id=f"k{index}")
+        for index in range(40)
+    ]
     wait_until(lambda: set(cluster.states(ids).values()) == {"running"}, 90, "40 running agents")
     wait_until(lambda: len(sandbox_processes(ids)) == 40, 30, "a sandbox process per agent")
     nodes = {agent["node"] for agent in cluster.agents().values()}
@@ -24,8 +26,9 @@ def test_forty_agents_spread_over_two_workers_all_stop_within_a_second_of_one_ki
     started = time.monotonic()
 
     def kill_all() -> None:
-        answer["response"] = cluster.api(web_1, "POST", "agents/kill-all",
-                                         json={"reason": "reliability"})  # fmt: skip
+        answer["response"] = cluster.api(
+            web_1, "POST", "agents/kill-all", json={"reason": "reliability"}
+        )
         answer["answered_after"] = time.monotonic() - started
 
     request = threading.Thread(target=kill_all)
@@ -56,13 +59,18 @@ def test_forty_agents_spread_over_two_workers_all_stop_within_a_second_of_one_ki
     )
     wait_until(lambda: sum(n for _, n in cluster.query(query)) >= 40, 60, "every node's cleanup")
     executed = cluster.query(query)
-    assert dict(executed) == {"node-a": nodes_count(cluster, "node-a", ids),
-                              "node-b": nodes_count(cluster, "node-b", ids)}  # fmt: skip
+    assert dict(executed) == {
+        "node-a": nodes_count(cluster, "node-a", ids),
+        "node-b": nodes_count(cluster, "node-b", ids),
+    }
 
 
 def nodes_count(cluster, node: str, ids: list[str]) -> int:
-    return sum(1 for agent_id, agent in cluster.agents().items()
-               if agent_id in ids and agent["node"] == node)  # fmt: skip
+    return sum(
+        1
+        for agent_id, agent in cluster.agents().items()
+        if agent_id in ids and agent["node"] == node
+    )
 
 
 def test_a_kill_from_a_web_process_is_executed_by_the_agents_node_within_a_second(
@@ -76,10 +84,16 @@ def test_a_kill_from_a_web_process_is_executed_by_the_agents_node_within_a_secon
         started = time.monotonic()
         response = cluster.api(web_2, "POST", f"agents/{agent_id}/kill", json={"reason": "one"})
         assert response.status_code == 200, response.text
-        wait_until(lambda agent_id=agent_id: not sandbox_processes([agent_id]), 5,
-                   "the agent's processes gone", every=0.005)  # fmt: skip
+        wait_until(
+            lambda agent_id=agent_id: not sandbox_processes([agent_id]),
+            5,
+            "the agent's processes gone",
+            every=0.005,
+        )
         assert time.monotonic() - started < 1.0
-    audit = cluster.query("SELECT data->>'routed_to' FROM audit_auditevent "
-                          "WHERE action = 'agent.kill' AND target = ANY(%s)",
-                          [f"agent:{agent_id}" for agent_id in ids])  # fmt: skip
+    audit = cluster.query(
+        "SELECT data->>'routed_to' FROM audit_auditevent "
+        "WHERE action = 'agent.kill' AND target = ANY(%s)",
+        [f"agent:{agent_id}" for agent_id in ids],
+    )
     assert sorted(row[0] for row in audit) == sorted(cluster.agents()[i]["node"] for i in ids)

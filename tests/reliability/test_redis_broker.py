@@ -38,8 +38,10 @@ def test_agents_queued_through_redis_run_on_the_worker_node_and_kills_reach_it(
 ):
     (web,) = redis_cluster.webs
     queue = redis.Redis.from_url(REDIS_URL)
-    ids = [redis_cluster.spawn(web, repository, "echo via-redis > r.txt", task_id=f"r{index}")
-           for index in range(3)]  # fmt: skip
+    ids = [
+        redis_cluster.spawn(web, repository, "echo via-redis > r.txt", task_id=f"r{index}")
+        for index in range(3)
+    ]
     wait_until(lambda: set(redis_cluster.states(ids).values()) == {"completed"}, 60, "completed")
     assert all(remote_branch_commits(repository, agent_id) == 1 for agent_id in ids)
     assert {redis_cluster.agents()[agent_id]["node"] for agent_id in ids} == {"node-a"}

@@ -16,8 +16,11 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser) -> None:  # noqa: ANN001
-        parser.add_argument("--no-schedule", action="store_true",
-                            help="do not create or update the periodic schedule")  # fmt: skip
+        parser.add_argument(
+            "--no-schedule",
+            action="store_true",
+            help="do not create or update the periodic schedule",
+        )
 
     def handle(self, *args, **options) -> None:
         if not options["no_schedule"]:

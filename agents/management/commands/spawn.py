@@ -26,11 +26,16 @@ class Command(BaseCommand):
         if options["timeout"] < 0:
             raise CommandError("--timeout must not be negative")
         request = SpawnRequest(
-            task_id=options["task_id"], agent_type="worker", runtime="script",
-            repository=options["repository"], base_branch=options["branch"],
-            script=options["script"], timeout_s=options["timeout"],
-            sandbox=options["sandbox"], network=options["network"],
-        )  # fmt: skip
+            task_id=options["task_id"],
+            agent_type="worker",
+            runtime="script",
+            repository=options["repository"],
+            base_branch=options["branch"],
+            script=options["script"],
+            timeout_s=options["timeout"],
+            sandbox=options["sandbox"],
+            network=options["network"],
+        )
         try:
             agent = agent_spawn(request=request, requested_by="cli")
         except AgentError as error:

@@ -111,9 +111,15 @@ class _Conversation:
                 return self._failed("the model refused to continue")
             calls = [block for block in content if block.get("type") == "tool_use"]
             if reply.get("stop_reason") == "max_tokens" and calls:
-                self.messages.append({"role": "user", "content": [
-                    _tool_result(call["id"], prompts.CUT_OFF, is_error=True) for call in calls
-                ]})  # fmt: skip
+                self.messages.append(
+                    {
+                        "role": "user",
+                        "content": [
+                            _tool_result(call["id"], prompts.CUT_OFF, is_error=True)
+                            for call in calls
+                        ],
+                    }
+                )
                 continue
             if not calls:
                 idle += 1
@@ -155,9 +161,17 @@ class _Conversation:
             result = self.tools.call(call.get("name", ""), call.get("input"))
             result.text = _truncated(llm_redact(result.text))
             results.append(_tool_result(call["id"], result.text, is_error=result.is_error))
-            self._emit({"role": "tool", "turn": self.turns, "tool_use_id": call["id"],
-                        "name": call.get("name"), "input": _clipped(call.get("input")),
-                        "is_error": result.is_error, "result": result.text})  # fmt: skip
+            self._emit(
+                {
+                    "role": "tool",
+                    "turn": self.turns,
+                    "tool_use_id": call["id"],
+                    "name": call.get("name"),
+                    "input": _clipped(call.get("input")),
+                    "is_error": result.is_error,
+                    "result": result.text,
+                }
+            )
             if result.finished:
                 return self._finished(result)
         self.messages.append({"role": "user", "content": results})
@@ -174,15 +188,24 @@ class _Conversation:
         self.messages.append(
             {"role": "assistant", "content": content or [{"type": "text", "text": "(no reply)"}]}
         )
-        self._emit({"role": "assistant", "turn": self.turns, "content": content,
-                    "stop_reason": reply.get("stop_reason"), "usage": usage.as_dict(),
-                    "cost_usd": str(cost), "spent_usd": str(self.spent)})  # fmt: skip
+        self._emit(
+            {
+                "role": "assistant",
+                "turn": self.turns,
+                "content": content,
+                "stop_reason": reply.get("stop_reason"),
+                "usage": usage.as_dict(),
+                "cost_usd": str(cost),
+                "spent_usd": str(self.spent),
+            }
+        )
         return content
 
     def _finished(self, result: ToolResult) -> RunOutcome:
         summary = result.data["summary"]
-        return RunOutcome(True, summary=summary, delivered=True,
-                          result={**self._result(), **result.data})  # fmt: skip
+        return RunOutcome(
+            True, summary=summary, delivered=True, result={**self._result(), **result.data}
+        )
 
     def _failed(self, reason: str) -> RunOutcome:
         return RunOutcome(False, error=reason, result=self._result())
@@ -205,8 +228,10 @@ class _Conversation:
         if saved is not None:
             saved.delete()
             if saved.attempt == self.agent.attempt:
-                self.context.emit(AgentEventKind.LOG, {
-                    "message": f"resuming the conversation after turn {saved.turns}"})  # fmt: skip
+                self.context.emit(
+                    AgentEventKind.LOG,
+                    {"message": f"resuming the conversation after turn {saved.turns}"},
+                )
                 return saved.messages, saved.turns
         first = prompts.first_message(self.agent)
         self._emit({"role": "user", "turn": 0, "content": first})
@@ -230,8 +255,12 @@ def _block(block: dict[str, Any]) -> dict[str, Any]:
         return {"type": "text", "text": block.get("text", "")}
     if kind == "tool_use":
         tool_input = block.get("input")
-        return {"type": "tool_use", "id": block["id"], "name": block.get("name", ""),
-                "input": tool_input if isinstance(tool_input, dict) else {}}  # fmt: skip
+        return {
+            "type": "tool_use",
+            "id": block["id"],
+            "name": block.get("name", ""),
+            "input": tool_input if isinstance(tool_input, dict) else {},
+        }
     return {key: value for key, value in block.items() if value is not None}
 
 

@@ -11,10 +11,12 @@ class Command(BaseCommand):
     help = "Create a new key version, keep older keys valid for --grace-days, tell ACTIVE peers."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--grace-days", type=int,
-                            default=settings.FLOTILLA_FEDERATION_KEY_GRACE_DAYS)  # fmt: skip
-        parser.add_argument("--no-announce", action="store_true",
-                            help="do not send the new keys to ACTIVE peers")  # fmt: skip
+        parser.add_argument(
+            "--grace-days", type=int, default=settings.FLOTILLA_FEDERATION_KEY_GRACE_DAYS
+        )
+        parser.add_argument(
+            "--no-announce", action="store_true", help="do not send the new keys to ACTIVE peers"
+        )
 
     def handle(self, *args: object, grace_days: int, no_announce: bool, **options: object) -> None:
         new, retiring = instance_key_rotate(grace_days=grace_days)

@@ -27,14 +27,20 @@ class Command(BaseCommand):
             if action == "list":
                 for peer in peer_list():
                     seen = peer.last_seen.isoformat() if peer.last_seen else "never"
-                    self.stdout.write(f"{peer.id}  {peer.instance_id:<24} {peer.state:<12} "
-                                      f"{peer.url}  last seen {seen}")  # fmt: skip
+                    self.stdout.write(
+                        f"{peer.id}  {peer.instance_id:<24} {peer.state:<12} "
+                        f"{peer.url}  last seen {seen}"
+                    )
                 return
             if action == "connect":
                 peer = peer_connect(url=str(options["url"]), actor=actor)
             else:
-                peer = peer_transition(peer_id=self._peer_id(str(options["peer"])), action=action,
-                                       actor=actor, reason=str(options["reason"]))  # fmt: skip
+                peer = peer_transition(
+                    peer_id=self._peer_id(str(options["peer"])),
+                    action=action,
+                    actor=actor,
+                    reason=str(options["reason"]),
+                )
         except FederationError as error:
             raise CommandError(error.message) from None
         self.stdout.write(f"{peer.id}  {peer.instance_id}  {peer.state}")

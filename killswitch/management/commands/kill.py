@@ -20,5 +20,7 @@ class Command(BaseCommand):
             raise CommandError(str(error)) from None
         if not termination.terminated:
             raise CommandError(f"agent {agent_id} was already {termination.previous_state}")
-        self.stdout.write(f"killed {agent_id} (was {termination.previous_state}) "
-                          f"in {termination.latency_ms:.0f} ms")  # fmt: skip
+        self.stdout.write(
+            f"killed {agent_id} (was {termination.previous_state}) "
+            f"in {termination.latency_ms:.0f} ms"
+        )

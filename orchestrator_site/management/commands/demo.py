@@ -19,13 +19,22 @@ SAMPLE_FILES = {
 }
 
 DEMO_AGENTS = [
-    ("demo-docs", "Writes a changelog and finishes: its branch is pushed.",
-     "echo '## 0.1.0' > CHANGELOG.md; echo 'wrote CHANGELOG.md'"),
-    ("demo-failing", "Exits with status 2: ends failed, output kept.",
-     "echo 'checking something...'; echo 'nope' >&2; exit 2"),
-    ("demo-long", "Runs for ten minutes: try its kill button.",
-     "for i in $(seq 600); do echo \"step $i\"; sleep 1; done"),
-]  # fmt: skip
+    (
+        "demo-docs",
+        "Writes a changelog and finishes: its branch is pushed.",
+        "echo '## 0.1.0' > CHANGELOG.md; echo 'wrote CHANGELOG.md'",
+    ),
+    (
+        "demo-failing",
+        "Exits with status 2: ends failed, output kept.",
+        "echo 'checking something...'; echo 'nope' >&2; exit 2",
+    ),
+    (
+        "demo-long",
+        "Runs for ten minutes: try its kill button.",
+        'for i in $(seq 600); do echo "step $i"; sleep 1; done',
+    ),
+]
 
 
 class Command(BaseCommand):
@@ -44,9 +53,16 @@ class Command(BaseCommand):
         if no_agents:
             return
         for task_id, description, script in DEMO_AGENTS:
-            request = SpawnRequest(task_id=task_id, agent_type="worker", runtime="script",
-                                   repository=str(repository), base_branch="main", script=script,
-                                   instructions=description, timeout_s=900)  # fmt: skip
+            request = SpawnRequest(
+                task_id=task_id,
+                agent_type="worker",
+                runtime="script",
+                repository=str(repository),
+                base_branch="main",
+                script=script,
+                instructions=description,
+                timeout_s=900,
+            )
             try:
                 agent = agent_spawn(request=request, requested_by="demo")
             except AgentError as error:
@@ -64,8 +80,17 @@ class Command(BaseCommand):
         for name, content in SAMPLE_FILES.items():
             (seed / name).write_text(content)
         self._git(seed, "add", "--all")
-        self._git(seed, "-c", "user.name=Flotilla demo", "-c", "user.email=demo@localhost",
-                  "commit", "--quiet", "-m", "Sample project")  # fmt: skip
+        self._git(
+            seed,
+            "-c",
+            "user.name=Flotilla demo",
+            "-c",
+            "user.email=demo@localhost",
+            "commit",
+            "--quiet",
+            "-m",
+            "Sample project",
+        )
         self._git(seed, "push", "--quiet", str(remote), "main")
         return remote
 

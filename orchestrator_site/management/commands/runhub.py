@@ -21,8 +21,12 @@ class Command(BaseCommand):
     def add_arguments(self, parser) -> None:  # noqa: ANN001
         parser.add_argument("--host", default="127.0.0.1")
         parser.add_argument("--port", type=int, default=8000)
-        parser.add_argument("--role", choices=ROLES, default="all",
-                            help="start only the web server or only the worker")  # fmt: skip
+        parser.add_argument(
+            "--role",
+            choices=ROLES,
+            default="all",
+            help="start only the web server or only the worker",
+        )
 
     def handle(self, *args, host: str, port: int, role: str, **options) -> None:
         if not 0 < port < 65536:
@@ -34,8 +38,16 @@ class Command(BaseCommand):
             call_command("reconcile", stdout=io.StringIO())
         if role in ("all", "web"):
             children["web"] = self._start(
-                [sys.executable, "-m", "daphne", "-b", host, "-p", str(port),
-                 "orchestrator_site.asgi:application"]  # fmt: skip
+                [
+                    sys.executable,
+                    "-m",
+                    "daphne",
+                    "-b",
+                    host,
+                    "-p",
+                    str(port),
+                    "orchestrator_site.asgi:application",
+                ]
             )
         if role in ("all", "worker"):
             children["worker"] = self._start([sys.executable, "manage.py", "qcluster"])
@@ -51,8 +63,9 @@ class Command(BaseCommand):
             self.stdout.write(f"  dashboard  http://{shown}:{port}/dashboard/")
             self.stdout.write(f"  admin      http://{shown}:{port}/admin/")
             self.stdout.write(f"  API docs   http://{shown}:{port}/api/v1/docs/")
-        self.stdout.write(f"node {settings.FLOTILLA_NODE_NAME}, data in {settings.DATA_DIR}; "
-                          "Ctrl-C stops the hub")  # fmt: skip
+        self.stdout.write(
+            f"node {settings.FLOTILLA_NODE_NAME}, data in {settings.DATA_DIR}; Ctrl-C stops the hub"
+        )
         self._supervise(children)
 
     def _start(self, argv: list[str]) -> subprocess.Popen:
@@ -71,12 +84,16 @@ class Command(BaseCommand):
         signal.signal(signal.SIGTERM, request_stop)
         exited = ""
         while not stopping and not exited:
-            exited = next((name for name, child in children.items() if child.poll() is not None), "")
+            exited = next(
+                (name for name, child in children.items() if child.poll() is not None), ""
+            )
             time.sleep(0.2)
         self._stop(children)
         if exited:
-            raise CommandError(f"the {exited} process exited with status "
-                               f"{children[exited].returncode}; the hub stopped")  # fmt: skip
+            raise CommandError(
+                f"the {exited} process exited with status "
+                f"{children[exited].returncode}; the hub stopped"
+            )
         self.stdout.write("hub stopped")
 
     def _stop(self, children: dict[str, subprocess.Popen]) -> None:
