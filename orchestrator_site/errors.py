@@ -3,6 +3,7 @@
 import logging
 from typing import Any
 
+from django.db import DatabaseError, DataError, ProgrammingError
 from django.http import JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -39,6 +40,14 @@ def api_exception_handler(exc: Exception, context: dict) -> Response:
     if hasattr(exc, "http_status") and hasattr(exc, "code"):
         body = error_body(exc.code, str(exc), getattr(exc, "fields", None))
         return Response(body, status=exc.http_status)
+    if isinstance(exc, DatabaseError) and not isinstance(exc, ProgrammingError | DataError):
+        # The database is restarting or unreachable: the request may be
+        # retried as it is, which a 503 says and a 500 would not.
+        logger.warning("database unavailable in %s: %s", context.get("view"), exc)
+        body = error_body("unavailable", "The hub's database is unavailable; retry shortly.")
+        return Response(
+            body, status=status.HTTP_503_SERVICE_UNAVAILABLE, headers={"Retry-After": "1"}
+        )
     response = exception_handler(exc, context)
     if response is None:
         logger.exception("unhandled error in %s", context.get("view"), exc_info=exc)

@@ -218,3 +218,25 @@ def test_no_spawn_body_produces_a_500(api, body):
 
     assert response.status_code in (202, 400), response.content
     assert "error" in response.json() or response.status_code == 202
+
+
+def test_an_unreachable_database_gets_a_json_503_not_a_500(transactional_db, user):
+    from django.db import connection
+
+    client = APIClient()
+    client.force_authenticate(user)
+    saved = dict(connection.settings_dict)
+    connection.close()
+    if connection.vendor == "sqlite":
+        connection.settings_dict["NAME"] = "/nonexistent/flotilla/db.sqlite3"
+    else:
+        connection.settings_dict["PORT"] = "1"
+    try:
+        response = client.get("/api/v1/agents")
+    finally:
+        connection.close()
+        connection.settings_dict.update(saved)
+
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "unavailable"
+    assert response["Retry-After"] == "1"
