@@ -11,10 +11,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from django.conf import settings
+
 SandboxHandle = dict[str, Any]
 OutputSink = Callable[[list[str]], None]
 
 AGENT_LABEL = "FLOTILLA_AGENT_ID"
+
+
+def sandbox_toolchain() -> Path | None:
+    """The gate toolchain (``manage.py sandbox_toolchain``) if it is built.
+
+    Every backend binds it read-only at the same path and puts its ``bin``
+    first on ``PATH``, so gate commands find ruff and pytest in any sandbox.
+    """
+    toolchain = Path(settings.FLOTILLA_SANDBOX_TOOLCHAIN)
+    return toolchain if (toolchain / "bin" / "python").exists() else None
+
+
+def sandbox_search_path() -> str:
+    toolchain = sandbox_toolchain()
+    path = settings.FLOTILLA_SANDBOX_PATH
+    return f"{toolchain / 'bin'}:{path}" if toolchain else path
 
 
 class SandboxError(Exception):

@@ -14,6 +14,8 @@ from agents.sandboxes.base import (
     SandboxHandle,
     SandboxSpec,
     SandboxUnavailable,
+    sandbox_search_path,
+    sandbox_toolchain,
 )
 from agents.sandboxes.local import (
     local_exec,
@@ -113,6 +115,14 @@ class BwrapSandbox(Sandbox):
             "--ro-bind",
             "/usr",
             "/usr",
+            # The private /tmp comes before any bind below it (a toolchain or
+            # a worktree under /tmp), which it would otherwise hide.
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+            "--tmpfs",
+            "/tmp",
         ]
         for link in _SYSTEM_LINKS:
             path = Path(link)
@@ -122,21 +132,12 @@ class BwrapSandbox(Sandbox):
                 argv += ["--ro-bind", link, link]
         for extra in (*_ETC_FILES, *settings.FLOTILLA_SANDBOX_RO_BINDS):
             argv += ["--ro-bind-try", extra, extra]
-        # The gate toolchain (manage.py sandbox_toolchain) comes first on PATH.
-        search_path = settings.FLOTILLA_SANDBOX_PATH
-        toolchain = Path(settings.FLOTILLA_SANDBOX_TOOLCHAIN)
-        if (toolchain / "bin" / "python").exists():
+        toolchain = sandbox_toolchain()
+        if toolchain:
             argv += ["--ro-bind", str(toolchain), str(toolchain)]
-            search_path = f"{toolchain / 'bin'}:{search_path}"
         if handle.get("network"):
             argv.append("--share-net")
         argv += [
-            "--proc",
-            "/proc",
-            "--dev",
-            "/dev",
-            "--tmpfs",
-            "/tmp",
             "--bind",
             workspace,
             WORKSPACE,
@@ -154,7 +155,7 @@ class BwrapSandbox(Sandbox):
             "--clearenv",
             "--setenv",
             "PATH",
-            search_path,
+            sandbox_search_path(),
             "--setenv",
             "HOME",
             "/tmp",

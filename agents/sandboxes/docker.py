@@ -40,6 +40,8 @@ from agents.sandboxes.base import (
     SandboxHandle,
     SandboxSpec,
     SandboxUnavailable,
+    sandbox_search_path,
+    sandbox_toolchain,
 )
 from agents.sandboxes.warmpool import WarmPoolError, WarmSlot
 
@@ -214,7 +216,7 @@ class DockerSandbox(Sandbox):
         self, spec: SandboxSpec, name: str, uid: int, *, slot: WarmSlot | None = None
     ) -> dict[str, Any]:
         labels = {LABEL_HUB: settings.FLOTILLA_NODE_NAME}
-        environment = {"PATH": settings.FLOTILLA_SANDBOX_PATH, "HOME": "/tmp", "LANG": "C.UTF-8"}
+        environment = {"PATH": sandbox_search_path(), "HOME": "/tmp", "LANG": "C.UTF-8"}
         if slot is not None:
             # A pool container: the worktree is mounted onto the slot directory
             # when a spawn claims it, and reaches /workspace through propagation.
@@ -424,9 +426,14 @@ def system_mounts() -> list[Mount]:
         path = Path(directory)
         if path.is_dir() and not path.is_symlink() and directory != "/sbin":
             mounts.append(Mount(directory, directory, type="bind", read_only=True))
-    for extra in (*_ETC_PATHS, *settings.FLOTILLA_SANDBOX_RO_BINDS):
+    toolchain = sandbox_toolchain()
+    for extra in (
+        *_ETC_PATHS,
+        *settings.FLOTILLA_SANDBOX_RO_BINDS,
+        *([toolchain] if toolchain else []),
+    ):
         if Path(extra).exists():
-            mounts.append(Mount(extra, extra, type="bind", read_only=True))
+            mounts.append(Mount(str(extra), str(extra), type="bind", read_only=True))
     return mounts
 
 
