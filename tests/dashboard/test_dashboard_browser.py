@@ -157,4 +157,7 @@ def test_only_staff_see_kill_all_and_halt_and_the_halt_banner_follows(
     assert "maintenance" in operator_page.inner_text('[data-banner="halted"]')
     admin_page.click('[data-action="release"]')
     admin_page.wait_for_selector('[data-action="halt"]')
+    # The banner is also driven live over the hub socket; it must go, and stay gone.
+    admin_page.wait_for_selector('[data-banner="halted"]', state="detached", timeout=5_000)
+    admin_page.wait_for_timeout(500)
     assert admin_page.locator('[data-banner="halted"]').count() == 0
