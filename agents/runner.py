@@ -113,7 +113,12 @@ def _supervise(agent: Agent, *, resuming: bool) -> None:
     finally:
         if not keep_worktree and not getattr(agent, "released", False):
             agent.refresh_from_db()
-            agent_cleanup(agent=agent)
+            # Whoever killed the agent cleans up after it (the kill switch, or
+            # the kill listener of this node); doing it here too would only
+            # compete for the CPU with the kills of a kill-all. The reconciler
+            # removes whatever a crashed killer left.
+            if agent.state != AgentState.KILLED:
+                agent_cleanup(agent=agent)
 
 
 def _end(agent: Agent, to: AgentState, **fields: Any) -> bool:

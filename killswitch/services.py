@@ -21,9 +21,9 @@ from killswitch.models import HubHalt
 # kernel (freezing a cgroup, reaping processes) and on git cleanup.
 _KILL_ALL_THREADS = 8
 # The cleanups wait on the container engine, which removes many containers
-# at once, and then on git, which takes one worktree of a repository at a time:
-# one thread per agent lets every removal start at once.
-_CLEANUP_THREADS = 32
+# at once, and then on git, which takes one worktree of a repository at a time.
+# Each thread holds a database connection, so their number stays bounded.
+_CLEANUP_THREADS = 16
 
 
 def agent_kill(*, agent_id: Any, reason: str, actor: str) -> Termination:
@@ -38,8 +38,14 @@ def agent_kill_all(*, reason: str, actor: str) -> dict[str, Any]:
     ids = live_agent_ids()
     stops = _stop_all(ids, reason, actor)
     stopped = [stop for stop in stops if isinstance(stop, Termination) and stop.terminated]
-    with ThreadPoolExecutor(max_workers=max(1, min(len(stopped), _CLEANUP_THREADS))) as pool:
-        killed = list(pool.map(lambda stop: _cleanup_one(stop, reason, actor), stopped))
+    # An agent whose kill went to its own node is cleaned up there: only the
+    # audit is left to do here, and it needs no thread (nor connection) of its own.
+    local = [stop for stop in stopped if not stop.routed_to]
+    killed = [stop for stop in stopped if stop.routed_to]
+    for termination in killed:
+        _audit_kill(termination, reason=reason, actor=actor)
+    with ThreadPoolExecutor(max_workers=max(1, min(len(local), _CLEANUP_THREADS))) as pool:
+        killed += pool.map(lambda stop: _cleanup_one(stop, reason, actor), local)
     errors = [stop for stop in stops if isinstance(stop, dict)]
     summary = {"total": len(ids), "killed": len(killed), "failed": len(errors), "errors": errors}
     audit_record(
