@@ -140,6 +140,34 @@ class SpawnOptionsSerializer(serializers.Serializer):
         return value
 
 
+def spawn_request_from(data: dict, *, origin: str = "local") -> SpawnRequest:
+    """The service's request for a validated spawn body (the REST API's or a peer's)."""
+    context, options = data["context"], data.get("options") or {}
+    extra = {
+        key: str(value) if key == "budget_usd" else value
+        for key, value in options.items()
+        if key in _OPTIONS_KEPT
+    }
+    return SpawnRequest(
+        task_id=data["task_id"],
+        agent_type=data["agent_type"],
+        runtime=data["runtime"],
+        script=data.get("script", ""),
+        repository=context["repository"],
+        base_branch=context["branch"],
+        work_items=context["work_items"],
+        skills=context["skills"],
+        instructions=context["instructions"],
+        sandbox=options.get("sandbox", ""),
+        timeout_s=options.get("timeout_s", 0),
+        max_retries=options.get("max_retries", 0),
+        gate_profile=options.get("gate_profile", "standard"),
+        network=options.get("network", False),
+        options=extra,
+        origin=origin,
+    )
+
+
 class AgentSpawnApi(APIView):
     class InputSerializer(serializers.Serializer):
         task_id = serializers.RegexField(
@@ -175,30 +203,8 @@ class AgentSpawnApi(APIView):
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        context, options = data["context"], data.get("options") or {}
-        extra = {
-            key: str(value) if key == "budget_usd" else value
-            for key, value in options.items()
-            if key in _OPTIONS_KEPT
-        }
         agent = agent_spawn(
-            request=SpawnRequest(
-                task_id=data["task_id"],
-                agent_type=data["agent_type"],
-                runtime=data["runtime"],
-                script=data.get("script", ""),
-                repository=context["repository"],
-                base_branch=context["branch"],
-                work_items=context["work_items"],
-                skills=context["skills"],
-                instructions=context["instructions"],
-                sandbox=options.get("sandbox", ""),
-                timeout_s=options.get("timeout_s", 0),
-                max_retries=options.get("max_retries", 0),
-                gate_profile=options.get("gate_profile", "standard"),
-                network=options.get("network", False),
-                options=extra,
-            ),
+            request=spawn_request_from(data),
             requested_by=principal(request),
         )
         return Response(self.OutputSerializer(agent).data, status=status.HTTP_202_ACCEPTED)

@@ -155,22 +155,7 @@ def worktree_create(*, repository: str, base_branch: str, work_branch: str, path
 def worktree_commit(*, path: Path, message: str) -> str | None:
     """Commit everything that changed in the worktree; the new sha, or None if nothing did."""
     _run(path, "add", "--all")
-    if not _run(path, "status", "--porcelain"):
-        return None
-    name, email = settings.FLOTILLA_GIT_AUTHOR_NAME, settings.FLOTILLA_GIT_AUTHOR_EMAIL
-    _run(
-        path,
-        "-c",
-        f"user.name={name}",
-        "-c",
-        f"user.email={email}",
-        "commit",
-        "--quiet",
-        "--no-verify",
-        "-m",
-        message,
-    )
-    return _run(path, "rev-parse", "HEAD")
+    return worktree_commit_staged(path=path, message=message)
 
 
 def worktree_changed(*, path: Path) -> bool:

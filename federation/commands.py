@@ -17,10 +17,10 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from rest_framework import serializers
 
-from agents.apis import AgentSpawnApi
+from agents.apis import AgentSpawnApi, spawn_request_from
 from agents.errors import AgentError, AgentNotFound
 from agents.selectors import agent_get, agent_list, live_agent_ids
-from agents.services import REMOTE_SANDBOX, SpawnRequest, agent_spawn
+from agents.services import REMOTE_SANDBOX, agent_spawn
 from audit.services import audit_record
 from federation.errors import (
     FederationError,
@@ -168,7 +168,7 @@ def _stored_response(peer: Peer, message_id: str, fingerprint: str) -> tuple[int
 
 def _spawn(*, peer: Peer, payload: dict[str, Any]) -> dict[str, Any]:
     data = _valid(AgentSpawnApi.InputSerializer(data=payload))
-    context, options = data["context"], data.get("options") or {}
+    options = data.get("options") or {}
     if options.get("sandbox") == REMOTE_SANDBOX:
         raise MessageMalformed("a peer's agent cannot itself run on another peer")
     live = agent_list().filter(id__in=live_agent_ids(), origin=peer.instance_id).count()
@@ -177,30 +177,8 @@ def _spawn(*, peer: Peer, payload: dict[str, Any]) -> dict[str, Any]:
             f"{peer.instance_id} already has {live} live agents here; "
             f"its quota is {peer.max_concurrent_agents}"
         )
-    extra = {
-        key: str(value) if key == "budget_usd" else value
-        for key, value in options.items()
-        if key in ("budget_usd", "memory_mb")
-    }
     agent = agent_spawn(
-        request=SpawnRequest(
-            task_id=data["task_id"],
-            agent_type=data["agent_type"],
-            runtime=data["runtime"],
-            script=data.get("script", ""),
-            repository=context["repository"],
-            base_branch=context["branch"],
-            work_items=context["work_items"],
-            skills=context["skills"],
-            instructions=context["instructions"],
-            sandbox=options.get("sandbox", ""),
-            timeout_s=options.get("timeout_s", 0),
-            max_retries=options.get("max_retries", 0),
-            gate_profile=options.get("gate_profile", "standard"),
-            network=options.get("network", False),
-            options=extra,
-            origin=peer.instance_id,
-        ),
+        request=spawn_request_from(data, origin=peer.instance_id),
         requested_by=f"peer:{peer.instance_id}",
     )
     return agent_snapshot(agent)
