@@ -293,12 +293,19 @@ def agent_stop_many(
             except AgentNotFound as error:
                 outcome[str(agent_id)] = str(error)
                 continue
-            if won:
-                marked.append((agent, previous))
-            else:
+            if not won:
                 outcome[str(agent.id)] = Termination(
                     str(agent.id), previous, False, _ms_since(started)
                 )
+            elif _kill_routed(agent):
+                # Sent within this transaction, every node's request is
+                # delivered the moment it commits, with no thread or
+                # connection per agent here.
+                outcome[str(agent.id)] = Termination(
+                    str(agent.id), previous, True, _ms_since(started), routed_to=agent.node
+                )
+            else:
+                marked.append((agent, previous))
 
     def kill(mark: tuple[Agent, str]) -> Termination | str:
         try:
@@ -327,15 +334,22 @@ def _stop_mark(*, agent_id: Any, reason: str, to: AgentState) -> tuple[Agent, st
     return agent, previous, True
 
 
-def _stop_kill(agent: Agent, previous: str, started: float) -> Termination:
-    """Kill the sandbox of an agent already marked final, here or on its node."""
-    # The node was fixed when a worker took the agent; the node re-reads the row itself.
-    if (
+def _kill_routed(agent: Agent) -> bool:
+    """Ask the agent's node to kill it, when that is another node; True if it was asked.
+
+    The node was fixed when a worker took the agent; the node re-reads the row
+    itself, and kills and cleans up there.
+    """
+    return (
         agent.sandbox_backend != REMOTE_SANDBOX
         and not node_is_local(agent.node)
         and node_kill_request(agent=agent)
-    ):
-        # Its processes live on another machine: that node kills and cleans up.
+    )
+
+
+def _stop_kill(agent: Agent, previous: str, started: float) -> Termination:
+    """Kill the sandbox of an agent already marked final, here or on its node."""
+    if _kill_routed(agent):
         return Termination(str(agent.id), previous, True, _ms_since(started), routed_to=agent.node)
     agent.refresh_from_db()
     errors = agent_sandbox_kill(agent=agent)
