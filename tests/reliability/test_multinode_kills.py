@@ -33,8 +33,10 @@ def test_forty_agents_spread_over_two_workers_all_stop_within_a_second_of_one_ki
 
     request = threading.Thread(target=kill_all)
     request.start()
+    # Each look scans /proc: looking more often than every 20 ms would take
+    # a core of this 2-core machine away from the kill being measured.
     try:
-        wait_until(lambda: not sandbox_processes(ids), 10, "no sandbox process", every=0.005)
+        wait_until(lambda: not sandbox_processes(ids), 10, "no sandbox process", every=0.02)
     except AssertionError as error:
         request.join(60)
         states = sorted(cluster.states(ids).values())
