@@ -21,11 +21,13 @@ def pytest_collection_modifyitems(config, items) -> None:
     ours = [item for item in items if Path(item.fspath).is_relative_to(here)]
     if not ours:
         return
-    # The fault tests restart PostgreSQL and SIGKILL processes; the timed kill
-    # tests run before them, on a database that is not still recovering.
+    # The timed multi-node tests run first in the session, before the other
+    # tests' hubs and clusters have loaded this 2-core machine; the fault
+    # tests (they restart PostgreSQL and SIGKILL processes) run last.
     faults = [item for item in ours if Path(item.fspath).name == "test_multinode_faults.py"]
-    if faults:
-        items[:] = [item for item in items if item not in faults] + faults
+    first = [item for item in ours if item not in faults]
+    rest = [item for item in items if item not in ours]
+    items[:] = first + rest + faults
     reason = ""
     if not postgres_available():
         reason = "the reliability suite needs PostgreSQL on 127.0.0.1:5432"
