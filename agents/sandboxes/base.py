@@ -17,6 +17,23 @@ SandboxHandle = dict[str, Any]
 OutputSink = Callable[[list[str]], None]
 
 AGENT_LABEL = "FLOTILLA_AGENT_ID"
+WORKSPACE = "/workspace"
+# Host system directories every sandbox sees read-only (a symlink, as on a
+# merged-/usr system, is reproduced as a symlink).
+SYSTEM_DIRS = ("/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32")
+# The files of /etc a sandbox needs, read-only. Docker writes its own hosts,
+# hostname and resolv.conf; bwrap binds the host's (NETWORK_ETC_FILES).
+ETC_FILES = (
+    "/etc/alternatives",
+    "/etc/ssl",
+    "/etc/ca-certificates",
+    "/etc/ld.so.cache",
+    "/etc/localtime",
+    "/etc/nsswitch.conf",
+    "/etc/passwd",
+    "/etc/group",
+)
+NETWORK_ETC_FILES = ("/etc/hosts", "/etc/resolv.conf")
 
 
 def sandbox_toolchain() -> Path | None:

@@ -7,6 +7,10 @@ from pathlib import Path
 from django.conf import settings
 
 from agents.sandboxes.base import (
+    ETC_FILES,
+    NETWORK_ETC_FILES,
+    SYSTEM_DIRS,
+    WORKSPACE,
     ExecResult,
     OutputSink,
     Sandbox,
@@ -23,21 +27,6 @@ from agents.sandboxes.local import (
     local_kill,
     local_live_agent_ids,
     local_remove,
-)
-
-WORKSPACE = "/workspace"
-_SYSTEM_LINKS = ("/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32")
-_ETC_FILES = (
-    "/etc/alternatives",
-    "/etc/ssl",
-    "/etc/ca-certificates",
-    "/etc/ld.so.cache",
-    "/etc/localtime",
-    "/etc/nsswitch.conf",
-    "/etc/hosts",
-    "/etc/resolv.conf",
-    "/etc/passwd",
-    "/etc/group",
 )
 
 
@@ -124,13 +113,13 @@ class BwrapSandbox(Sandbox):
             "--tmpfs",
             "/tmp",
         ]
-        for link in _SYSTEM_LINKS:
+        for link in SYSTEM_DIRS:
             path = Path(link)
             if path.is_symlink():
                 argv += ["--symlink", str(path.readlink()), link]
             elif path.is_dir():
                 argv += ["--ro-bind", link, link]
-        for extra in (*_ETC_FILES, *settings.FLOTILLA_SANDBOX_RO_BINDS):
+        for extra in (*ETC_FILES, *NETWORK_ETC_FILES, *settings.FLOTILLA_SANDBOX_RO_BINDS):
             argv += ["--ro-bind-try", extra, extra]
         toolchain = sandbox_toolchain()
         if toolchain:

@@ -33,6 +33,9 @@ from docker.types import Mount
 from agents.sandboxes import warmpool
 from agents.sandboxes.base import (
     AGENT_LABEL,
+    ETC_FILES,
+    SYSTEM_DIRS,
+    WORKSPACE,
     ExecResult,
     OutputSink,
     Sandbox,
@@ -47,7 +50,6 @@ from agents.sandboxes.warmpool import WarmPoolError, WarmSlot
 
 logger = logging.getLogger(__name__)
 
-WORKSPACE = "/workspace"
 LABEL_AGENT = "flotilla.agent_id"
 LABEL_HUB = "flotilla.hub"
 LABEL_POOL = "flotilla.pool"
@@ -55,18 +57,6 @@ LABEL_LAYOUT = "flotilla.layout"
 NAME_PREFIX = "flotilla-agent-"
 POOL_NAME_PREFIX = "flotilla-pool-"
 
-_SYSTEM_DIRS = ("/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32")
-# Docker writes its own /etc/hosts, /etc/hostname and /etc/resolv.conf.
-_ETC_PATHS = (
-    "/etc/alternatives",
-    "/etc/ssl",
-    "/etc/ca-certificates",
-    "/etc/ld.so.cache",
-    "/etc/localtime",
-    "/etc/nsswitch.conf",
-    "/etc/passwd",
-    "/etc/group",
-)
 _EMPTY_DIRS = ("usr", "etc", "tmp", "proc", "dev", "sys", "workspace")
 # Docker places its init at /sbin/docker-init, so /sbin stays a real (empty)
 # directory even where the host's is a link into the read-only /usr.
@@ -422,13 +412,13 @@ def workspace_chown(workspace: Path, uid: int) -> None:
 def system_mounts() -> list[Mount]:
     """The host's system directories, read-only, at the same places."""
     mounts = [Mount("/usr", "/usr", type="bind", read_only=True)]
-    for directory in _SYSTEM_DIRS:
+    for directory in SYSTEM_DIRS:
         path = Path(directory)
         if path.is_dir() and not path.is_symlink() and directory != "/sbin":
             mounts.append(Mount(directory, directory, type="bind", read_only=True))
     toolchain = sandbox_toolchain()
     for extra in (
-        *_ETC_PATHS,
+        *ETC_FILES,
         *settings.FLOTILLA_SANDBOX_RO_BINDS,
         *([toolchain] if toolchain else []),
     ):
@@ -720,7 +710,7 @@ def _pool_prune(api: docker.APIClient, node: str, report: dict[str, list[str]]) 
 def image_layout() -> list[tuple[str, str]]:
     """What the image holds: symlinks mirroring the host's, and empty mount points."""
     entries = [(name, "dir") for name in _EMPTY_DIRS]
-    for directory in _SYSTEM_DIRS:
+    for directory in SYSTEM_DIRS:
         path = Path(directory)
         if path.is_symlink() and directory != "/sbin":
             entries.append((directory.lstrip("/"), f"symlink:{os.readlink(path)}"))
