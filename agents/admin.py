@@ -31,7 +31,15 @@ class AgentAdmin(admin.ModelAdmin):
         "origin",
         "created_at",
     ]
-    list_filter = ["state", "runtime", "agent_type", "sandbox_backend", "node", "origin"]
+    list_filter = [
+        "state",
+        "runtime",
+        "agent_type",
+        "sandbox_backend",
+        "network",
+        "node",
+        "origin",
+    ]
     search_fields = ["id", "task_id", "repository", "work_branch", "requested_by", "error"]
     date_hierarchy = "created_at"
     readonly_fields = [field.name for field in Agent._meta.fields]

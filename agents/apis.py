@@ -3,7 +3,13 @@
 import re
 
 from django.conf import settings
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from django.http import HttpResponse
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    extend_schema,
+    extend_schema_field,
+    inline_serializer,
+)
 from rest_framework import serializers, status
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.request import Request
@@ -11,22 +17,45 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from agents import workspace
-from agents.models import Agent, AgentType, Runtime
-from agents.runtimes import RUNTIMES
-from agents.runtimes.claude.accounting import model_price
+from agents.egress.policy import Allowlist, entry_format, entry_parse
+from agents.errors import AgentNotFound
+from agents.idempotency import idempotent
+from agents.limits import limit_problem
+from agents.models import Agent, AgentState, AgentType, NetworkMode, Runtime
+from agents.runtimes import runtime_for, runtime_unavailable
 from agents.sandboxes import sandbox_backend
 from agents.sandboxes.base import SandboxUnavailable
-from agents.selectors import agent_events_after, agent_get, agent_list
+from agents.selectors import (
+    agent_events_page,
+    agent_list,
+    agent_patch,
+    agent_visible_get,
+    agents_visible_to,
+    viewer_principal,
+)
 from agents.services import SpawnRequest, agent_resume, agent_spawn
 
 GATE_PROFILES = ["strict", "standard", "minimal"]
 # Spawn options stored on the agent as they are (SpawnRequest.options).
-_OPTIONS_KEPT = ("budget_usd", "memory_mb", "pids", "gates", "model", "max_tokens", "max_turns")
+_OPTIONS_KEPT = (
+    "budget_usd",
+    "memory_mb",
+    "pids",
+    "cpus",
+    "gates",
+    "model",
+    "max_tokens",
+    "max_turns",
+    "gate_retries",
+)
+# options.allow_hosts: how many entries, and how long one may be ([IPv6]:port).
+_ALLOW_HOSTS_MAX = 50
+_ALLOW_HOST_MAX_CHARS = 262
 _BRANCH = re.compile(r"^(?!/|.*(?:\.\.|//|@\{|\.lock$|/$))[A-Za-z0-9._/-]+$")
 
 
 def principal(request: Request) -> str:
-    return f"user:{request.user.get_username()}"
+    return viewer_principal(request.user)
 
 
 class AgentUsageSerializer(serializers.Serializer):
@@ -77,10 +106,7 @@ class SpawnContextSerializer(serializers.Serializer):
     instructions = serializers.CharField(max_length=100_000, default="", allow_blank=True)
 
     def validate_repository(self, value: str) -> str:
-        scheme = workspace.repository_scheme(value)
-        if scheme not in settings.FLOTILLA_REPOSITORY_SCHEMES:
-            raise serializers.ValidationError(f"repositories over {scheme} are not allowed")
-        problem = workspace.repository_check_local(value)
+        problem = workspace.repository_problem(value)
         if problem:
             raise serializers.ValidationError(problem)
         return value
@@ -103,34 +129,94 @@ class SpawnGatesSerializer(serializers.Serializer):
     timeout_s = serializers.IntegerField(min_value=1, max_value=86400, required=False)
 
 
+@extend_schema_field(
+    {
+        "oneOf": [{"type": "string", "enum": NetworkMode.values}, {"type": "boolean"}],
+        "description": "off (the default), allowlist or on; true means on, false off.",
+    }
+)
+class NetworkModeField(serializers.Field):
+    """A network mode; JSON ``true`` and ``false`` are read as ``on`` and ``off``."""
+
+    default_error_messages = {"invalid": "must be off, allowlist or on (or true / false)"}
+
+    def to_internal_value(self, data: object) -> str:
+        if isinstance(data, bool):
+            return NetworkMode.ON if data else NetworkMode.OFF
+        if isinstance(data, str) and data in NetworkMode.values:
+            return data
+        self.fail("invalid")
+
+    def to_representation(self, value: str) -> str:
+        return value
+
+
+class WithinMaximum:
+    """A spawn may lower a limit, never raise it past the operator's maximum.
+
+    The maximum is read when the request arrives, not when this module is
+    imported, so it is the one the hub runs with now.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __call__(self, value: float) -> None:
+        problem = limit_problem(self.name, value)
+        if problem:
+            raise serializers.ValidationError(problem)
+
+
 class SpawnOptionsSerializer(serializers.Serializer):
     sandbox = serializers.ChoiceField(
         choices=list(settings.FLOTILLA_SANDBOX_BACKENDS), required=False
     )
     timeout_s = serializers.IntegerField(
-        min_value=1, required=False, max_value=settings.FLOTILLA_AGENT_MAX_RUNTIME_S
+        min_value=1, required=False, validators=[WithinMaximum("timeout_s")]
     )
     max_retries = serializers.IntegerField(min_value=0, max_value=10, default=0)
+    # Node supervisors claim higher priorities first (10 before 1), then older agents.
+    priority = serializers.IntegerField(min_value=1, max_value=10, default=5)
     gate_profile = serializers.ChoiceField(choices=GATE_PROFILES, default="standard")
-    network = serializers.BooleanField(default=False)
+    network = NetworkModeField(default=NetworkMode.OFF)
+    allow_hosts = serializers.ListField(
+        child=serializers.CharField(max_length=_ALLOW_HOST_MAX_CHARS),
+        max_length=_ALLOW_HOSTS_MAX,
+        required=False,
+    )
     budget_usd = serializers.DecimalField(
         max_digits=10, decimal_places=2, min_value=0, required=False
     )
-    memory_mb = serializers.IntegerField(min_value=16, max_value=65536, required=False)
-    pids = serializers.IntegerField(min_value=8, max_value=65536, required=False)
+    memory_mb = serializers.IntegerField(
+        min_value=16, required=False, validators=[WithinMaximum("memory_mb")]
+    )
+    pids = serializers.IntegerField(min_value=8, required=False, validators=[WithinMaximum("pids")])
+    cpus = serializers.FloatField(
+        min_value=0.01, required=False, validators=[WithinMaximum("cpus")]
+    )
     gates = SpawnGatesSerializer(required=False)
     # The claude runtime's model and limits; the hub's settings when absent.
     model = serializers.CharField(max_length=100, required=False)
     max_tokens = serializers.IntegerField(min_value=256, max_value=128_000, required=False)
     max_turns = serializers.IntegerField(min_value=1, max_value=10_000, required=False)
+    # CLI agents: how many times a gate rejection goes back to the CLI's session (default 2).
+    gate_retries = serializers.IntegerField(min_value=0, max_value=10, required=False)
 
-    def validate_model(self, value: str) -> str:
-        if model_price(value) is None:
-            raise serializers.ValidationError(
-                f"no price is configured for {value} (FLOTILLA_CLAUDE_PRICES), so its "
-                "budget could not be kept"
-            )
-        return value
+    def validate_allow_hosts(self, value: list[str]) -> list[str]:
+        """Canonical entries, each within the operator's egress allowlist."""
+        operator = Allowlist.parse(settings.FLOTILLA_EGRESS_ALLOWLIST)
+        entries = []
+        for entry in value:
+            try:
+                entries.append(entry_format(*entry_parse(entry)))
+            except ValueError as error:
+                raise serializers.ValidationError(str(error)) from None
+            if not operator.covers(entry):
+                raise serializers.ValidationError(
+                    f"{entry} is not permitted by the hub's egress allowlist "
+                    "(FLOTILLA_EGRESS_ALLOWLIST)"
+                )
+        return list(dict.fromkeys(entries))
 
     def validate_sandbox(self, value: str) -> str:
         try:
@@ -161,8 +247,10 @@ def spawn_request_from(data: dict, *, origin: str = "local") -> SpawnRequest:
         sandbox=options.get("sandbox", ""),
         timeout_s=options.get("timeout_s", 0),
         max_retries=options.get("max_retries", 0),
+        priority=options.get("priority", 5),
         gate_profile=options.get("gate_profile", "standard"),
-        network=options.get("network", False),
+        network=options.get("network", NetworkMode.OFF),
+        allow_hosts=tuple(options.get("allow_hosts") or ()),
         options=extra,
         origin=origin,
     )
@@ -182,13 +270,20 @@ class AgentSpawnApi(APIView):
         options = SpawnOptionsSerializer(required=False)
 
         def validate_runtime(self, value: str) -> str:
-            if value not in RUNTIMES:
-                raise serializers.ValidationError(f"runtime {value} is not available on this hub")
+            # A CLI runtime whose CLI is not installed here is named with what is missing.
+            problem = runtime_unavailable(value)
+            if problem:
+                raise serializers.ValidationError(problem)
             return value
 
         def validate(self, data: dict) -> dict:
             if data["runtime"] == Runtime.SCRIPT and not data.get("script", "").strip():
                 raise serializers.ValidationError({"script": ["a script agent needs a script"]})
+            # A model needs a price in its runtime's table (Anthropic's or OpenAI's).
+            model = (data.get("options") or {}).get("model")
+            problem = model and runtime_for(data["runtime"]).model_problem(model)
+            if problem:
+                raise serializers.ValidationError({"options": {"model": [problem]}})
             return data
 
     class OutputSerializer(serializers.Serializer):
@@ -199,6 +294,7 @@ class AgentSpawnApi(APIView):
     @extend_schema(
         request=InputSerializer, responses={202: OutputSerializer}, operation_id="agents_spawn"
     )
+    @idempotent
     def post(self, request: Request) -> Response:
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -216,8 +312,8 @@ class AgentListApi(APIView):
         max_limit = 1000
 
     class FilterSerializer(serializers.Serializer):
-        state = serializers.CharField(required=False)
-        task_id = serializers.CharField(required=False)
+        state = serializers.ChoiceField(choices=AgentState.choices, required=False)
+        task_id = serializers.CharField(max_length=100, required=False)
 
     @extend_schema(
         parameters=[FilterSerializer],
@@ -228,7 +324,8 @@ class AgentListApi(APIView):
         filters = self.FilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
         paginator = self.Pagination()
-        page = paginator.paginate_queryset(agent_list(**filters.validated_data), request, view=self)
+        agents = agent_list(agents=agents_visible_to(request.user), **filters.validated_data)
+        page = paginator.paginate_queryset(agents, request, view=self)
         return paginator.get_paginated_response(AgentOutputSerializer(page, many=True).data)
 
 
@@ -239,12 +336,19 @@ class AgentCollectionApi(AgentListApi, AgentSpawnApi):
 class AgentDetailApi(APIView):
     @extend_schema(responses={200: AgentOutputSerializer}, operation_id="agents_retrieve")
     def get(self, request: Request, agent_id: str) -> Response:
-        return Response(AgentOutputSerializer(agent_get(agent_id=agent_id)).data)
+        agent = agent_visible_get(viewer=request.user, agent_id=agent_id)
+        return Response(AgentOutputSerializer(agent).data)
 
 
 class AgentEventsApi(APIView):
+    """Events in order after ``after``, a page of at most FLOTILLA_EVENTS_PAGE_BYTES of data.
+
+    A page holds at least one event. A client asks again with
+    ``after=next_after`` while ``has_more``, and so gets every event once.
+    """
+
     class FilterSerializer(serializers.Serializer):
-        after = serializers.IntegerField(min_value=0, default=0)
+        after = serializers.IntegerField(min_value=0, max_value=2**63 - 1, default=0)
         limit = serializers.IntegerField(min_value=1, max_value=1000, default=500)
 
     class EventSerializer(serializers.Serializer):
@@ -258,7 +362,12 @@ class AgentEventsApi(APIView):
         responses={
             200: inline_serializer(
                 "AgentEvents",
-                {"events": EventSerializer(many=True), "last_id": serializers.IntegerField()},
+                {
+                    "events": EventSerializer(many=True),
+                    "next_after": serializers.IntegerField(),
+                    "has_more": serializers.BooleanField(),
+                    "last_id": serializers.IntegerField(help_text="the same as next_after"),
+                },
             )
         },
         operation_id="agents_events",
@@ -266,11 +375,19 @@ class AgentEventsApi(APIView):
     def get(self, request: Request, agent_id: str) -> Response:
         filters = self.FilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
-        agent = agent_get(agent_id=agent_id)
-        events = list(agent_events_after(agent_id=agent.id, **filters.validated_data))
-        last_id = events[-1].id if events else filters.validated_data["after"]
+        agent = agent_visible_get(viewer=request.user, agent_id=agent_id)
+        page = agent_events_page(
+            agent_id=agent.id,
+            max_bytes=settings.FLOTILLA_EVENTS_PAGE_BYTES,
+            **filters.validated_data,
+        )
         return Response(
-            {"events": self.EventSerializer(events, many=True).data, "last_id": last_id}
+            {
+                "events": self.EventSerializer(page.events, many=True).data,
+                "next_after": page.next_after,
+                "has_more": page.has_more,
+                "last_id": page.next_after,
+            }
         )
 
 
@@ -293,10 +410,39 @@ class AgentResumeApi(APIView):
     def post(self, request: Request, agent_id: str) -> Response:
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
+        agent = agent_visible_get(viewer=request.user, agent_id=agent_id)
         agent = agent_resume(
-            agent_id=agent_get(agent_id=agent_id).id,
+            agent_id=agent.id,
             budget_usd=serializer.validated_data["budget_usd"],
             actor=principal(request),
             reason=serializer.validated_data.get("reason", ""),
         )
         return Response(self.OutputSerializer(agent).data, status=status.HTTP_202_ACCEPTED)
+
+
+class AgentPatchApi(APIView):
+    """The agent's work as a patch against its base, with why its run ended (docs/api.md).
+
+    A rejected change is served as the hub kept it when the run ended, with
+    every line that holds a secret the scan found replaced.
+    """
+
+    class FilterSerializer(serializers.Serializer):
+        attempt = serializers.IntegerField(min_value=0, max_value=32767, required=False)
+
+    @extend_schema(
+        parameters=[FilterSerializer],
+        responses={(200, "text/x-diff"): str},
+        operation_id="agents_patch",
+    )
+    def get(self, request: Request, agent_id: str) -> HttpResponse:
+        filters = self.FilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        agent = agent_visible_get(viewer=request.user, agent_id=agent_id)
+        attempt = filters.validated_data.get("attempt")
+        patch = agent_patch(agent=agent, attempt=attempt)
+        if patch is None:
+            raise AgentNotFound(f"agent {agent.id} has no patch of attempt {attempt}")
+        response = HttpResponse(patch.text, content_type="text/x-diff; charset=utf-8")
+        response["Content-Disposition"] = f'attachment; filename="{patch.filename}"'
+        return response

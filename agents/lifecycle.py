@@ -49,9 +49,14 @@ def agent_transition(
     to: AgentState,
     reason: str = "",
     only_from: frozenset[str] | None = None,
+    lease_held: int | None = None,
     **fields: Any,
 ) -> bool:
-    """Move an agent to ``to`` if its current state allows it; True if this call won."""
+    """Move an agent to ``to`` if its current state allows it; True if this call won.
+
+    With ``lease_held``, only while the row still carries that claim
+    (agents/leases.py): a run's own writes pass the lease of its claim.
+    """
     allowed = ALLOWED_PREDECESSORS[to]
     if only_from is not None:
         allowed = allowed & only_from
@@ -65,15 +70,16 @@ def agent_transition(
         changes.setdefault("started_at", Coalesce(F("started_at"), first_start))
     if to not in LIVE_STATES:
         changes["finished_at"] = now
+    held = {} if lease_held is None else {"lease": lease_held}
     with transaction.atomic():
         previous = (
-            Agent.objects.filter(id=agent_id, state__in=allowed)
+            Agent.objects.filter(id=agent_id, state__in=allowed, **held)
             .values_list("state", flat=True)
             .first()
         )
         if previous is None:
             return False
-        won = Agent.objects.filter(id=agent_id, state=previous).update(**changes) == 1
+        won = Agent.objects.filter(id=agent_id, state=previous, **held).update(**changes) == 1
         if won:
             data = {"from": previous, "to": str(to)}
             if reason:
@@ -82,6 +88,38 @@ def agent_transition(
             if to not in LIVE_STATES:
                 agent_finished_send(agent_id=agent_id, state=str(to))
     return won
+
+
+def agents_finish(*, agent_ids: list[Any], to: AgentState, reason: str, **fields: Any) -> dict:
+    """Move every live agent of ``agent_ids`` to the final state ``to`` at once.
+
+    The many-agent form of ``agent_transition`` for a kill-all: the live rows
+    are locked and read, updated in one statement, and their events written
+    in one insert, in the caller's transaction. Returns the id of every agent
+    this call moved → the state it had.
+    """
+    assert to not in LIVE_STATES
+    now = timezone.now()
+    with transaction.atomic():
+        previous = dict(
+            Agent.objects.select_for_update()
+            .filter(id__in=agent_ids, state__in=LIVE_STATES)
+            .values_list("id", "state")
+        )
+        if not previous:
+            return {}
+        Agent.objects.filter(id__in=list(previous)).update(state=to, finished_at=now, **fields)
+        AgentEvent.objects.bulk_create(
+            AgentEvent(
+                agent_id=agent_id,
+                kind=AgentEventKind.STATE,
+                data={"from": state, "to": str(to), **({"reason": reason} if reason else {})},
+            )
+            for agent_id, state in previous.items()
+        )
+        for agent_id in previous:
+            agent_finished_send(agent_id=agent_id, state=str(to))
+    return {str(agent_id): state for agent_id, state in previous.items()}
 
 
 def agent_finished_send(*, agent_id: Any, state: str) -> None:

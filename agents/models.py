@@ -12,6 +12,9 @@ class AgentType(models.TextChoices):
 class Runtime(models.TextChoices):
     CLAUDE = "claude"
     SCRIPT = "script"
+    # CLI agents run in the sandbox behind the model gateway (agents/runtimes/cli).
+    CLAUDE_CODE = "claude-code"
+    CODEX = "codex"
 
 
 class AgentState(models.TextChoices):
@@ -24,6 +27,14 @@ class AgentState(models.TextChoices):
     COMPLETED = "completed"
     FAILED = "failed"
     KILLED = "killed"
+
+
+class NetworkMode(models.TextChoices):
+    """What a sandbox may reach, always through the hub's egress proxy (DESIGN.md)."""
+
+    OFF = "off"
+    ALLOWLIST = "allowlist"
+    ON = "on"
 
 
 FINAL_STATES = frozenset({AgentState.COMPLETED, AgentState.FAILED, AgentState.KILLED})
@@ -46,9 +57,24 @@ class Agent(models.Model):
     gate_profile = models.CharField(max_length=20, default="standard")
     sandbox_backend = models.CharField(max_length=20)
     timeout_s = models.PositiveIntegerField()
-    network = models.BooleanField(default=False)
+    network = models.CharField(max_length=10, choices=NetworkMode.choices, default=NetworkMode.OFF)
     max_retries = models.PositiveSmallIntegerField(default=0)
     attempt = models.PositiveSmallIntegerField(default=0)
+    # Node supervisors claim queued agents highest priority first, then oldest,
+    # each only from its own pool (FLOTILLA_NODE_POOL).
+    priority = models.PositiveSmallIntegerField(default=5)
+    pool = models.CharField(max_length=100, default="default")
+    # A retry after a failure that was not the agent's own waits until then (backoff).
+    run_after = models.DateTimeField(null=True, blank=True)
+    # The supervisor holding the agent renews this every few seconds; when it
+    # lapses past FLOTILLA_NODE_LEASE_S the node is lost and any node recovers the agent.
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    # A paused agent the operator resumed, waiting for the supervisor of its node.
+    resume_requested = models.BooleanField(default=False)
+    # Counts the claims: a run writes only while the row still carries the
+    # count of its own claim, so a node that lost the agent (its lease lapsed
+    # while it was frozen) cannot end or push the run another node took over.
+    lease = models.PositiveIntegerField(default=0)
 
     state = models.CharField(
         max_length=20, choices=AgentState.choices, default=AgentState.QUEUED, db_index=True
@@ -85,6 +111,17 @@ class Agent(models.Model):
             models.CheckConstraint(
                 condition=models.Q(progress__lte=100), name="agent_progress_at_most_100"
             ),
+            models.CheckConstraint(
+                condition=models.Q(priority__gte=1, priority__lte=10),
+                name="agent_priority_1_to_10",
+            ),
+        ]
+        indexes = [
+            # The claim: queued agents in priority and age order.
+            models.Index(
+                fields=["state", "pool", "-priority", "created_at"], name="agent_claim_order"
+            ),
+            models.Index(fields=["state", "heartbeat_at"], name="agent_heartbeat"),
         ]
 
     def __str__(self) -> str:
@@ -120,6 +157,8 @@ class AgentEventKind(models.TextChoices):
     LOG = "log"
     GATE = "gate"
     TRANSCRIPT = "transcript"
+    # A connection the sandbox made through the hub's egress proxy, allowed or refused.
+    NETWORK = "network"
 
 
 class AgentEvent(models.Model):
@@ -137,3 +176,32 @@ class AgentEvent(models.Model):
 
     def __str__(self) -> str:
         return f"#{self.id} {self.kind} {self.agent_id}"
+
+
+class IdempotentRequest(models.Model):
+    """A POST sent with an ``Idempotency-Key``, and the answer it got (agents/idempotency.py).
+
+    The row is written before the request acts, so a retry that arrives while
+    the first is still running finds it (and is told so) instead of acting too.
+    ``response_status`` stays null until the answer is stored.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    principal = models.CharField(max_length=200)
+    key = models.CharField(max_length=255)
+    endpoint = models.CharField(max_length=200)
+    fingerprint = models.CharField(max_length=64, help_text="SHA-256 of the canonical JSON body.")
+    response_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    # The body as rendered, so a replay is the same bytes on every database.
+    response_body = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["principal", "key"], name="idempotency_key_once_per_principal"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.principal} {self.key}"

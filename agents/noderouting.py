@@ -6,37 +6,28 @@ where it lives. ``agents.services.agent_stop`` stays the one chokepoint: it
 marks the agent final, and when the agent runs on another node it calls
 ``node_kill_request`` instead of the local sandbox backend. The request is a
 PostgreSQL ``NOTIFY`` on one channel; every worker node runs a listener
-(``manage.py kill_listener``, started by ``runhub --role worker|all``) that
-kills and cleans up the agents addressed to it. Polling is only the
-fallback: twice a second the listener also looks for agents of its node that
-were killed recently and that it has not handled yet (a notification lost
-while the listener was reconnecting, say). See docs/scaling.md.
+(``manage.py kill_listener``, started by ``runhub --role worker|all``;
+``agents.killlistener``) that kills and cleans up the agents addressed to it. Polling is only the
+fallback: twice a second the listener also looks for agents routed to its node
+recently that it has not handled yet (a notification lost while the listener
+was reconnecting, say). A kill executed by the agent's own node is never
+routed, so it is never executed twice. See docs/scaling.md.
 """
 
 import json
-import logging
-import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
 from typing import Any
 
 import psycopg
 from django.conf import settings
-from django.db import DatabaseError, connection, connections
-from django.utils import timezone
+from django.db import connection, transaction
 from django.utils.module_loading import import_string
 
-from agents.models import Agent, AgentState
-from audit.services import audit_record
-
-logger = logging.getLogger(__name__)
+from agents.models import Agent
 
 CHANNEL = "flotilla_node_kill"
-# An agent killed longer ago than this is the reconciler's business, not the sweep's.
-SWEEP_WINDOW = timedelta(minutes=2)
-_KILL_THREADS = 8
+# The sandbox-handle key that marks a kill routed to the agent's node.
+KILL_ROUTED = "kill_routed"
 
 
 def node_is_local(node: str) -> bool:
@@ -67,8 +58,16 @@ def notify_node(*, agent: Agent) -> bool:
     payload = json.dumps({"node": agent.node, "agent_id": str(agent.id), "sent_at": time.time()})
     if not _listener_connected(agent.node):
         return False
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_notify(%s, %s)", [CHANNEL, payload])
+    # The mark tells the node's sweep that this kill is its to execute (a
+    # notification lost while its listener reconnected); a kill done here,
+    # by a process of the agent's own node, carries no mark and is not
+    # executed a second time. Mark and notification commit together.
+    handle = {**(agent.sandbox_handle or {}), KILL_ROUTED: True}
+    with transaction.atomic():
+        Agent.objects.filter(id=agent.id).update(sandbox_handle=handle)
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_notify(%s, %s)", [CHANNEL, payload])
+    agent.sandbox_handle = handle
     return True
 
 
@@ -97,129 +96,7 @@ def listener_application_name(node: str) -> str:
     return f"flotilla-kills:{node}"[:63]
 
 
-# --- the listener on every worker node -----------------------------------------
-
-
-class NodeKillListener:
-    """Kills what other processes ask this node to kill; run one per worker node."""
-
-    def __init__(self, *, node: str, sweep_every_s: float = 0.5) -> None:
-        self.node = node
-        self.sweep_every_s = sweep_every_s
-        self.handled: dict[str, float] = {}
-        self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_workers=_KILL_THREADS, thread_name_prefix="node-kill")
-        self._cleanup_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="node-cleanup")
-
-    def run(self, *, stop: threading.Event, ready: Callable[[], None] = lambda: None) -> None:
-        """Listen until ``stop`` is set, reconnecting whenever the database goes away."""
-        while not stop.is_set():
-            try:
-                with psycopg.connect(_conninfo(self.node), autocommit=True) as listen:
-                    listen.execute(f"LISTEN {CHANNEL}")
-                    ready()
-                    # Notifications sent while this listener was away are lost: sweep now.
-                    self.sweep()
-                    while not stop.is_set():
-                        for notify in listen.notifies(timeout=self.sweep_every_s):
-                            self._on_notify(notify.payload)
-                        self.sweep()
-            except (psycopg.OperationalError, DatabaseError) as error:
-                logger.warning("kill listener of node %s lost the database: %s", self.node, error)
-                connections.close_all()
-                stop.wait(0.5)
-        self._pool.shutdown(wait=True)
-        self._cleanup_pool.shutdown(wait=True)
-
-    def _on_notify(self, payload: str) -> None:
-        try:
-            message = json.loads(payload)
-            node, agent_id, sent_at = message["node"], message["agent_id"], message["sent_at"]
-        except (ValueError, KeyError, TypeError):
-            logger.warning("kill listener ignores a malformed request: %r", payload[:200])
-            return
-        if node == self.node:
-            self._submit(str(agent_id), float(sent_at), via="notify")
-
-    def sweep(self) -> list[str]:
-        """Handle agents of this node killed recently that no notification brought."""
-        try:
-            since = timezone.now() - SWEEP_WINDOW
-            killed = (
-                Agent.objects.filter(
-                    node=self.node, state=AgentState.KILLED, finished_at__gte=since
-                )
-                .exclude(sandbox_handle={})
-                .values_list("id", "finished_at")
-            )
-            found = [(str(agent_id), finished) for agent_id, finished in killed]
-        except DatabaseError:
-            connections.close_all()
-            raise
-        self._forget_old()
-        missed = [
-            (agent_id, finished) for agent_id, finished in found if agent_id not in self.handled
-        ]
-        for agent_id, finished in missed:
-            self._submit(agent_id, finished.timestamp(), via="sweep")
-        return [agent_id for agent_id, _ in missed]
-
-    def _submit(self, agent_id: str, sent_at: float, *, via: str) -> None:
-        with self._lock:
-            if agent_id in self.handled:
-                return
-            self.handled[agent_id] = time.time()
-        self._pool.submit(self._kill, agent_id, sent_at, via)
-
-    def _kill(self, agent_id: str, sent_at: float, via: str) -> None:
-        from agents.services import agent_sandbox_kill
-
-        try:
-            agent = Agent.objects.filter(id=agent_id).first()
-            if agent is None or not agent.is_final or agent.node != self.node:
-                return
-            errors = agent_sandbox_kill(agent=agent)
-            latency_ms = round(max(0.0, time.time() - sent_at) * 1000, 2)
-            # Git cleanup is slow and serialised per mirror: it must not hold up other kills.
-            self._cleanup_pool.submit(self._cleanup, agent, via, latency_ms, errors)
-        except Exception:
-            # A kill that failed half-way may be retried by the next sweep; the
-            # thread's connection may be the reason (a database restart).
-            logger.exception("kill listener could not kill agent %s", agent_id)
-            with self._lock:
-                self.handled.pop(agent_id, None)
-            connections.close_all()
-
-    def _cleanup(self, agent: Agent, via: str, latency_ms: float, errors: list[str]) -> None:
-        from agents.services import agent_cleanup
-
-        try:
-            _, cleanup_errors = agent_cleanup(agent=agent)
-            audit_record(
-                actor=f"system:node:{self.node}",
-                action="agent.sandbox_kill",
-                target=f"agent:{agent.id}",
-                reason="kill routed to the agent's node",
-                data={
-                    "node": self.node,
-                    "via": via,
-                    "latency_ms": latency_ms,
-                    "errors": errors + cleanup_errors,
-                },
-            )
-        except Exception:
-            logger.exception("kill listener could not clean up agent %s", agent.id)
-        finally:
-            connections.close_all()
-
-    def _forget_old(self) -> None:
-        horizon = time.time() - 2 * SWEEP_WINDOW.total_seconds()
-        with self._lock:
-            for agent_id in [key for key, at in self.handled.items() if at < horizon]:
-                del self.handled[agent_id]
-
-
-def _conninfo(node: str) -> str:
+def postgres_conninfo(application_name: str) -> str:
     """A libpq connection string for the default database, from Django's own settings."""
     db = settings.DATABASES["default"]
     parts = {
@@ -238,5 +115,5 @@ def _conninfo(node: str) -> str:
         }
     )
     params.setdefault("connect_timeout", 5)
-    params["application_name"] = listener_application_name(node)
+    params["application_name"] = application_name[:63]
     return psycopg.conninfo.make_conninfo(**{key: str(value) for key, value in params.items()})

@@ -2,12 +2,13 @@
 
 It runs when a hub starts (``manage.py reconcile``) and then as a django-q2
 schedule. It compares the agents in non-final states with what really runs:
-the worker process supervising each run, containers by label, cgroups and
-labelled processes, the worktrees on disk and in ``git worktree list``, and
-the django-q2 queue. An agent whose supervisor died is retried when it has
-retries left, otherwise it fails with the reason "hub restarted"; whatever
-belongs to no live agent is killed and removed. A branch holding unpushed
-commits is never deleted. Every action is audited.
+the node supervisor process running each agent, containers by label, cgroups
+and labelled processes, and the worktrees on disk and in ``git worktree
+list``. An agent whose supervisor died is retried when it has retries left,
+otherwise it fails with the reason "hub restarted"; whatever belongs to no
+live agent is killed and removed. A branch holding unpushed commits is never
+deleted. Every action is audited. The node supervisors recover agents whose
+node went away entirely (``agents_recover_lapsed``) with the same steps.
 
 Things are listed before the live agents are read, so a sandbox or worktree
 that a new agent creates meanwhile always belongs to an agent the reconciler
@@ -17,34 +18,38 @@ already counts as live.
 import logging
 import os
 import re
-import time
 import uuid
 from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from django.db.models.functions import Now
 
 from agents import workspace
-from agents.lifecycle import agent_transition
 from agents.models import LIVE_STATES, Agent, AgentState
 from agents.sandboxes import sandbox_backend
 from agents.sandboxes.base import SandboxError, SandboxUnavailable
 from agents.sandboxes.cgroups import AgentCgroup
 from agents.sandboxes.local import cgroup_name, local_kill, local_live_agent_ids, local_remove
-from agents.services import agent_cleanup, agent_enqueue, agent_sandbox_kill, agent_terminate
+from agents.services import (
+    REMOTE_SANDBOX,
+    agent_requeue,
+    agent_terminate,
+    agent_unpushed_commits,
+    retry_backoff_s,
+)
 from audit.services import audit_record
 
 logger = logging.getLogger(__name__)
 
 ACTOR = "system:reconciler"
 HUB_RESTARTED = "hub restarted"
+NODE_LOST = "node lost"
 SCHEDULE_NAME = "flotilla-reconcile"
-# States in which a worker process owns the agent.
+# States in which a node supervisor owns the agent.
 SUPERVISED_STATES = (AgentState.SPAWNING, AgentState.RUNNING, AgentState.GATING, AgentState.PUSHING)
-# A queued agent is only looked for in the queue once the commit that
-# enqueues it has surely happened.
-QUEUED_GRACE_S = 30
 _UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 _WORKTREE_DIR = re.compile(rf"^agent-({_UUID})-")
 
@@ -54,7 +59,6 @@ class ReconcileReport:
     node: str
     retried: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
-    requeued: list[str] = field(default_factory=list)
     sandboxes_removed: list[str] = field(default_factory=list)
     worktrees_removed: list[str] = field(default_factory=list)
     branches_kept: list[str] = field(default_factory=list)
@@ -101,8 +105,7 @@ def agents_reconcile(*, node: str) -> ReconcileReport:
     report = ReconcileReport(node=node)
     for agent in Agent.objects.filter(node=node, state__in=SUPERVISED_STATES):
         if not supervisor_alive(agent):
-            _recover(agent, report)
-    _requeue_lost(report)
+            _recover(agent, report, reason=HUB_RESTARTED)
     containers = _docker_containers(node, report)
     pool_claims = _docker_pool_claims(node)
     local_ids = local_live_agent_ids()
@@ -118,42 +121,45 @@ def agents_reconcile(*, node: str) -> ReconcileReport:
     return report
 
 
-def _recover(agent: Agent, report: ReconcileReport) -> None:
-    """The worker running ``agent`` is gone: run it again if it may, else fail it."""
-    unpushed = _unpushed(agent)
+def agents_recover_lapsed(*, lease_s: float, pool: str) -> ReconcileReport:
+    """Recover the agents of ``pool``'s nodes whose lease lapsed (SIGKILL, power loss).
+
+    Any node of the pool does it. The lease is compared with the database's
+    clock, so nodes whose clocks disagree still agree on which leases lapsed.
+    """
+    report = ReconcileReport(node="*")
+    lapsed = (
+        Agent.objects.filter(
+            pool=pool,
+            state__in=SUPERVISED_STATES,
+            heartbeat_at__lt=Now() - timedelta(seconds=lease_s),
+        )
+        .exclude(sandbox_backend=REMOTE_SANDBOX)
+        .order_by("heartbeat_at")
+    )
+    for agent in lapsed:
+        _recover(agent, report, reason=NODE_LOST)
+    return report
+
+
+def _recover(agent: Agent, report: ReconcileReport, *, reason: str) -> None:
+    """The supervisor running ``agent`` is gone: run it again if it may, else fail it."""
+    unpushed = agent_unpushed_commits(agent=agent)
     if agent.attempt < agent.max_retries and unpushed == 0:
         attempt = agent.attempt + 1
-        reason = f"{HUB_RESTARTED}: retry {attempt} of {agent.max_retries}"
-        won = agent_transition(
-            agent_id=agent.id,
-            to=AgentState.QUEUED,
-            reason=reason,
-            only_from=frozenset({agent.state}),
-            attempt=attempt,
-            progress=0,
-            sandbox_handle={},
-            worktree_path="",
-            node="",
-            supervisor_pid=None,
-            supervisor_started=None,
-            started_at=None,
-        )
-        if not won:
+        why = f"{reason}: retry {attempt} of {agent.max_retries}"
+        delay_s = retry_backoff_s(attempt=attempt)
+        if not agent_requeue(agent=agent, reason=why, attempt=attempt, delay_s=delay_s):
             return
-        # The row no longer names the old sandbox and worktree; this object still does.
-        errors = agent_sandbox_kill(agent=agent)
-        branch_kept, cleanup_errors = agent_cleanup(agent=agent)
-        agent_enqueue(agent_id=agent.id)
         report.retried.append(str(agent.id))
-        report.errors += cleanup_errors + errors
         _audit(
             "agent.retry",
             agent.id,
-            reason,
-            {"from_state": agent.state, "attempt": attempt, "errors": errors + cleanup_errors},
+            why,
+            {"from_state": agent.state, "attempt": attempt, "node": agent.node},
         )
         return
-    termination = agent_terminate(agent_id=agent.id, reason=HUB_RESTARTED, to=AgentState.FAILED)
+    termination = agent_terminate(agent_id=agent.id, reason=reason, to=AgentState.FAILED)
     if not termination.terminated:
         return
     report.failed.append(str(agent.id))
@@ -163,9 +169,10 @@ def _recover(agent: Agent, report: ReconcileReport) -> None:
     _audit(
         "agent.fail",
         agent.id,
-        HUB_RESTARTED,
+        reason,
         {
             "from_state": agent.state,
+            "node": agent.node,
             "attempt": agent.attempt,
             "max_retries": agent.max_retries,
             "unpushed_commits": unpushed,
@@ -173,43 +180,6 @@ def _recover(agent: Agent, report: ReconcileReport) -> None:
             "errors": termination.errors,
         },
     )
-
-
-def _unpushed(agent: Agent) -> int:
-    try:
-        return workspace.branch_unpushed_commits(
-            repository=agent.repository, work_branch=agent.work_branch
-        )
-    except workspace.WorkspaceError:
-        return 0
-
-
-def _requeue_lost(report: ReconcileReport) -> None:
-    """Queued agents whose run task is in no queue (the enqueue was lost) go back in.
-
-    Only the database broker can be searched; with Redis a lost enqueue is
-    left to the operator. A duplicate delivery would be harmless anyway: the
-    first run takes the agent out of ``queued`` and the second finds nothing.
-    """
-    if settings.Q_CLUSTER.get("orm") is None:
-        return
-    from django_q.conf import Conf
-    from django_q.models import OrmQ
-
-    cutoff = time.time() - getattr(settings, "FLOTILLA_RECONCILE_QUEUED_GRACE_S", QUEUED_GRACE_S)
-    stale = [
-        agent
-        for agent in Agent.objects.filter(state=AgentState.QUEUED)
-        if agent.created_at.timestamp() < cutoff
-    ]
-    if not stale:
-        return
-    queued_names = {message.name() for message in OrmQ.objects.filter(key=Conf.CLUSTER_NAME)}
-    for agent in stale:
-        if f"agent-run-{agent.id}" not in queued_names:
-            agent_enqueue(agent_id=agent.id)
-            report.requeued.append(str(agent.id))
-            _audit("agent.requeue", agent.id, "its run task was in no queue", {})
 
 
 # --- sandboxes ----------------------------------------------------------------

@@ -13,10 +13,10 @@ did reach the database finds the work done.
 """
 
 import logging
-import time
 from collections.abc import Callable
 from typing import TypeVar
 
+import tenacity
 from django.db import InterfaceError, OperationalError, connection, connections
 
 logger = logging.getLogger(__name__)
@@ -24,13 +24,21 @@ T = TypeVar("T")
 
 
 def database_retrying(step: Callable[[], T], *, within_s: float = 120.0, pause_s: float = 0.5) -> T:
-    deadline = time.monotonic() + within_s
-    while True:
-        try:
-            return step()
-        except (OperationalError, InterfaceError) as error:
-            if connection.in_atomic_block or time.monotonic() > deadline:
-                raise
-            logger.warning("database connection lost (%s); reconnecting", error)
-            connections.close_all()
-            time.sleep(pause_s)
+    def lost(error: BaseException) -> bool:
+        # Inside a transaction the work so far is gone with the connection: not ours to retry.
+        dropped = isinstance(error, OperationalError | InterfaceError)
+        return dropped and not connection.in_atomic_block
+
+    def reconnect(state: tenacity.RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        logger.warning("database connection lost (%s); reconnecting", error)
+        connections.close_all()
+
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception(lost),
+        stop=tenacity.stop_after_delay(within_s),
+        wait=tenacity.wait_fixed(pause_s),
+        before_sleep=reconnect,
+        reraise=True,
+    )
+    return retrying(step)

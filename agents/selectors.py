@@ -1,12 +1,98 @@
-"""Reads on agents."""
+"""Reads on agents, and who owns them (DESIGN.md, "Ownership").
 
-from typing import Any
+Every view, consumer and download that shows or acts on an agent for someone
+finds it through ``agents_visible_to`` / ``agent_visible_get``: staff see every
+agent, anyone else only their own, and an agent of someone else is not found
+(404), so its id does not leak. ``agent_get`` and ``agent_list`` are the hub's
+own unscoped reads, for services and background work.
+"""
 
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from django.conf import settings
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.models import AnonymousUser
 from django.core.exceptions import ValidationError
-from django.db.models import QuerySet
+from django.db.models import Count, Func, IntegerField, Q, QuerySet, Sum
+from django.db.models.functions import TruncDate
+from django.utils.module_loading import import_string
 
+from agents import patches, workspace
 from agents.errors import AgentNotFound
-from agents.models import LIVE_STATES, Agent, AgentEvent
+from agents.gitexec import WorkspaceError, git_run
+from agents.models import LIVE_STATES, Agent, AgentEvent, AgentEventKind
+
+
+class Principal(Protocol):
+    """Someone the hub acts for who is not a user: a peer hub, which names itself.
+
+    ``federation.authentication.PeerPrincipal`` is one.
+    """
+
+    @property
+    def is_authenticated(self) -> bool: ...
+
+    @property
+    def is_staff(self) -> bool: ...
+
+    def get_username(self) -> str: ...
+
+
+# Who asks: ``request.user`` of a view (DRF leaves None when no credentials
+# came), ``scope["user"]`` of a WebSocket, or a peer's principal.
+Viewer = AbstractBaseUser | AnonymousUser | Principal | None
+
+
+def viewer_principal(viewer: Viewer) -> str:
+    """The name work is recorded under: ``user:<username>``, or what a peer calls itself.
+
+    Empty for someone not authenticated, who owns nothing.
+    """
+    if viewer is None or not viewer.is_authenticated:
+        return ""
+    if isinstance(viewer, AbstractBaseUser):
+        return f"user:{viewer.get_username()}"
+    return viewer.get_username()
+
+
+def viewer_owner(viewer: Viewer) -> str | None:
+    """Whose work ``viewer`` sees: None for everyone's (staff), else their principal."""
+    if viewer is not None and viewer.is_authenticated and getattr(viewer, "is_staff", False):
+        return None
+    return viewer_principal(viewer)
+
+
+def agents_owned_by(owner: str | None) -> QuerySet[Agent]:
+    """The agents ``owner`` asked for, directly or through a delegate; every agent for None.
+
+    A delegate spawns agents on someone's behalf under a principal of its
+    own: the dispatcher records a project's agents as ``project:<id>``, and
+    they belong to whoever created the project. Higher layers name their
+    delegates in ``FLOTILLA_AGENT_DELEGATES`` (each a query of principals).
+    """
+    if owner is None:
+        return Agent.objects.all()
+    if not owner:
+        return Agent.objects.none()
+    owned = Q(requested_by=owner)
+    for path in settings.FLOTILLA_AGENT_DELEGATES:
+        owned |= Q(requested_by__in=import_string(path)(owner=owner))
+    return Agent.objects.filter(owned)
+
+
+def agents_visible_to(viewer: Viewer) -> QuerySet[Agent]:
+    return agents_owned_by(viewer_owner(viewer))
+
+
+def agent_visible_get(*, viewer: Viewer, agent_id: Any) -> Agent:
+    """The agent, if ``viewer`` may see it; otherwise ``AgentNotFound``, as if it did not exist."""
+    try:
+        return agents_visible_to(viewer).get(id=agent_id)
+    except (Agent.DoesNotExist, ValidationError, ValueError):
+        raise AgentNotFound(f"no agent with id {agent_id}") from None
 
 
 def agent_get(*, agent_id: Any) -> Agent:
@@ -16,8 +102,14 @@ def agent_get(*, agent_id: Any) -> Agent:
         raise AgentNotFound(f"no agent with id {agent_id}") from None
 
 
-def agent_list(*, state: str | None = None, task_id: str | None = None) -> QuerySet[Agent]:
-    agents = Agent.objects.all()
+def agent_list(
+    *,
+    state: str | None = None,
+    task_id: str | None = None,
+    agents: QuerySet[Agent] | None = None,
+) -> QuerySet[Agent]:
+    """``agents`` (every agent when None) in ``state`` and of ``task_id``, when given."""
+    agents = Agent.objects.all() if agents is None else agents
     if state:
         agents = agents.filter(state=state)
     if task_id:
@@ -42,15 +134,350 @@ def agent_events_range(
     limit: int = 1000,
 ) -> QuerySet[AgentEvent]:
     """Events of one agent or of all, with ``after < id <= until``, oldest first."""
+    return _events_between(after=after, until=until, agent_id=agent_id, kinds=kinds)[:limit]
+
+
+def _events_between(
+    *,
+    after: int,
+    until: int | None,
+    agent_id: Any,
+    kinds: list[str] | None,
+    agents: QuerySet[Agent] | None = None,
+) -> QuerySet[AgentEvent]:
     events = AgentEvent.objects.filter(id__gt=after)
     if until is not None:
         events = events.filter(id__lte=until)
     if agent_id is not None:
         events = events.filter(agent_id=agent_id)
+    if agents is not None:
+        events = events.filter(agent__in=agents.values("id"))
     if kinds:
         events = events.filter(kind__in=kinds)
-    return events.order_by("id")[:limit]
+    return events.order_by("id")
+
+
+class JsonBytes(Func):
+    """The size in bytes of a JSON column as the database holds it, measured by the database.
+
+    Django stores JSON on SQLite as ASCII text with escapes, and PostgreSQL's
+    ``jsonb::text`` adds spaces, so this is never less than the compact UTF-8
+    JSON a client receives: a page measured with it is never larger than said.
+    """
+
+    output_field = IntegerField()
+    template = "LENGTH(CAST(%(expressions)s AS BLOB))"
+
+    def as_postgresql(self, compiler: Any, connection: Any, **extra: Any) -> Any:
+        return self.as_sql(
+            compiler, connection, template="OCTET_LENGTH((%(expressions)s)::text)", **extra
+        )
+
+
+# What an event adds to its data in a page: id, kind, agent, time, keys and punctuation.
+EVENT_ENVELOPE_BYTES = 200
+
+
+@dataclass(frozen=True)
+class EventPage:
+    """Events in id order, and where the next page starts: ask again ``after=next_after``."""
+
+    events: QuerySet[AgentEvent]
+    next_after: int
+    has_more: bool
+
+
+def agent_events_page(
+    *,
+    after: int,
+    max_bytes: int,
+    until: int | None = None,
+    agent_id: Any = None,
+    kinds: list[str] | None = None,
+    limit: int = 1000,
+    agents: QuerySet[Agent] | None = None,
+) -> EventPage:
+    """Events after ``after`` until their data would pass ``max_bytes``; at least one.
+
+    Only events of ``agents`` when given (a viewer's, ``agents_visible_to``).
+    The sizes are read first (ids and lengths only), so an old log with one
+    huge row is never loaded whole just to find out that it is too big.
+    """
+    matching = _events_between(
+        after=after, until=until, agent_id=agent_id, kinds=kinds, agents=agents
+    )
+    sizes = list(matching.annotate(size=JsonBytes("data")).values_list("id", "size")[: limit + 1])
+    taken, total = 0, 0
+    last_id = after
+    for event_id, size in sizes[:limit]:
+        total += (size or 0) + EVENT_ENVELOPE_BYTES
+        if taken and total > max_bytes:
+            break
+        taken, last_id = taken + 1, event_id
+    return EventPage(
+        events=matching.filter(id__lte=last_id) if taken else matching.none(),
+        next_after=last_id,
+        has_more=taken < len(sizes),
+    )
+
+
+def agent_output_bytes(*, agent_id: Any) -> int:
+    """How many bytes of output the agent has stored so far (earlier runs included)."""
+    stored = AgentEvent.objects.filter(agent_id=agent_id, kind=AgentEventKind.OUTPUT).aggregate(
+        total=Sum(JsonBytes("data"))
+    )
+    return stored["total"] or 0
 
 
 def agent_event_last_id() -> int:
     return AgentEvent.objects.order_by("-id").values_list("id", flat=True).first() or 0
+
+
+# --- The dashboard's reads: the filtered list, the spawn form, the diff, the plots ---
+
+
+def agents_filtered(
+    *,
+    agents: QuerySet[Agent],
+    state: str = "",
+    runtime: str = "",
+    repository: str = "",
+    owner: str = "",
+    origin: str = "",
+    task_search: str = "",
+) -> QuerySet[Agent]:
+    """``agents`` narrowed by each filter that is given, newest first.
+
+    ``owner`` keeps the agents that principal owns, those of its delegates
+    included (``agents_owned_by``); ``task_search`` matches part of a task id.
+    Only the agents the caller passed in are ever returned, so a filter can
+    narrow what a viewer sees but never widen it.
+    """
+    if state:
+        agents = agents.filter(state=state)
+    if runtime:
+        agents = agents.filter(runtime=runtime)
+    if repository:
+        agents = agents.filter(repository=repository)
+    if origin:
+        agents = agents.filter(origin=origin)
+    if task_search:
+        agents = agents.filter(task_id__icontains=task_search)
+    if owner:
+        agents = agents & agents_owned_by(owner)
+    return agents.order_by("-created_at", "-id")
+
+
+def agent_facets(*, agents: QuerySet[Agent], limit: int = 200) -> dict[str, list[str]]:
+    """The repositories, owners and origins among ``agents``: what the filters offer.
+
+    Three DISTINCT queries, each bounded by ``limit``.
+    """
+
+    def distinct(field: str) -> list[str]:
+        values = agents.order_by(field).values_list(field, flat=True).distinct()[:limit]
+        return [value for value in values if value]
+
+    return {
+        "repository": distinct("repository"),
+        "owner": distinct("requested_by"),
+        "origin": distinct("origin"),
+    }
+
+
+@dataclass(frozen=True)
+class RuntimeChoice:
+    name: str
+    unavailable: str | None  # why this hub cannot run it now, or None
+
+
+def spawn_choices() -> dict[str, Any]:
+    """What a spawn may ask for on this hub: runtimes (and why one is missing), limits.
+
+    Each limit is ``{"default", "maximum", "setting"}`` as ``agents.limits``
+    holds it; the API's serializer checks the same maxima.
+    """
+    # The runtimes import their SDKs; only a page that offers them pays for it.
+    from agents.limits import _DEFAULTS, MAXIMA, limit_maximum
+    from agents.runtimes import RUNTIMES, runtime_unavailable
+
+    return {
+        "runtimes": [RuntimeChoice(name, runtime_unavailable(name)) for name in RUNTIMES],
+        "limits": {
+            name: {
+                "default": getattr(settings, _DEFAULTS[name]),
+                "maximum": limit_maximum(name),
+                "setting": setting,
+            }
+            for name, setting in MAXIMA.items()
+        },
+        "egress_allowlist": settings.FLOTILLA_EGRESS_ALLOWLIST,
+    }
+
+
+_SHA = re.compile(r"^[0-9a-f]{40}(?:[0-9a-f]{24})?$")
+
+
+@dataclass(frozen=True)
+class DiffFile:
+    path: str
+    added: int  # -1 for a binary file
+    deleted: int
+
+    @property
+    def binary(self) -> bool:
+        return self.added < 0
+
+
+@dataclass(frozen=True)
+class AgentDiff:
+    """What an agent's branch changes against its base, as the hub's mirror holds it.
+
+    ``base`` and ``head`` are commits; ``problem`` says why there is nothing
+    to show (no commit yet, the mirror lacks it), and then ``files`` is empty.
+    """
+
+    mirror: Path | None = None
+    base: str = ""
+    head: str = ""
+    files: tuple[DiffFile, ...] = ()
+    problem: str = ""
+
+
+# The one shape of diff the dashboard reads: no colour, no external tools, no renames.
+_DIFF_OPTIONS = ("--no-color", "--no-ext-diff", "--no-textconv", "--no-renames")
+
+
+def agent_diff(*, agent: Agent) -> AgentDiff:
+    """The files the agent's commit changes since its base branch (the three-dot diff).
+
+    The commit is the one the hub pushed (``result["pushed_commit"]``) or,
+    before a push or after a rejected one, the head of the agent's branch in
+    the mirror. Only the hub's mirror is read, through ``git_run``, never the
+    agent's worktree. A mirror that lacks the commit (another node ran the
+    agent) is fetched once.
+    """
+    mirror = workspace.mirror_path(agent.repository)
+    if not (mirror / "HEAD").exists():
+        return AgentDiff(problem="this hub holds no copy of the repository yet")
+    pushed = str((agent.result or {}).get("pushed_commit") or "")
+    if not _SHA.match(pushed):
+        pushed = ""
+    wanted = pushed or f"refs/heads/{agent.work_branch}"
+    head = _mirror_commit(mirror, wanted)
+    if not head and pushed:
+        try:
+            workspace.mirror_sync(agent.repository)
+        except WorkspaceError as error:
+            return AgentDiff(problem=f"the pushed commit could not be fetched: {error}")
+        head = _mirror_commit(mirror, wanted)
+    if not head:
+        return AgentDiff(problem="the agent has committed nothing yet")
+    base = _mirror_commit(mirror, f"refs/remotes/origin/{agent.base_branch}")
+    if not base:
+        return AgentDiff(problem=f"the base branch {agent.base_branch} is gone from the mirror")
+    listing = git_run(
+        ["diff", *_DIFF_OPTIONS, "--numstat", "-z", f"{base}...{head}", "--"], git_dir=mirror
+    )
+    if listing.status != 0:
+        return AgentDiff(problem=f"git diff failed: {listing.stderr.strip()[:300]}")
+    files = tuple(_numstat_files(listing.stdout))
+    return AgentDiff(mirror=mirror, base=base, head=head, files=files)
+
+
+def _numstat_files(numstat: str) -> list[DiffFile]:
+    """``git diff --numstat -z`` read as files: ``added\tdeleted\tpath\0`` each."""
+    files = []
+    for entry in numstat.split("\0"):
+        parts = entry.split("\t", 2)
+        if len(parts) != 3:
+            continue
+        added, deleted, path = parts
+        binary = added == "-"
+        files.append(DiffFile(path, -1 if binary else int(added), 0 if binary else int(deleted)))
+    return files
+
+
+def agent_diff_text(*, diff: AgentDiff, paths: list[str]) -> str:
+    """The unified diff of ``paths`` (taken from ``diff.files``), in the order git lists them.
+
+    '' when git cannot answer (the mirror changed under us): the files then
+    show as unreadable rather than failing the page.
+    """
+    if not paths or diff.mirror is None:
+        return ""
+    # Literal pathspecs: a file named like a glob or a pathspec magic is just that file.
+    pathspecs = [f":(literal){path}" for path in paths]
+    found = git_run(
+        ["diff", *_DIFF_OPTIONS, f"{diff.base}...{diff.head}", "--", *pathspecs],
+        git_dir=diff.mirror,
+    )
+    return found.stdout if found.status == 0 else ""
+
+
+@dataclass(frozen=True)
+class AgentPatch:
+    attempt: int
+    filename: str
+    text: str
+
+
+def agent_patch(*, agent: Agent, attempt: int | None = None) -> AgentPatch | None:
+    """The agent's work against its base as a downloadable patch, secrets removed.
+
+    The patch the hub kept when the attempt ended without a push (its
+    rejected change, uncommitted work included), else, for the agent's
+    current attempt, what its branch holds in the mirror (a pushed agent's
+    work): ``agents.patches``. None when ``attempt`` names an earlier attempt
+    with nothing kept.
+    """
+    wanted = agent.attempt if attempt is None else attempt
+    filename = f"agent-{agent.id}-attempt-{wanted}.patch"
+    stored = patches.patch_stored(agent_id=str(agent.id), attempt=wanted)
+    if stored is not None:
+        return AgentPatch(wanted, filename, stored.text)
+    if wanted != agent.attempt:
+        return None
+    diff = agent_diff(agent=agent)
+    text = f"# No change to show: {diff.problem}.\n" if diff.problem else _mirror_patch(diff)
+    pushed = (agent.result or {}).get("pushed_commit")
+    why = agent.error or f"{agent.state}" + (f": pushed {pushed}" if pushed else "")
+    rendered = patches.patch_render(agent=agent, base=diff.base, why=why, diff=text)
+    return AgentPatch(wanted, filename, rendered)
+
+
+def agent_patch_attempts(*, agent: Agent) -> list[int]:
+    """The attempts of the agent whose rejected work this hub keeps as a patch."""
+    return patches.patch_attempts(agent_id=str(agent.id))
+
+
+def _mirror_patch(diff: AgentDiff) -> str:
+    if diff.mirror is None:
+        return ""
+    commits = f"{diff.base}...{diff.head}"
+    found = git_run(["diff", *_DIFF_OPTIONS, commits, "--"], git_dir=diff.mirror)
+    if found.status != 0:
+        return f"# git diff failed: {found.stderr.strip()[:300]}\n"
+    return found.stdout + "\n" if found.stdout else ""
+
+
+def _mirror_commit(mirror: Path, ref: str) -> str:
+    """The commit ``ref`` names in ``mirror``, or '' when it has none."""
+    found = git_run(["rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], git_dir=mirror)
+    return found.stdout.strip() if found.status == 0 else ""
+
+
+def agents_per_day(*, agents: QuerySet[Agent], since: Any) -> list[dict[str, Any]]:
+    """Per day (of ``created_at``, from ``since``) and state: how many agents and their cost.
+
+    One grouped query: ``{"day", "state", "count", "cost_usd"}`` rows.
+    """
+    rows = (
+        agents.filter(created_at__gte=since)
+        .annotate(day=TruncDate("created_at"))
+        .order_by()
+        .values("day", "state")
+        .annotate(count=Count("id"), cost_usd=Sum("cost_usd"))
+        .order_by("day", "state")
+    )
+    return list(rows)

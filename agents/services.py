@@ -2,24 +2,40 @@
 
 import dataclasses
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, connections, transaction
+from django.db import connection, transaction
+from django.db.models import DateTimeField, ExpressionWrapper, F
+from django.db.models.functions import Now
 from django.utils import timezone
 from django.utils.module_loading import import_string
-from django_q.tasks import async_task
 
 from agents import workspace
-from agents.errors import AgentNotFound, ConcurrencyLimitReached, InvalidBudget, InvalidTransition
-from agents.lifecycle import _PROGRESS, agent_finished_send, agent_transition
-from agents.models import LIVE_STATES, Agent, AgentEvent, AgentEventKind, AgentState
+from agents.errors import (
+    AgentError,
+    AgentNotFound,
+    ConcurrencyLimitReached,
+    InvalidBudget,
+    InvalidTransition,
+)
+from agents.lifecycle import _PROGRESS, agent_finished_send, agent_transition, agents_finish
+from agents.models import (
+    LIVE_STATES,
+    Agent,
+    AgentEvent,
+    AgentEventKind,
+    AgentState,
+    NetworkMode,
+)
 from agents.noderouting import node_is_local, node_kill_request
+from agents.runtimes.cli.home import cli_home_remove
 from agents.sandboxes import sandbox_backend
 from agents.sandboxes.base import SandboxError
+from agents.wakeup import supervisor_wake
 from audit.services import audit_record
 
 # Any constant will do: it only has to be the same in every process.
@@ -40,10 +56,39 @@ class SpawnRequest:
     sandbox: str = ""
     timeout_s: int = 0
     max_retries: int = 0
+    # 1 (lowest) to 10: node supervisors claim higher priorities first.
+    priority: int = 5
     gate_profile: str = "standard"
-    network: bool = False
+    # A NetworkMode; True and False (older callers, older peers) mean "on" and "off".
+    network: str | bool = NetworkMode.OFF
+    # Narrows the operator's egress allowlist for this agent ("allowlist" mode only).
+    allow_hosts: tuple[str, ...] = ()
     options: dict[str, Any] = field(default_factory=dict)
     origin: str = "local"
+
+    def __post_init__(self) -> None:
+        # Every way of spawning builds this request, so the mode is checked here once.
+        network = self.network
+        if isinstance(network, bool):
+            network = NetworkMode.ON if network else NetworkMode.OFF
+        if network not in NetworkMode.values:
+            message = "network must be off, allowlist or on (true means on, false off)"
+            raise AgentError(message, fields={"options.network": [message]})
+        hosts = self.allow_hosts
+        if not isinstance(hosts, list | tuple) or not all(isinstance(h, str) for h in hosts):
+            message = "allow_hosts must be a list of host or host:port strings"
+            raise AgentError(message, fields={"options.allow_hosts": [message]})
+        if self.allow_hosts and network != NetworkMode.ALLOWLIST:
+            message = "allow_hosts applies only with network allowlist"
+            raise AgentError(message, fields={"options.allow_hosts": [message]})
+        object.__setattr__(self, "network", str(network))
+        object.__setattr__(self, "allow_hosts", tuple(self.allow_hosts))
+
+    def stored_options(self) -> dict[str, Any]:
+        """The options kept on the agent: the request's own, and its allow_hosts if any."""
+        if not self.allow_hosts:
+            return self.options
+        return {**self.options, "allow_hosts": list(self.allow_hosts)}
 
 
 def spawn_guards_check(*, request: SpawnRequest, requested_by: str) -> None:
@@ -81,12 +126,14 @@ def agent_spawn(*, request: SpawnRequest, requested_by: str) -> Agent:
             work_items=request.work_items,
             skills=request.skills,
             instructions=request.instructions,
-            options=request.options,
+            options=request.stored_options(),
             gate_profile=request.gate_profile,
             sandbox_backend=request.sandbox or settings.FLOTILLA_SANDBOX_BACKEND,
             timeout_s=request.timeout_s or settings.FLOTILLA_DEFAULT_TIMEOUT_S,
             network=request.network,
             max_retries=request.max_retries,
+            priority=request.priority,
+            pool=settings.FLOTILLA_NODE_POOL,
             requested_by=requested_by,
             origin=request.origin,
         )
@@ -97,7 +144,8 @@ def agent_spawn(*, request: SpawnRequest, requested_by: str) -> Agent:
             kind=AgentEventKind.STATE,
             data={"from": None, "to": AgentState.QUEUED},
         )
-        transaction.on_commit(lambda: agent_enqueue(agent_id=agent.id))
+        # The row is the queue: a node supervisor claims it (agents/supervisor.py).
+        transaction.on_commit(supervisor_wake)
     return agent
 
 
@@ -123,7 +171,7 @@ def agent_register_remote(
             work_items=request.work_items,
             skills=request.skills,
             instructions=request.instructions,
-            options=request.options,
+            options=request.stored_options(),
             gate_profile=request.gate_profile,
             sandbox_backend=REMOTE_SANDBOX,
             sandbox_handle=sandbox_handle,
@@ -175,20 +223,63 @@ def agent_mirror_state(
     return True
 
 
-def agent_enqueue(*, agent_id: Any) -> None:
-    async_task(
-        "agents.tasks.agent_run", str(agent_id), task_name=f"agent-run-{agent_id}", group="agents"
+def agent_requeue(
+    *,
+    agent: Agent,
+    reason: str,
+    attempt: int,
+    delay_s: float = 0,
+    lease_held: int | None = None,
+) -> bool:
+    """Put an agent whose run ended for a reason not its own back in the queue.
+
+    The run's sandbox and worktree (named by ``agent``, read before this call)
+    are removed after the row stops naming them; any node may claim the agent
+    again once ``delay_s`` has passed (by the database's clock). The lease
+    moves on, so the run that held the agent can write nothing more. False
+    when another party moved it first.
+    """
+    run_after = ExpressionWrapper(Now() + timedelta(seconds=delay_s), output_field=DateTimeField())
+    won = agent_transition(
+        agent_id=agent.id,
+        to=AgentState.QUEUED,
+        reason=reason,
+        only_from=frozenset({agent.state}),
+        lease_held=lease_held,
+        lease=F("lease") + 1,
+        attempt=attempt,
+        progress=0,
+        sandbox_handle={},
+        worktree_path="",
+        node="",
+        supervisor_pid=None,
+        supervisor_started=None,
+        heartbeat_at=None,
+        started_at=None,
+        run_after=run_after if delay_s else None,
     )
+    if not won:
+        return False
+    agent_sandbox_kill(agent=agent)
+    agent_cleanup(agent=agent)
+    transaction.on_commit(supervisor_wake)
+    return True
 
 
-def agent_enqueue_resume(*, agent_id: Any, hops: int = 0) -> None:
-    async_task(
-        "agents.tasks.agent_resume",
-        str(agent_id),
-        hops,
-        task_name=f"agent-resume-{agent_id}-{hops}",
-        group="agents",
-    )
+def agent_unpushed_commits(*, agent: Agent) -> int:
+    """Commits on the agent's branch that no remote branch holds (0 when there is no branch)."""
+    try:
+        return workspace.branch_unpushed_commits(
+            repository=agent.repository, work_branch=agent.work_branch
+        )
+    except workspace.WorkspaceError:
+        return 0
+
+
+def retry_backoff_s(*, attempt: int) -> float:
+    """How long retry number ``attempt`` (from 1) waits: doubling, up to the maximum."""
+    delay = settings.FLOTILLA_RETRY_BACKOFF_S * 2 ** max(0, attempt - 1)
+    return float(min(delay, settings.FLOTILLA_RETRY_BACKOFF_MAX_S))
 
 
 def agent_resume(*, agent_id: Any, budget_usd: Decimal, actor: str, reason: str = "") -> Agent:
@@ -228,7 +319,9 @@ def agent_resume(*, agent_id: Any, budget_usd: Decimal, actor: str, reason: str 
                 "spent_usd": str(agent.cost_usd),
             },
         )
-        transaction.on_commit(lambda: agent_enqueue_resume(agent_id=agent.id))
+        # The supervisor of the node holding the worktree takes it (agents/supervisor.py).
+        Agent.objects.filter(id=agent.id).update(resume_requested=True)
+        transaction.on_commit(supervisor_wake)
     agent.refresh_from_db()
     return agent
 
@@ -274,51 +367,57 @@ def agent_stop(*, agent_id: Any, reason: str, to: AgentState = AgentState.KILLED
 
 
 def agent_stop_many(
-    *, agent_ids: list[Any], reason: str, to: AgentState = AgentState.KILLED, threads: int = 8
+    *, agent_ids: list[Any], reason: str, to: AgentState = AgentState.KILLED
 ) -> dict[str, Termination | str]:
-    """``agent_stop`` for many agents: every one is marked in one transaction, then killed.
+    """``agent_stop`` for many agents: all marked in one transaction, then all killed at once.
 
-    One transaction takes the database's write lock once. Separate ones, on
-    SQLite, queue on its busy timeout behind every worker writing at the same
-    moment, which made most of a kill-all's time. Returns agent id → its
+    One transaction takes the database's write lock once, and the marks are
+    one UPDATE. Each sandbox backend then kills all of its agents together:
+    the local backends signal every sandbox first and only then wait for
+    them to empty, so no kill waits behind another. Returns agent id → its
     ``Termination``, or the message of the error that kept it from stopping.
     """
     started = time.monotonic()
     outcome: dict[str, Termination | str] = {}
-    marked: list[tuple[Agent, str]] = []
+    local: list[Agent] = []
     with transaction.atomic():
-        for agent_id in agent_ids:
-            try:
-                agent, previous, won = _stop_mark(agent_id=agent_id, reason=reason, to=to)
-            except AgentNotFound as error:
-                outcome[str(agent_id)] = str(error)
-                continue
-            if not won:
-                outcome[str(agent.id)] = Termination(
-                    str(agent.id), previous, False, _ms_since(started)
-                )
-            elif _kill_routed(agent):
+        previous = agents_finish(agent_ids=agent_ids, to=to, reason=reason, error=reason)
+        agents = {str(agent.id): agent for agent in Agent.objects.filter(id__in=list(previous))}
+        lost = Agent.objects.filter(id__in=agent_ids).exclude(id__in=list(previous))
+        for lost_id, state in lost.values_list("id", "state"):
+            outcome[str(lost_id)] = Termination(str(lost_id), state, False, 0.0)
+        for key, agent in agents.items():
+            if _kill_routed(agent):
                 # Sent within this transaction, every node's request is
                 # delivered the moment it commits, with no thread or
                 # connection per agent here.
-                outcome[str(agent.id)] = Termination(
-                    str(agent.id), previous, True, _ms_since(started), routed_to=agent.node
+                outcome[key] = Termination(
+                    key, previous[key], True, _ms_since(started), routed_to=agent.node
                 )
             else:
-                marked.append((agent, previous))
-
-    def kill(mark: tuple[Agent, str]) -> Termination | str:
-        try:
-            return _stop_kill(mark[0], mark[1], started)
-        except OSError as error:
-            return str(error)
-        finally:
-            connections.close_all()
-
-    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(marked)))) as pool:
-        for (agent, _), result in zip(marked, pool.map(kill, marked), strict=True):
-            outcome[str(agent.id)] = result
+                local.append(agent)
+    for agent_id in agent_ids:
+        outcome.setdefault(str(agent_id), f"no agent with id {agent_id}")
+    by_backend: dict[str, list[Agent]] = {}
+    for agent in local:
+        by_backend.setdefault((agent.sandbox_handle or {}).get("backend", ""), []).append(agent)
+    for backend, group in by_backend.items():
+        errors = _sandboxes_kill(backend, [agent.sandbox_handle for agent in group])
+        for agent in group:
+            outcome[str(agent.id)] = Termination(
+                str(agent.id), previous[str(agent.id)], True, _ms_since(started), errors=errors
+            )
     return outcome
+
+
+def _sandboxes_kill(backend: str, handles: list[dict[str, Any]]) -> list[str]:
+    if not backend:
+        return []  # queued agents: nothing runs yet
+    try:
+        sandbox_backend(backend).kill_many(handles)
+    except (SandboxError, OSError) as error:
+        return [f"sandbox kill: {error}"]
+    return []
 
 
 def _stop_mark(*, agent_id: Any, reason: str, to: AgentState) -> tuple[Agent, str, bool]:
@@ -386,6 +485,8 @@ def agent_cleanup(*, agent: Agent) -> tuple[bool, list[str]]:
             sandbox_backend(handle["backend"]).remove(handle)
         except SandboxError as error:
             errors.append(f"sandbox remove: {error}")
+    # A CLI agent's home (its sessions) lives exactly as long as its worktree.
+    cli_home_remove(agent_id=str(agent.id))
     if not agent.worktree_path:
         return False, errors
     try:

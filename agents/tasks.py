@@ -1,14 +1,7 @@
-"""django-q2 entry points: ids in, one service call."""
+"""django-q2 entry points for short jobs: ids in, one service call.
 
-from agents import runner
-
-
-def agent_run(agent_id: str) -> None:
-    runner.agent_run(agent_id=agent_id)
-
-
-def agent_resume(agent_id: str, hops: int = 0) -> None:
-    runner.agent_resume_run(agent_id=agent_id, hops=hops)
+Agent runs are not among them: node supervisors claim agents (agents/supervisor.py).
+"""
 
 
 def agents_reconcile() -> dict:

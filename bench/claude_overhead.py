@@ -8,6 +8,9 @@
 2. Concurrency: 50 Claude agents at once (write a file, run a command in
    bwrap, commit through the gates, finish and push); all must complete.
    The worker cluster's memory (RSS of every process in it) is sampled.
+3. Kill during a slow reply: from the kill request until the server sees
+   the agent's model request dropped (tests/test_claude_agents.py asserts
+   that it is dropped; this measures how soon).
 
 A throwaway hub (own data directory, SQLite, daphne + qcluster) runs it.
 Run: .venv/bin/python bench/claude_overhead.py [--turns 100] [--agents 50]
@@ -23,8 +26,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.throwaway_hub import ThrowawayHub, make_repository  # noqa: E402
-from tests.messages_server import MessagesServer, conversation, tool_use_reply  # noqa: E402
+from bench.throwaway_hub import throwaway_hub  # noqa: E402
+from tests.launcher import Hub, make_remote, wait_until  # noqa: E402
+from tests.messages_server import (  # noqa: E402
+    MessagesServer,
+    conversation,
+    text_reply,
+    tool_use_reply,
+)
 
 KEY = "sk-ant-bench-" + "0" * 32
 FILE_TOOLS = [
@@ -64,7 +73,7 @@ def process_tree_rss_mb(root_pid: int) -> tuple[float, int]:
     return round(total_kb / 1024, 1), count
 
 
-def spawn_claude(hub: ThrowawayHub, repository: Path, task_id: str) -> str:
+def spawn_claude(hub: Hub, repository: Path, task_id: str) -> str:
     body = {
         "task_id": task_id,
         "agent_type": "worker",
@@ -75,7 +84,7 @@ def spawn_claude(hub: ThrowawayHub, repository: Path, task_id: str) -> str:
     return hub.request("POST", "/api/v1/agents", body)["agent_id"]
 
 
-def wait_all(hub: ThrowawayHub, ids: list[str], timeout: float) -> dict[str, str]:
+def wait_all(hub: Hub, ids: list[str], timeout: float) -> dict[str, str]:
     deadline = time.monotonic() + timeout
     states: dict[str, str] = {}
     while time.monotonic() < deadline:
@@ -86,7 +95,7 @@ def wait_all(hub: ThrowawayHub, ids: list[str], timeout: float) -> dict[str, str
     return states
 
 
-def overhead(hub: ThrowawayHub, server: MessagesServer, repository: Path, turns: int) -> dict:
+def overhead(hub: Hub, server: MessagesServer, repository: Path, turns: int) -> dict:
     script = [tool_use_reply([FILE_TOOLS[turn % len(FILE_TOOLS)]]) for turn in range(turns)]
     server.reset()
     server.default = conversation(*script, tool_use_reply([("finish", {"summary": "bench"})]))
@@ -110,7 +119,7 @@ def overhead(hub: ThrowawayHub, server: MessagesServer, repository: Path, turns:
     }
 
 
-def concurrency(hub: ThrowawayHub, server: MessagesServer, repository: Path, agents: int) -> dict:
+def concurrency(hub: Hub, server: MessagesServer, repository: Path, agents: int) -> dict:
     server.reset()
     server.default = conversation(
         tool_use_reply([("write_file", {"path": "result.txt", "content": "done\n"})]),
@@ -118,7 +127,7 @@ def concurrency(hub: ThrowawayHub, server: MessagesServer, repository: Path, age
         tool_use_reply([("commit", {"message": "Add the result"})]),
         tool_use_reply([("finish", {"summary": "wrote result.txt"})]),
     )
-    cluster_pid = hub.processes[0].pid
+    cluster_pid = hub.worker.pid
     baseline_mb, processes = process_tree_rss_mb(cluster_pid)
     peak = {"mb": baseline_mb}
     done = threading.Event()
@@ -153,6 +162,24 @@ def concurrency(hub: ThrowawayHub, server: MessagesServer, repository: Path, age
     }
 
 
+def kill_cancel(hub: Hub, server: MessagesServer, repository: Path, rounds: int = 5) -> dict:
+    samples = []
+    for index in range(rounds):
+        server.reset()
+        server.default = conversation(text_reply("thinking very slowly", delay_s=60))
+        agent_id = spawn_claude(hub, repository, f"kill-{index}")
+        wait_until(lambda: server.requests, 60, "the agent to ask the model", every=0.01)
+        killed_at = time.monotonic()
+        hub.request("POST", f"/api/v1/agents/{agent_id}/kill", {"reason": "bench"})
+        wait_until(lambda: server.disconnects, 30, "the request dropped", every=0.005)
+        samples.append((server.disconnects[0][0] - killed_at) * 1000)
+    return {
+        "rounds": rounds,
+        "kill_to_request_dropped_ms": {"p50": percentile(samples, 0.5), "max": max(samples)},
+        "target_ms": 1000,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--turns", type=int, default=100)
@@ -165,11 +192,12 @@ def main() -> None:
             "MAX_CONCURRENT_AGENTS": str(max(100, arguments.agents)),
         }
         # One worker process per agent: a Claude run holds its worker while it works.
-        with ThrowawayHub(workers=arguments.agents, extra_env=env) as hub:
-            repository = make_repository(hub.data_dir)
+        with throwaway_hub(workers=arguments.agents, extra_env=env) as hub:
+            repository = make_remote(hub.data_dir)
             report = {
                 "overhead": overhead(hub, server, repository, arguments.turns),
                 "concurrency": concurrency(hub, server, repository, arguments.agents),
+                "kill_during_reply": kill_cancel(hub, server, repository),
             }
     print(json.dumps(report, indent=2))
 

@@ -29,9 +29,8 @@ import django  # noqa: E402
 
 django.setup()
 
-from tests.conftest import make_remote  # noqa: E402
-from tests.reliability.cluster import Cluster, template_drop, wait_until  # noqa: E402
-from tests.reliability.conftest import sandbox_processes  # noqa: E402
+from tests.launcher import make_remote, wait_until  # noqa: E402
+from tests.reliability.cluster import Cluster, sandbox_processes, template_drop  # noqa: E402
 
 
 def percentile(samples: list[float], fraction: float) -> float:
@@ -44,7 +43,7 @@ def main() -> None:
     parser.add_argument("--agents", type=int, default=40)
     args = parser.parse_args()
     repository = make_remote(Path(tempfile.mkdtemp(prefix="flotilla-bench-repo-")))
-    cluster = Cluster(workers=2, webs=2, worker_processes=args.agents // 2 + 2)
+    cluster = Cluster(workers=2, webs=2, capacity=args.agents // 2 + 2)
     try:
         cluster.start()
         webs = cluster.webs

@@ -15,8 +15,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,11 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from tests.launcher import Processes, free_port  # noqa: E402
 
 
 def _prepare_database() -> tuple[str, str]:
@@ -66,23 +60,10 @@ def _prepare_database() -> tuple[str, str]:
     return session.session_key, str(agent.id)
 
 
-def _start_web(port: int) -> subprocess.Popen:
-    daphne = Path(sys.executable).with_name("daphne")
-    process = subprocess.Popen(
-        [str(daphne), "-b", "127.0.0.1", "-p", str(port), "orchestrator_site.asgi:application"],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return process
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("daphne did not start")
+def web_start(port: int) -> tuple[Processes, subprocess.Popen]:
+    """daphne on ``port`` in this process's environment, once its health endpoint answers."""
+    web = Processes(env=dict(os.environ), log_dir=Path(os.environ["DATA_DIR"]))
+    return web, web.start_web(port)
 
 
 class Client:
@@ -243,13 +224,12 @@ def main() -> None:
         }
     )
     session_key, agent_id = _prepare_database()
-    port = _free_port()
-    web = _start_web(port)
+    port = free_port()
+    web, _ = web_start(port)
     try:
         result = asyncio.run(_run(args, port, session_key, agent_id))
     finally:
-        os.killpg(web.pid, signal.SIGTERM)
-        web.wait(timeout=10)
+        web.stop()
     print(json.dumps(result, indent=2))
 
 

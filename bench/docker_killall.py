@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.throwaway_hub import ThrowawayHub, make_repository  # noqa: E402
+from bench.throwaway_hub import throwaway_hub  # noqa: E402
+from tests.launcher import make_remote  # noqa: E402
 
 
 def containers_left(node_filter: str) -> int:
@@ -34,9 +35,9 @@ def main() -> None:
     extra = {"FLOTILLA_NODE_NAME": node}
     with (
         tempfile.TemporaryDirectory() as scratch,
-        ThrowawayHub(workers=args.agents + 2, extra_env=extra) as hub,
+        throwaway_hub(workers=args.agents + 2, extra_env=extra) as hub,
     ):
-        repository = make_repository(Path(scratch))
+        repository = make_remote(Path(scratch))
         ids = [hub.spawn(repository, "sleep 300", sandbox="docker") for _ in range(args.agents)]
         for agent_id in ids:
             hub.wait_state(agent_id, {"running"}, timeout=120)

@@ -23,7 +23,8 @@ from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.throwaway_hub import ThrowawayHub, make_repository  # noqa: E402
+from bench.throwaway_hub import throwaway_hub  # noqa: E402
+from tests.launcher import Hub, make_remote  # noqa: E402
 
 IMAGE = "flotilla-sandbox:latest"
 
@@ -65,7 +66,7 @@ def bare_docker_run() -> float:
     return elapsed
 
 
-def api_to_running(hub: ThrowawayHub, repository: Path) -> tuple[float, str]:
+def api_to_running(hub: Hub, repository: Path) -> tuple[float, str]:
     sent = time.time()
     agent_id = hub.spawn(repository, "sleep 60", sandbox="docker")
     hub.wait_state(agent_id, {"running"})
@@ -91,8 +92,8 @@ def warm_samples(samples: int, pool: int) -> tuple[list[float], int]:
     """API → running on a hub with a warm pool; (samples, how many were served by the pool)."""
     node = f"bench-warm-{int(time.time())}"
     extra = {"FLOTILLA_DOCKER_WARM_POOL": str(pool), "FLOTILLA_NODE_NAME": node}
-    with tempfile.TemporaryDirectory() as scratch, ThrowawayHub(workers=4, extra_env=extra) as hub:
-        repository = make_repository(Path(scratch))
+    with tempfile.TemporaryDirectory() as scratch, throwaway_hub(workers=4, extra_env=extra) as hub:
+        repository = make_remote(Path(scratch))
         hub.manage("reconcile", "--no-schedule")  # as a hub start does: it fills the pool
         api_to_running(hub, repository)  # the first spawn also creates the mirror
         timings, ids = [], []
@@ -141,8 +142,8 @@ def main() -> None:
     )
     bare_docker_run()  # warm the engine's caches, as the first spawn below does too
     bare = [bare_docker_run() for _ in range(args.samples)]
-    with tempfile.TemporaryDirectory() as scratch, ThrowawayHub(workers=4) as hub:
-        repository = make_repository(Path(scratch))
+    with tempfile.TemporaryDirectory() as scratch, throwaway_hub(workers=4) as hub:
+        repository = make_remote(Path(scratch))
         api_to_running(hub, repository)  # the first spawn also creates the mirror
         cold = [api_to_running(hub, repository)[0] for _ in range(args.samples)]
     warm, served = warm_samples(args.samples, args.pool)

@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.hubs import hub_stop, hubs_connect, hubs_start  # noqa: E402
+from tests.launcher import hubs_connect, hubs_start, make_remote  # noqa: E402
 
 
 def _percentile(samples: list[float], fraction: float) -> float:
@@ -36,23 +36,7 @@ def _percentile(samples: list[float], fraction: float) -> float:
 
 
 def _repository() -> Path:
-    import subprocess
-
-    base = Path(tempfile.mkdtemp(prefix="flotilla-bench-"))
-    seed, remote = base / "seed", base / "remote.git"
-    subprocess.run(
-        ["git", "init", "-q", "--bare", "--initial-branch=main", str(remote)], check=True
-    )
-    subprocess.run(["git", "init", "-q", "--initial-branch=main", str(seed)], check=True)
-    (seed / "README.md").write_text("bench\n")
-    subprocess.run(
-        "git add -A && git -c user.name=b -c user.email=b@e commit -qm init && "
-        f"git push -q {remote} main",
-        shell=True,
-        cwd=seed,
-        check=True,
-    )
-    return remote
+    return make_remote(Path(tempfile.mkdtemp(prefix="flotilla-bench-")))
 
 
 def main() -> None:
@@ -60,7 +44,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=500)
     parser.add_argument("--warmup", type=int, default=50)
     args = parser.parse_args()
-    hub_a, hub_b = hubs_start("bench-a", "bench-b", workers=2)
+    hub_a, hub_b = hubs_start("bench-a", "bench-b", env={"FLOTILLA_WORKERS": "2"})
     try:
         on_a, _ = hubs_connect(hub_a, hub_b)
         body = {
@@ -71,15 +55,12 @@ def main() -> None:
         }
         spawned = hub_a.api("POST", f"peers/{on_a['id']}/agents", json=body).json()
         remote_id = spawned["remote_agent_id"]
-        deadline = time.monotonic() + 60
-        while hub_a.api("GET", f"agents/{spawned['agent_id']}").json()["state"] != "completed":
-            assert time.monotonic() < deadline, "the bench agent did not complete"
-            time.sleep(0.1)
+        hub_a.wait_state(spawned["agent_id"], {"completed"})
         # Only the web processes are measured: the idle workers' queue polling
         # would add noise to both columns.
         for hub in (hub_a, hub_b):
-            os.killpg(hub.processes[1].pid, signal.SIGKILL)
-            hub.processes[1].wait(timeout=10)
+            os.killpg(hub.worker.pid, signal.SIGKILL)
+            hub.worker.wait(timeout=10)
 
         os.environ.update(hub_a.env)
         import django
@@ -124,8 +105,8 @@ def main() -> None:
         }
         print(json.dumps(result, indent=2))
     finally:
-        hub_stop(hub_a)
-        hub_stop(hub_b)
+        hub_a.stop()
+        hub_b.stop()
 
 
 if __name__ == "__main__":

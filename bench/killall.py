@@ -12,16 +12,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.throwaway_hub import ThrowawayHub, make_repository  # noqa: E402
+from bench.throwaway_hub import throwaway_hub  # noqa: E402
+from tests.launcher import Hub, make_remote  # noqa: E402
 
+# Each hub has its own branch below this one (flotilla/hub-<id>/agent-<id>).
 CGROUPS = Path("/sys/fs/cgroup/freezer/flotilla")
 
 
 def sandbox_pids(agent_ids: list[str]) -> set[int]:
     pids: set[int] = set()
     for agent_id in agent_ids:
-        procs = CGROUPS / f"agent-{agent_id}" / "cgroup.procs"
-        if procs.exists():
+        for procs in CGROUPS.glob(f"*/agent-{agent_id}/cgroup.procs"):
             pids |= {int(pid) for pid in procs.read_text().split()}
     return pids
 
@@ -34,7 +35,7 @@ def running(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def one_round(hub: ThrowawayHub, repository: Path, count: int) -> dict:
+def one_round(hub: Hub, repository: Path, count: int) -> dict:
     ids = [hub.spawn(repository, "sleep 600 & sleep 600 & wait") for _ in range(count)]
     deadline = time.monotonic() + 120
     while len(pids := sandbox_pids(ids)) < 3 * count:
@@ -68,8 +69,8 @@ def main() -> None:
     parser.add_argument("--agents", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
     options = parser.parse_args()
-    with ThrowawayHub(workers=options.agents) as hub:
-        repository = make_repository(hub.data_dir)
+    with throwaway_hub(workers=options.agents) as hub:
+        repository = make_remote(hub.data_dir)
         rounds = [one_round(hub, repository, options.agents) for _ in range(options.rounds)]
     gone = sorted(item["all_processes_gone_ms"] for item in rounds)
     print(

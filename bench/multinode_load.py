@@ -32,8 +32,8 @@ import django  # noqa: E402
 
 django.setup()
 
-from tests.conftest import make_remote  # noqa: E402
-from tests.reliability.cluster import Cluster, template_drop, wait_until  # noqa: E402
+from tests.launcher import make_remote, wait_until  # noqa: E402
+from tests.reliability.cluster import Cluster, template_drop  # noqa: E402
 
 
 def rss_kib(pid: int) -> int:
@@ -97,14 +97,13 @@ def main() -> None:
     parser.add_argument("--workers-per-node", type=int, default=30)
     args = parser.parse_args()
     repository = make_remote(Path(tempfile.mkdtemp(prefix="flotilla-bench-repo-")))
-    cluster = Cluster(workers=2, webs=2, worker_processes=args.workers_per_node)
+    cluster = Cluster(workers=2, webs=2, capacity=args.workers_per_node)
     try:
         cluster.start()
         processes = {}
         for node in [*cluster.webs, *cluster.workers]:
-            kinds = ("qcluster", "kill_listener") if node.role == "worker" else ("daphne",)
-            for kind, process in zip(kinds, node.processes, strict=False):
-                processes[f"{node.name} {kind}"] = process.pid
+            for process in node.processes:
+                processes[f"{node.name} {node.role}"] = process.pid
         sampler = MemorySampler(processes)
         sampler.start()
         script = f"sleep {args.sleep}; echo done > done.txt"

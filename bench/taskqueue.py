@@ -23,7 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.throwaway_hub import ThrowawayHub  # noqa: E402
+from bench.throwaway_hub import throwaway_hub  # noqa: E402
+from tests.launcher import Hub  # noqa: E402
 
 
 def noop() -> None:
@@ -70,7 +71,7 @@ def raw_rate(count: int) -> dict:
     }
 
 
-def project_rate(hub: ThrowawayHub, count: int, width: int) -> dict:
+def project_rate(hub: Hub, count: int, width: int) -> dict:
     from taskqueue.models import Project, TaskAttempt
 
     body = {"name": "bench", "mode": "dag", "tasks": layered_dag(count, width, fan_in=2)}
@@ -145,11 +146,13 @@ def main() -> None:
         "LOG_LEVEL": "WARNING",
         "FLOTILLA_SANDBOX_BACKEND": os.environ.get("FLOTILLA_SANDBOX_BACKEND", "bwrap"),
     }
-    with ThrowawayHub(workers=args.workers, extra_env=extra) as hub:
+    with throwaway_hub(workers=args.workers, extra_env=extra) as hub:
         os.environ.update(
-            {key: hub.env[key] for key in ("DATA_DIR", "DJANGO_SETTINGS_MODULE", *extra)}
+            {
+                key: hub.env[key]
+                for key in ("DATA_DIR", "DATABASE_URL", "DJANGO_SETTINGS_MODULE", *extra)
+            }
         )
-        os.environ.pop("DATABASE_URL", None)
         import django
 
         django.setup()

@@ -8,26 +8,36 @@ another one, gets every event once.
 
 Project pages and the hub's banners follow states rather than events
 (``watch.py``): a full snapshot on connect, then only the rows that changed.
+
+Ownership (DESIGN.md): an agent's or a project's stream opens only for
+someone who may see it (``agent_visible_get``, ``project_visible_get``), and
+the two list streams show a non-staff user only their own agents and projects.
 """
 
+import json
 from typing import Any
 from urllib.parse import parse_qs
 
 from asgiref.sync import async_to_sync
 from channels.generic.websocket import WebsocketConsumer
+from django.conf import settings
+from django.db.models import QuerySet
 
 from agents.errors import AgentNotFound
-from agents.selectors import agent_get
+from agents.models import Agent
+from agents.selectors import agent_visible_get, agents_owned_by, viewer_owner
 from dashboard.relay import BOARD_GROUP, BOARD_KINDS, agent_group, frame_text, relay_get
-from dashboard.selectors import agent_summaries, event_rows
-from dashboard.watch import BOARD_TOPIC, HUB_TOPIC, topic_group, watch_get
+from dashboard.selectors import agent_summaries, event_page
+from dashboard.watch import HUB_TOPIC, board_topic, topic_group, watch_get
 from dashboard.watch import frame_text as watch_frame
 from taskqueue.errors import ProjectNotFound
-from taskqueue.selectors import project_get
+from taskqueue.selectors import project_visible_get
 
 REPLAY_PAGE = 500
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_NOT_FOUND = 4404
+# How many agents' "may this user see it" a list stream remembers before it starts afresh.
+SEEN_MAX = 10_000
 
 
 class EventStreamConsumer(WebsocketConsumer):
@@ -36,6 +46,8 @@ class EventStreamConsumer(WebsocketConsumer):
     group = ""
     agent_id: Any = None
     kinds: list[str] | None = None
+    # Only these agents' events, when set (a non-staff user's list stream).
+    visible: QuerySet[Agent] | None = None
 
     def connect(self) -> None:
         user = self.scope.get("user")
@@ -94,21 +106,28 @@ class EventStreamConsumer(WebsocketConsumer):
             # the table is the truth, so read this stretch from it.
             self.replay(until=last_id)
             return
-        self.send(text_data=message["text"])
+        self.forward(message)
         self.sent_upto = last_id
+
+    def forward(self, message: dict[str, Any]) -> None:
+        """Send a relay batch that continues the stream."""
+        self.send(text_data=message["text"])
 
     def replay(self, *, until: int, at_least_one_frame: bool = False) -> None:
         if at_least_one_frame and self.sent_upto >= until:
             self.send(text_data=frame_text(events=[], agents={}, last_id=self.sent_upto))
         while self.sent_upto < until:
-            events = event_rows(
+            # Pages bounded in bytes: a huge log must never make a frame that
+            # a browser or a client library refuses, or that takes seconds.
+            events, page_end = event_page(
                 after=self.sent_upto,
                 until=until,
                 agent_id=self.agent_id,
                 kinds=self.kinds,
+                max_bytes=settings.FLOTILLA_EVENTS_PAGE_BYTES,
                 limit=REPLAY_PAGE,
+                agents=self.visible,
             )
-            page_end = events[-1]["id"] if len(events) == REPLAY_PAGE else until
             changed = [event["agent_id"] for event in events if event["kind"] in BOARD_KINDS]
             agents = agent_summaries(agent_ids=changed)
             self.send(text_data=frame_text(events=events, agents=agents, last_id=page_end))
@@ -123,10 +142,48 @@ class EventStreamConsumer(WebsocketConsumer):
 
 
 class AgentBoardConsumer(EventStreamConsumer):
-    """State changes of every agent, with the changed agents' summaries."""
+    """State changes of the agents the user may see (all, for staff), with their summaries.
+
+    The relay sends every agent's changes to one group; for a non-staff user
+    each batch is cut down to their own agents before it is sent on.
+    """
 
     group = BOARD_GROUP
     kinds = BOARD_KINDS
+
+    def resolve(self) -> bool:
+        owner = viewer_owner(self.scope["user"])
+        if owner is not None:
+            self.visible = agents_owned_by(owner)
+        self.seen: dict[str, bool] = {}
+        return True
+
+    def _continues(self, message: dict[str, Any]) -> bool:
+        # A filtered stream never takes the fast path that forwards batches unread.
+        return self.visible is None and super()._continues(message)
+
+    def forward(self, message: dict[str, Any]) -> None:
+        if self.visible is None:
+            super().forward(message)
+            return
+        frame = json.loads(message["text"])
+        shown = self._shown(self.visible, {event["agent_id"] for event in frame["events"]})
+        events = [event for event in frame["events"] if event["agent_id"] in shown]
+        if events:
+            agents = {key: row for key, row in frame["agents"].items() if key in shown}
+            self.send(
+                text_data=frame_text(events=events, agents=agents, last_id=message["last_id"])
+            )
+
+    def _shown(self, visible: QuerySet[Agent], agent_ids: set[str]) -> set[str]:
+        """Which of these agents are ``visible`` (an agent's owner never changes: answers keep)."""
+        if len(self.seen) > SEEN_MAX:
+            self.seen.clear()
+        unknown = agent_ids - self.seen.keys()
+        if unknown:
+            found = {str(i) for i in visible.filter(id__in=unknown).values_list("id", flat=True)}
+            self.seen.update({agent_id: agent_id in found for agent_id in unknown})
+        return {agent_id for agent_id in agent_ids if self.seen[agent_id]}
 
 
 class AgentDetailConsumer(EventStreamConsumer):
@@ -134,7 +191,9 @@ class AgentDetailConsumer(EventStreamConsumer):
 
     def resolve(self) -> bool:
         try:
-            agent = agent_get(agent_id=self.scope["url_route"]["kwargs"]["agent_id"])
+            agent = agent_visible_get(
+                viewer=self.scope["user"], agent_id=self.scope["url_route"]["kwargs"]["agent_id"]
+            )
         except AgentNotFound:
             return False
         self.agent_id = agent.id
@@ -193,9 +252,11 @@ class StateStreamConsumer(WebsocketConsumer):
 
 
 class ProjectBoardConsumer(StateStreamConsumer):
-    """The projects page: every shown project's state and progress."""
+    """The projects page: the state and progress of every project the user may see."""
 
-    topic = BOARD_TOPIC
+    def resolve(self) -> bool:
+        self.topic = board_topic(viewer_owner(self.scope["user"]))
+        return True
 
 
 class ProjectDetailConsumer(StateStreamConsumer):
@@ -203,7 +264,10 @@ class ProjectDetailConsumer(StateStreamConsumer):
 
     def resolve(self) -> bool:
         try:
-            project = project_get(project_id=self.scope["url_route"]["kwargs"]["project_id"])
+            project = project_visible_get(
+                viewer=self.scope["user"],
+                project_id=self.scope["url_route"]["kwargs"]["project_id"],
+            )
         except ProjectNotFound:
             return False
         self.topic = str(project.id)

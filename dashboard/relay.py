@@ -52,6 +52,20 @@ def frame_text(*, events: list[dict], agents: dict[str, dict], last_id: int) -> 
     )
 
 
+def frame_chunks(events: list[dict], max_bytes: int) -> list[list[dict]]:
+    """``events`` in runs whose JSON stays within ``max_bytes``; an event larger goes alone."""
+    chunks: list[list[dict]] = [[]]
+    size = 0
+    for event in events:
+        event_size = len(json.dumps(event, separators=(",", ":")))
+        if chunks[-1] and size + event_size > max_bytes:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(event)
+        size += event_size
+    return chunks
+
+
 @dataclass
 class Batch:
     """What one tick found: events in id order, and summaries of agents that changed state."""
@@ -61,10 +75,18 @@ class Batch:
 
 
 class EventRelay:
-    def __init__(self, *, interval_s: float, batch_size: int, gap_wait_s: float) -> None:
+    def __init__(
+        self,
+        *,
+        interval_s: float,
+        batch_size: int,
+        gap_wait_s: float,
+        frame_bytes: int = 1024 * 1024,
+    ) -> None:
         self.interval_s = interval_s
         self.batch_size = batch_size
         self.gap_wait_s = gap_wait_s
+        self.frame_bytes = frame_bytes
         self.watermark = 0
         self.ticks = 0
         self._task: asyncio.Task | None = None
@@ -156,6 +178,23 @@ class EventRelay:
     async def _send(
         self, layer: Any, group: str, events: list[dict], agents: dict, previous: int, last_id: int
     ) -> None:
+        text = frame_text(events=events, agents=agents, last_id=last_id)
+        if len(text) <= self.frame_bytes:
+            await self._send_frame(layer, group, text, events[0]["id"], last_id)
+            return
+        # A burst of big events (a chatty agent, a relay that fell behind) goes
+        # out as several frames, each within the bound, chained by their ids.
+        chunks = frame_chunks(events, self.frame_bytes)
+        for number, chunk in enumerate(chunks):
+            upto = last_id if number == len(chunks) - 1 else chunk[-1]["id"]
+            named = {event["agent_id"] for event in chunk}
+            chunk_agents = {key: value for key, value in agents.items() if key in named}
+            text = frame_text(events=chunk, agents=chunk_agents, last_id=upto)
+            await self._send_frame(layer, group, text, chunk[0]["id"], upto)
+
+    async def _send_frame(
+        self, layer: Any, group: str, text: str, first_id: int, last_id: int
+    ) -> None:
         since = self._group_last.pop(group, 0)
         self._group_last[group] = last_id
         if len(self._group_last) > _GROUP_MEMORY:
@@ -164,8 +203,8 @@ class EventRelay:
             group,
             {
                 "type": "relay.batch",
-                "text": frame_text(events=events, agents=agents, last_id=last_id),
-                "first_id": events[0]["id"],
+                "text": text,
+                "first_id": first_id,
                 "last_id": last_id,
                 "since": since,
             },
@@ -197,6 +236,7 @@ def relay_get() -> EventRelay:
             interval_s=settings.FLOTILLA_DASHBOARD_RELAY_INTERVAL_S,
             batch_size=settings.FLOTILLA_DASHBOARD_RELAY_BATCH,
             gap_wait_s=relay_gap_wait_s(),
+            frame_bytes=settings.FLOTILLA_EVENTS_PAGE_BYTES,
         )
     return _relay
 

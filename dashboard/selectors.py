@@ -2,20 +2,33 @@
 
 from collections import Counter
 from collections.abc import Iterable
+from importlib import metadata
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Count
+from django.core.paginator import Paginator
+from django.db.models import Count, QuerySet
 
-from agents.selectors import agent_event_last_id, agent_events_range, agent_list
+from agents.models import Agent
+from agents.selectors import (
+    agent_event_last_id,
+    agent_events_page,
+    agent_events_range,
+    agent_facets,
+    agent_list,
+    agents_filtered,
+    agents_owned_by,
+)
+from federation.documents import key_fingerprints
 from federation.selectors import peer_list
 from killswitch.selectors import hub_halt_get
+from taskqueue.models import Project
 from taskqueue.selectors import (
     progress_of,
-    project_get,
     project_list,
     project_tasks,
     projects_live,
+    projects_owned_by,
     projects_progress,
 )
 
@@ -36,9 +49,11 @@ _SUMMARY_FIELDS = (
     "created_at",
     "started_at",
     "finished_at",
+    "cost_usd",
 )
 _EVENT_FIELDS = ("id", "agent_id", "kind", "data", "created_at")
-BOARD_SIZE = 200
+# Agents per page of the agents list.
+AGENTS_PAGE_SIZE = 50
 
 
 def _iso(value: Any) -> str | None:
@@ -55,6 +70,7 @@ def agent_summary(agent: Any) -> dict[str, Any]:
         "created_at": _iso(row["created_at"]),
         "started_at": _iso(row["started_at"]),
         "finished_at": _iso(row["finished_at"]),
+        "cost_usd": f"{row['cost_usd'] or 0:.2f}",
     }
 
 
@@ -90,15 +106,72 @@ def event_rows(
     return [event_payload(row) for row in events.values(*_EVENT_FIELDS)]
 
 
-def board_agents() -> tuple[list[dict[str, Any]], int]:
-    """The agents page: the newest agents and the event id the page is current to.
+def event_page(
+    *,
+    after: int,
+    until: int,
+    max_bytes: int,
+    agent_id: Any = None,
+    kinds: list[str] | None = None,
+    limit: int = 1000,
+    agents: QuerySet[Agent] | None = None,
+) -> tuple[list[dict[str, Any]], int]:
+    """Events in ``(after, until]`` whose data stays within ``max_bytes`` (at least one).
 
-    The id is read first, so anything that changes while the rows are read is
-    replayed by the live stream rather than lost.
+    Only events of ``agents`` when given. Returns them and the id the page
+    reaches: ``until`` when nothing is left.
+    """
+    page = agent_events_page(
+        after=after,
+        until=until,
+        agent_id=agent_id,
+        kinds=kinds,
+        max_bytes=max_bytes,
+        limit=limit,
+        agents=agents,
+    )
+    rows = [event_payload(row) for row in page.events.values(*_EVENT_FIELDS)]
+    return rows, page.next_after if page.has_more else until
+
+
+def board_agents(*, owner: str | None, filters: dict[str, Any]) -> dict[str, Any]:
+    """The agents page: one page of ``owner``'s agents (everyone's for None) that pass ``filters``.
+
+    Also the event id the page is current to (read first, so anything that
+    changes while the rows are read is replayed by the live stream rather
+    than lost) and what the filters offer. A count, one page of rows and
+    three small DISTINCT queries, however many agents there are.
     """
     last_id = agent_event_last_id()
-    rows = agent_list().values(*_SUMMARY_FIELDS)[:BOARD_SIZE]
-    return [agent_summary(row) for row in rows], last_id
+    visible = agents_owned_by(owner)
+    chosen = agents_filtered(
+        agents=visible,
+        state=filters["state"],
+        runtime=filters["runtime"],
+        repository=filters["repository"],
+        owner=filters["owner"],
+        origin=filters["origin"],
+        task_search=filters["task"],
+    )
+    page = Paginator(chosen.values(*_SUMMARY_FIELDS), AGENTS_PAGE_SIZE).get_page(filters["page"])
+    return {
+        "agents": [agent_summary(row) for row in page.object_list],
+        "page": page,
+        "last_event_id": last_id,
+        "facets": agent_facets(agents=visible),
+    }
+
+
+def hub_footer() -> dict[str, str]:
+    """What every page's footer names: the hub's version and this node."""
+    return {"version": hub_version(), "node": settings.FLOTILLA_NODE_NAME}
+
+
+def hub_version() -> str:
+    try:
+        return metadata.version("flotilla")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def hub_banners() -> dict[str, Any]:
@@ -123,6 +196,8 @@ def board_peers() -> list[dict[str, Any]]:
             "state": peer.state,
             "last_seen": peer.last_seen,
             "remote_agents": peer.remote_agent_count,
+            # Compared with the peer's operator before an accept.
+            "keys": key_fingerprints(peer.keys),
         }
         for peer in peers
     ]
@@ -146,9 +221,12 @@ def _project_row(project: Any, progress: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def board_projects() -> list[dict[str, Any]]:
-    """The projects page: the newest projects with their progress, in two queries."""
-    projects = list(project_list()[:PROJECTS_BOARD_SIZE])
+def board_projects(*, owner: str | None) -> list[dict[str, Any]]:
+    """The projects page: ``owner``'s newest projects (everyone's for None) and their progress.
+
+    Two queries.
+    """
+    projects = list(project_list(projects=projects_owned_by(owner))[:PROJECTS_BOARD_SIZE])
     progress = projects_progress(project_ids=[project.id for project in projects])
     return [_project_row(project, progress[project.id]) for project in projects]
 
@@ -197,8 +275,8 @@ def projects_live_snapshots(*, project_ids: Iterable[int]) -> dict[int, dict[str
     return snapshots
 
 
-def projects_board_snapshot() -> dict[str, dict]:
-    return {"projects": {str(row["id"]): row for row in board_projects()}}
+def projects_board_snapshot(*, owner: str | None) -> dict[str, dict]:
+    return {"projects": {str(row["id"]): row for row in board_projects(owner=owner)}}
 
 
 def _latest_agent_id(task: Any) -> str | None:
@@ -206,12 +284,8 @@ def _latest_agent_id(task: Any) -> str | None:
     return str(attempt.agent_id) if attempt and attempt.agent_id else None
 
 
-def project_page(*, project_id: Any) -> dict[str, Any]:
-    """A project's page: the project, its progress and every task with its dependencies.
-
-    Raises ``ProjectNotFound``.
-    """
-    project = project_get(project_id=project_id)
+def project_page(*, project: Project) -> dict[str, Any]:
+    """A project's page: the project, its progress and every task with its dependencies."""
     tasks = project_tasks(project_id=project.id)
     progress = progress_of(Counter(task.state for task in tasks))
     graph = [

@@ -6,11 +6,13 @@ a django-q2 job that runs *after* its agent's last event. So the event relay
 cannot say when a task changed. Rather than add a version column that every
 one of the dispatcher's updates would have to bump, the web process polls:
 
-- the topics browsers watch are ``"projects"`` (the projects page),
-  ``"<project id>"`` (one project's page) and ``"hub"`` (the halt and YOLO
-  banners, on every page; a halt is a row the kill switch writes, not an event);
+- the topics browsers watch are ``"projects"`` (the projects page as staff
+  see it), ``"projects/<principal>"`` (as that user sees it: their own
+  projects), ``"<project id>"`` (one project's page) and ``"hub"`` (the halt
+  and YOLO banners, on every page; a halt is a row the kill switch writes, not
+  an event);
 - every ``FLOTILLA_DASHBOARD_WATCH_INTERVAL_S`` one read covers every
-  watched topic (three queries for all watched projects, two for the list,
+  watched topic (three queries for all watched projects, two for each list,
   one for the banners), however many browsers watch them, and only while
   someone does;
 - the watch keeps the last snapshot of each topic and sends the rows that
@@ -24,8 +26,10 @@ reconnecting page simply starts again from a full snapshot.
 """
 
 import asyncio
+import hashlib
 import json
 import logging
+import re
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -46,7 +50,15 @@ HUB_TOPIC = "hub"
 Snapshot = dict[str, dict[str, Any]]
 
 
+def board_topic(owner: str | None) -> str:
+    """The projects page's topic: every project (None, for staff), or ``owner``'s."""
+    return BOARD_TOPIC if owner is None else f"{BOARD_TOPIC}/{owner}"
+
+
 def topic_group(topic: str) -> str:
+    # A channel group name is a few ASCII characters; a topic naming a user is hashed.
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,60}", topic):
+        topic = hashlib.sha256(topic.encode()).hexdigest()[:40]
     return f"dashboard.watch.{topic}"
 
 
@@ -78,8 +90,10 @@ def snapshots_read(topics: list[str]) -> dict[str, Snapshot]:
     if project_ids:
         for project_id, snapshot in projects_live_snapshots(project_ids=project_ids).items():
             snapshots[str(project_id)] = snapshot
-    if BOARD_TOPIC in topics:
-        snapshots[BOARD_TOPIC] = projects_board_snapshot()
+    for topic in topics:
+        if topic == BOARD_TOPIC or topic.startswith(f"{BOARD_TOPIC}/"):
+            owner = topic.partition("/")[2] if "/" in topic else None
+            snapshots[topic] = projects_board_snapshot(owner=owner)
     if HUB_TOPIC in topics:
         snapshots[HUB_TOPIC] = {"banners": {"hub": hub_banners()}}
     return snapshots

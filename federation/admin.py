@@ -1,7 +1,11 @@
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.utils.html import format_html_join
+from django.utils.safestring import SafeString, mark_safe
 
+from federation import signing
+from federation.documents import key_fingerprints
 from federation.errors import FederationError
 from federation.models import InboundMessage, InstanceKey, Peer, RemoteAgent
 from federation.services import PEER_ACTIONS, peer_transition
@@ -34,7 +38,17 @@ def _peer_action(action: str):  # noqa: ANN202 - an admin action
 
 @admin.register(Peer)
 class PeerAdmin(admin.ModelAdmin):
-    list_display = ["instance_id", "name", "url", "state", "last_seen", "initiated_here"]
+    # The fingerprints are on the list the accept action runs from: an admin
+    # compares them with the peer's operator before accepting.
+    list_display = [
+        "instance_id",
+        "name",
+        "url",
+        "state",
+        "fingerprints",
+        "last_seen",
+        "initiated_here",
+    ]
     list_filter = ["state", "initiated_here"]
     search_fields = ["instance_id", "name", "url"]
     # State and keys change only through the audited actions; quotas and
@@ -45,6 +59,7 @@ class PeerAdmin(admin.ModelAdmin):
         "name",
         "url",
         "state",
+        "fingerprints",
         "keys",
         "capabilities",
         "initiated_here",
@@ -54,15 +69,27 @@ class PeerAdmin(admin.ModelAdmin):
     ]
     actions = [_peer_action(action) for action in PEER_ACTIONS]
 
+    @admin.display(description="key fingerprints (SHA-256)")
+    def fingerprints(self, peer: Peer) -> SafeString:
+        return format_html_join(
+            mark_safe("<br>"),
+            "{}: <code>{}</code>",
+            ((key["key_id"], key["fingerprint"]) for key in key_fingerprints(peer.keys)),
+        )
+
     def has_add_permission(self, request) -> bool:  # noqa: ANN001
         return False
 
 
 @admin.register(InstanceKey)
 class InstanceKeyAdmin(admin.ModelAdmin):
-    list_display = ["version", "public_key", "created_at", "expires_at"]
+    list_display = ["version", "fingerprint", "created_at", "expires_at"]
     exclude = ["private_key_encrypted"]
-    readonly_fields = ["version", "public_key", "created_at", "expires_at"]
+    readonly_fields = ["version", "public_key", "fingerprint", "created_at", "expires_at"]
+
+    @admin.display(description="fingerprint (SHA-256)")
+    def fingerprint(self, key: InstanceKey) -> str:
+        return signing.key_fingerprint(key.public_key)
 
     def has_add_permission(self, request) -> bool:  # noqa: ANN001
         return False

@@ -18,8 +18,10 @@ from federation.authentication import (
     inbound_request,
 )
 from federation.commands import command_handle, response_envelope
+from federation.documents import peer_url_problem
 from federation.errors import FederationError
 from federation.identity import identity_document, signing_key
+from federation.models import PeerState
 from federation.relay import events_receive
 from federation.remote import peer_connect, remote_agent_spawn
 from federation.selectors import peer_list
@@ -78,7 +80,12 @@ class ConnectApi(FederationApi):
     @extend_schema(operation_id="federation_connect", request=dict, responses={202: dict})
     def post(self, request: Request) -> Response:
         try:
-            peer = peer_register_inbound(document=request.auth.body, key_id=request.auth.key_id)
+            peer = peer_register_inbound(
+                document=request.auth.body,
+                key_id=request.auth.key_id,
+                public_key=request.auth.public_key,
+                remote_addr=request.META.get("REMOTE_ADDR", ""),
+            )
         except FederationError as error:
             federation_rejection_audit(request=inbound_request(request), error=error)
             raise
@@ -114,6 +121,19 @@ class EventsApi(FederationApi):
 # --- the staff peers API ---------------------------------------------------------
 
 
+class PeerKeyOutputSerializer(serializers.Serializer):
+    key_id = serializers.CharField(default="")
+    alg = serializers.CharField(allow_null=True)
+    public_key = serializers.CharField(default="")
+    created = serializers.CharField(allow_null=True)
+    expires = serializers.CharField(allow_null=True)
+    # What an admin compares with the peer's operator before an accept.
+    fingerprint = serializers.SerializerMethodField()
+
+    def get_fingerprint(self, key: dict[str, Any]) -> str:
+        return signing.key_fingerprint(str(key.get("public_key", "")))
+
+
 class PeerOutputSerializer(serializers.Serializer):
     id = serializers.UUIDField()
     instance_id = serializers.CharField()
@@ -122,7 +142,7 @@ class PeerOutputSerializer(serializers.Serializer):
     state = serializers.CharField()
     last_seen = serializers.DateTimeField(allow_null=True)
     initiated_here = serializers.BooleanField()
-    keys = serializers.ListField(child=serializers.DictField())
+    keys = PeerKeyOutputSerializer(many=True)
     allowed_commands = serializers.ListField(child=serializers.CharField())
     max_concurrent_agents = serializers.IntegerField()
     requests_per_minute = serializers.IntegerField()
@@ -139,11 +159,20 @@ class PeerListApi(APIView):
         default_limit = 100
         max_limit = 1000
 
-    @extend_schema(operation_id="peers_list", responses={200: PeerOutputSerializer(many=True)})
+    class FilterSerializer(serializers.Serializer):
+        state = serializers.ChoiceField(choices=PeerState.choices, required=False)
+
+    @extend_schema(
+        operation_id="peers_list",
+        parameters=[FilterSerializer],
+        responses={200: PeerOutputSerializer(many=True)},
+    )
     def get(self, request: Request) -> Response:
+        filters = self.FilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
         paginator = self.Pagination()
         page = paginator.paginate_queryset(
-            peer_list(state=request.query_params.get("state")), request, view=self
+            peer_list(state=filters.validated_data.get("state")), request, view=self
         )
         return paginator.get_paginated_response(PeerOutputSerializer(page, many=True).data)
 
@@ -153,6 +182,13 @@ class PeerConnectApi(APIView):
 
     class InputSerializer(serializers.Serializer):
         url = serializers.RegexField(r"^https?://[^\s/]+(/\S*)?$", max_length=500)
+
+        def validate_url(self, value: str) -> str:
+            # The shape of a base URL, then the outbound guard (netguard) on its host.
+            problem = peer_url_problem(value)
+            if problem:
+                raise serializers.ValidationError(problem)
+            return value
 
     @extend_schema(
         operation_id="peers_connect", request=InputSerializer, responses={201: PeerOutputSerializer}

@@ -23,18 +23,22 @@ def _agent_event_saved(sender, instance, created, **kwargs) -> None:  # noqa: AN
 
 
 def _after_migrate(sender, **kwargs) -> None:  # noqa: ANN001
-    """A new hub gets its signing key and the nonce-pruning schedule right after migrate."""
+    """A new hub gets its signing key and its housekeeping schedules right after migrate."""
     from django_q.models import Schedule
 
     from federation.identity import instance_key_ensure
 
     instance_key_ensure()
-    Schedule.objects.get_or_create(
-        name="federation-nonces-prune",
-        defaults={
-            "func": "federation.tasks.nonces_prune",
-            "schedule_type": Schedule.MINUTES,
-            "minutes": 5,
-            "repeats": -1,
-        },
-    )
+    for name, func, minutes in (
+        ("federation-nonces-prune", "federation.tasks.nonces_prune", 5),
+        ("federation-pending-peers-expire", "federation.tasks.pending_peers_expire", 60),
+    ):
+        Schedule.objects.get_or_create(
+            name=name,
+            defaults={
+                "func": func,
+                "schedule_type": Schedule.MINUTES,
+                "minutes": minutes,
+                "repeats": -1,
+            },
+        )

@@ -19,14 +19,17 @@ from federation.errors import PeerAnswerInvalid, PeerCommandFailed, PeerUnreacha
 from federation.identity import identity_document, signing_key
 from federation.models import Peer
 from federation.services import key_lookup_in
+from netguard.http import OutboundRefused, outbound_session
+from netguard.outbound import url_target
 
 _local = threading.local()
 
 
 def _session() -> requests.Session:
     # One keep-alive session per thread: requests' Session is not thread-safe.
+    # A peer's URL is not the hub's own choice, so it goes through the outbound guard.
     if not hasattr(_local, "session"):
-        _local.session = requests.Session()
+        _local.session = outbound_session()
     return _local.session
 
 
@@ -45,6 +48,12 @@ def _exchange(
     key_lookup: Callable[[str], Any] | None,
     sign_version: int | None = None,
 ) -> tuple[int, dict[str, Any], requests.Response]:
+    try:
+        url_target(url)  # a URL that is no http(s) URL goes no further, not even to signing
+    except OutboundRefused as error:
+        raise PeerUrlInvalid(
+            f"{url[:200]} is not usable: {error}", fields={"url": [str(error)]}
+        ) from None
     headers: dict[str, str] = {"Accept": "application/json"}
     if body is not None:
         key_id, private_key = signing_key(version=sign_version)
@@ -62,10 +71,15 @@ def _exchange(
         )
     except requests.Timeout:
         raise PeerUnreachable(f"{url} did not answer within {_timeouts()[1]} s") from None
+    except OutboundRefused as error:
+        raise PeerUrlInvalid(
+            f"{url} is refused: {error}", fields={"url": [f"refused: {error}"]}
+        ) from None
     except (
         requests.exceptions.InvalidURL,
         requests.exceptions.InvalidSchema,
         requests.exceptions.MissingSchema,
+        ValueError,  # urllib3's LocationParseError, for a host it cannot parse
     ) as error:
         # A URL no request can be made to is the caller's mistake, not a gateway failure.
         raise PeerUrlInvalid(

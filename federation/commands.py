@@ -14,14 +14,17 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 from rest_framework import serializers
 
 from agents.apis import AgentSpawnApi, spawn_request_from
-from agents.errors import AgentError, AgentNotFound
-from agents.selectors import agent_get, agent_list, live_agent_ids
+from agents.errors import AgentError
+from agents.models import LIVE_STATES, Agent
+from agents.selectors import agent_get, agent_visible_get, agents_visible_to
 from agents.services import REMOTE_SANDBOX, agent_spawn
 from audit.services import audit_record
+from federation.authentication import PeerPrincipal
 from federation.errors import (
     FederationError,
     MessageConflict,
@@ -171,7 +174,7 @@ def _spawn(*, peer: Peer, payload: dict[str, Any]) -> dict[str, Any]:
     options = data.get("options") or {}
     if options.get("sandbox") == REMOTE_SANDBOX:
         raise MessageMalformed("a peer's agent cannot itself run on another peer")
-    live = agent_list().filter(id__in=live_agent_ids(), origin=peer.instance_id).count()
+    live = _peer_agents(peer).filter(state__in=LIVE_STATES).count()
     if live >= peer.max_concurrent_agents:
         raise PeerQuotaExceeded(
             f"{peer.instance_id} already has {live} live agents here; "
@@ -203,13 +206,16 @@ class _AgentPayload(serializers.Serializer):
     reason = serializers.CharField(max_length=2000, required=False, default="killed by peer")
 
 
+def _peer_agents(peer: Peer) -> QuerySet[Agent]:
+    """The agents ``peer`` asked for, found as any principal's are (``agents_visible_to``)."""
+    return agents_visible_to(PeerPrincipal(peer=peer, instance_id=peer.instance_id))
+
+
 def _own_agent(peer: Peer, payload: dict[str, Any]) -> tuple[Any, str]:
     data = _valid(_AgentPayload(data=payload))
-    agent = agent_get(agent_id=data["agent_id"])
-    if agent.origin != peer.instance_id:
-        # Another hub's agents are not this peer's business, not even their existence.
-        raise AgentNotFound(f"no agent with id {data['agent_id']}")
-    return agent, data["reason"]
+    # Another hub's agents, and ours, are not this peer's business, not even their existence.
+    viewer = PeerPrincipal(peer=peer, instance_id=peer.instance_id)
+    return agent_visible_get(viewer=viewer, agent_id=data["agent_id"]), data["reason"]
 
 
 def _status(*, peer: Peer, payload: dict[str, Any]) -> dict[str, Any]:
@@ -235,11 +241,7 @@ class _ReasonPayload(serializers.Serializer):
 def _kill_all(*, peer: Peer, payload: dict[str, Any]) -> dict[str, Any]:
     """Kill every live agent this peer asked for (never another hub's or local ones)."""
     reason = _valid(_ReasonPayload(data=payload))["reason"]
-    ids = list(
-        agent_list()
-        .filter(id__in=live_agent_ids(), origin=peer.instance_id)
-        .values_list("id", flat=True)
-    )
+    ids = list(_peer_agents(peer).filter(state__in=LIVE_STATES).values_list("id", flat=True))
     killed, errors = 0, []
     for agent_id in ids:
         try:

@@ -57,6 +57,22 @@ class PeerStateConflict(FederationError):
     http_status = 409
 
 
+class PeerKeyConflict(PeerStateConflict):
+    """A connect for a known peer that would change it, not signed with a key recorded for it."""
+
+    code = "peer_key_conflict"
+
+
+class ConnectRateExceeded(PeerQuotaExceeded):
+    """Too many connects from one address that no recorded key signed; ``retry_after`` in s."""
+
+    code = "connect_rate_exceeded"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class PeerUnreachable(FederationError):
     """The peer did not answer in time, or not at all."""
 

@@ -1,6 +1,7 @@
 import uuid
 
 from django.db import models
+from django.utils import timezone
 
 
 class InstanceKey(models.Model):
@@ -71,6 +72,24 @@ class SeenNonce(models.Model):
 
     def __str__(self) -> str:
         return f"{self.key_id} {self.nonce}"
+
+
+class ConnectAttempt(models.Model):
+    """A connect that no recorded key signed, by source address: the per-address rate's count.
+
+    Kept only as long as the rate's period (``federation.pending``); a
+    peer's own signed connects are never counted.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    remote_addr = models.CharField(max_length=64)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["remote_addr", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.remote_addr} at {self.created_at:%Y-%m-%d %H:%M:%S}"
 
 
 class InboundMessage(models.Model):

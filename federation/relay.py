@@ -4,19 +4,19 @@ Spoke side: every event of an agent that a peer asked for is pushed back to
 that peer (``POST /federation/v1/events``) by a django-q2 task. One push is
 in flight per agent (``EventRelay.pending``): the task sends everything after
 the last event the hub acknowledged, so bursts of events become one request,
-and a failed push is retried in the task and then through a django-q2
-schedule with backoff.
+and a failed push is retried in the task (tenacity, briefly) and then
+through a django-q2 schedule with backoff.
 
 Hub side: ``events_receive`` mirrors the pushed events onto the local row
 that stands for the remote agent, once each, in order.
 """
 
 import logging
-import time
 import uuid
 from datetime import timedelta
 from typing import Any
 
+import tenacity
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
@@ -24,16 +24,19 @@ from django_q.models import Schedule
 from django_q.tasks import async_task, schedule
 from rest_framework import serializers
 
-from agents.selectors import agent_events_after, agent_get, agent_list
+from agents.selectors import agent_events_after, agent_events_page, agent_get, agent_list
 from agents.services import agent_event_append, agent_mirror_state
 from federation.client import events_send
 from federation.commands import _valid, agent_snapshot
 from federation.errors import FederationError, PeerNotFound
 from federation.models import EventRelay, Peer, PeerState, RemoteAgent
+from federation.services import MAX_BODY_BYTES
 
 logger = logging.getLogger(__name__)
 
 BATCH = 200
+# A push must stay under the peer's body limit; the agent's snapshot takes the rest.
+PUSH_EVENT_BYTES = MAX_BODY_BYTES // 2
 _QUICK_RETRIES_S = (0.1, 0.3, 0.6, 1.2, 2.5)
 _BACKOFF_S = (5, 15, 30, 60, 120, 300, 600, 900)
 _origins: dict[str, str] = {}
@@ -88,7 +91,10 @@ def relay_push(*, agent_id: Any, attempt: int = 0) -> None:
                 pending=False, last_error=f"peer {relay.peer.instance_id} is disconnected"
             )
             return
-        events = list(agent_events_after(agent_id=agent_id, after=relay.last_sent_id, limit=BATCH))
+        page = agent_events_page(
+            agent_id=agent_id, after=relay.last_sent_id, limit=BATCH, max_bytes=PUSH_EVENT_BYTES
+        )
+        events = list(page.events)
         if not events:
             EventRelay.objects.filter(agent_id=agent_id).update(pending=False)
             # An event written after the read above found ``pending`` still set
@@ -128,24 +134,40 @@ def _events_body(agent_id: Any, events: list) -> dict[str, Any]:
     }
 
 
+class _Undelivered(Exception):
+    """A push that failed; another attempt may get through."""
+
+
+class _Refused(Exception):
+    """A push the peer refused for what it is: the same message again cannot help."""
+
+
 def _deliver(peer: Peer, body: dict[str, Any]) -> str:
     """Send one batch, retrying briefly; returns "" on success or the last error."""
-    error = ""
-    for delay in (0, *_QUICK_RETRIES_S):
-        time.sleep(delay)
+
+    def send() -> None:
         try:
             status, answer = events_send(peer=peer, body={**body, "message_id": str(uuid.uuid4())})
         except FederationError as failure:
-            error = failure.message
-            continue
+            raise _Undelivered(failure.message) from None
         if status == 200 and answer.get("success"):
-            return ""
+            return
         error = (
             f"{peer.instance_id} answered {status}: {(answer.get('error') or {}).get('message')}"
         )
-        if status in (400, 401, 403, 413):
-            break  # retrying the same message cannot help
-    return error or "unknown error"
+        raise (_Refused if status in (400, 401, 403, 413) else _Undelivered)(error)
+
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception_type(_Undelivered),
+        stop=tenacity.stop_after_attempt(len(_QUICK_RETRIES_S) + 1),
+        wait=tenacity.wait_chain(*(tenacity.wait_fixed(delay) for delay in _QUICK_RETRIES_S)),
+        reraise=True,
+    )
+    try:
+        retrying(send)
+    except (_Undelivered, _Refused) as error:
+        return str(error) or "unknown error"
+    return ""
 
 
 def _retry_later(agent_id: Any, attempt: int, error: str) -> None:

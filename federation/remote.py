@@ -8,10 +8,16 @@ from django.db import transaction
 from agents.services import REMOTE_SANDBOX, SpawnRequest, agent_register_remote, spawn_guards_check
 from audit.services import audit_record
 from federation.client import command_send, connect_send, identity_fetch
-from federation.errors import FederationError, PeerAnswerInvalid, PeerStateConflict
+from federation.documents import identity_validate, peer_url_problem
+from federation.errors import (
+    FederationError,
+    PeerAnswerInvalid,
+    PeerStateConflict,
+    PeerUrlInvalid,
+)
 from federation.models import Peer, PeerState, RemoteAgent
 from federation.selectors import peer_active_list, peer_get
-from federation.services import identity_validate, peer_record_outbound
+from federation.services import peer_record_outbound
 
 
 def spawn_request_from(spawn: dict[str, Any]) -> SpawnRequest:
@@ -30,7 +36,9 @@ def spawn_request_from(spawn: dict[str, Any]) -> SpawnRequest:
         timeout_s=int(options.get("timeout_s") or 0),
         max_retries=int(options.get("max_retries") or 0),
         gate_profile=options.get("gate_profile", "standard"),
-        network=bool(options.get("network", False)),
+        # The mode as the peer will read it (true and false still mean on and off).
+        network=options.get("network", "off"),
+        allow_hosts=options.get("allow_hosts") or (),
     )
 
 
@@ -86,6 +94,9 @@ def peer_connect(*, url: str, actor: str) -> Peer:
     identity document published; only then is it recorded here, ACTIVE (the
     operator asked for it). It records us as PENDING until its admin accepts.
     """
+    problem = peer_url_problem(url)
+    if problem:
+        raise PeerUrlInvalid(f"the peer URL {problem}", fields={"url": [problem]})
     identity = identity_fetch(url=url)
     keys = identity_validate(identity)["keys"]
     connect_send(url=url, keys=keys)

@@ -20,20 +20,28 @@ from django.utils import timezone
 
 from audit.services import audit_record
 from federation import signing
+from federation.documents import (
+    identity_validate,
+    key_fingerprints,
+    key_is_current,
+    key_is_recorded,
+    published_key,
+)
 from federation.errors import (
     FederationError,
     MessageMalformed,
     MessageTooLarge,
     PeerForbidden,
+    PeerKeyConflict,
     PeerQuotaExceeded,
     PeerStateConflict,
     SignatureInvalid,
 )
 from federation.models import Peer, PeerState, SeenNonce
+from federation.pending import connect_rate_check
 from federation.selectors import peer_get
 
 MAX_BODY_BYTES = 1024 * 1024
-INSTANCE_ID = re.compile(r"^[A-Za-z0-9._~-]{1,100}$")
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,8 @@ class VerifiedRequest:
     peer: Peer | None
     key_id: str
     body: dict[str, Any]
+    # The key the signature verified with (base64url), for the connect rule.
+    public_key: str = ""
 
 
 def federation_request_verify(*, request: InboundRequest, connect: bool = False) -> VerifiedRequest:
@@ -93,8 +103,9 @@ def _admit(request: InboundRequest, connect: bool, context: dict[str, Any]) -> V
             peers[instance_id] = Peer.objects.filter(instance_id=instance_id).first()
         return peers[instance_id]
 
+    used: dict[str, str] = {}
     lookup = (
-        _connect_key_lookup(document, sender_peer)
+        _connect_key_lookup(document, sender_peer, used)
         if connect
         else lambda key_id: _pinned_key_lookup(key_id, sender_peer(key_id))
     )
@@ -120,7 +131,9 @@ def _admit(request: InboundRequest, connect: bool, context: dict[str, Any]) -> V
         )
     if not connect:
         _peer_admit(peer)
-    return VerifiedRequest(peer=peer, key_id=verified.key_id, body=body)
+    return VerifiedRequest(
+        peer=peer, key_id=verified.key_id, body=body, public_key=used.get("public_key", "")
+    )
 
 
 def _claimed_key_id(headers: Mapping[str, str]) -> str:
@@ -140,16 +153,6 @@ def _json_object(body: bytes) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise MessageMalformed("the body must be a JSON object")
     return data
-
-
-def key_is_current(key: Mapping[str, Any], now: datetime | None = None) -> bool:
-    expires = key.get("expires")
-    if not expires:
-        return True
-    try:
-        return datetime.fromisoformat(expires) > (now or timezone.now())
-    except (TypeError, ValueError):
-        return False
 
 
 def key_lookup_in(keys: list[dict[str, Any]]):  # noqa: ANN201 - a KeyLookup
@@ -175,14 +178,24 @@ def _pinned_key_lookup(key_id: str, peer: Peer | None) -> Ed25519PublicKey:
     return key_lookup_in(peer.keys)(key_id)
 
 
-def _connect_key_lookup(document: dict[str, Any], sender_peer):  # noqa: ANN001, ANN202
-    """A known peer's pinned keys come first; a stranger proves it holds a key it publishes."""
+def _connect_key_lookup(document: dict[str, Any], sender_peer, used: dict[str, str]):  # noqa: ANN001, ANN202
+    """The key a connect is signed with: one its body publishes, else one recorded for its sender.
+
+    Verifying proves only that the sender holds that key. Whether the key is
+    one the hub recorded for the peer it claims to be is the connect rule's
+    question (``peer_register_inbound``), so the key used is handed back in ``used``.
+    """
 
     def lookup(key_id: str) -> Ed25519PublicKey:
-        peer = sender_peer(key_id)
-        if peer is not None and peer.state in (PeerState.ACTIVE, PeerState.SUSPENDED):
-            return key_lookup_in(peer.keys)(key_id)
-        return key_lookup_in(document.get("keys"))(key_id)
+        try:
+            public_key = key_lookup_in(document.get("keys"))(key_id)
+        except signing.UnknownKey:
+            peer = sender_peer(key_id)
+            if peer is None or peer.state == PeerState.DISCONNECTED:
+                raise
+            public_key = key_lookup_in(peer.keys)(key_id)
+        used["public_key"] = signing.public_key_export(public_key)
+        return public_key
 
     return lookup
 
@@ -227,50 +240,15 @@ def federation_rejection_audit(*, request: InboundRequest, error: FederationErro
         action="federation.rejected",
         target=request.path[:200],
         reason=error.message,
-        data={"status": error.http_status, "code": error.code},
+        data={
+            "status": error.http_status,
+            "code": error.code,
+            "remote_addr": request.remote_addr,
+        },
     )
 
 
 # --- peers ------------------------------------------------------------------
-
-_KEY_FIELDS = {"key_id", "alg", "public_key", "created", "expires"}
-
-
-def identity_validate(document: Mapping[str, Any]) -> dict[str, Any]:
-    """The parts of an identity document we keep, checked; raises MessageMalformed."""
-    instance_id = document.get("instance_id")
-    if not isinstance(instance_id, str) or not INSTANCE_ID.match(instance_id):
-        raise MessageMalformed("instance_id must be 1-100 URL-safe characters")
-    url = document.get("url")
-    if not isinstance(url, str) or not re.match(r"^https?://[^\s]{1,490}$", url):
-        raise MessageMalformed("url must be an http(s) URL")
-    keys = document.get("keys")
-    if not isinstance(keys, list) or not 1 <= len(keys) <= 20:
-        raise MessageMalformed("keys must list 1 to 20 keys")
-    pinned = []
-    for key in keys:
-        if (
-            not isinstance(key, dict)
-            or not isinstance(key.get("key_id"), str)
-            or not key["key_id"].startswith(f"{instance_id}#")
-        ):
-            raise MessageMalformed(f"every key_id must be {instance_id}#<version>")
-        try:
-            signing.public_key_load(str(key.get("public_key")))
-        except ValueError:
-            raise MessageMalformed(f"key {key['key_id']} is not an ed25519 public key") from None
-        pinned.append({name: key.get(name) for name in _KEY_FIELDS})
-    name = document.get("name")
-    capabilities = document.get("capabilities")
-    return {
-        "instance_id": instance_id,
-        "name": name[:200] if isinstance(name, str) and name else instance_id,
-        "url": url.rstrip("/"),
-        "keys": pinned,
-        "capabilities": [c for c in capabilities if isinstance(c, str)][:50]
-        if isinstance(capabilities, list)
-        else [],
-    }
 
 
 def _peer_defaults() -> dict[str, Any]:
@@ -281,38 +259,80 @@ def _peer_defaults() -> dict[str, Any]:
     }
 
 
-def peer_register_inbound(*, document: Mapping[str, Any], key_id: str) -> Peer:
-    """Handle a connect: a stranger becomes PENDING; a known peer may roll its keys.
+def peer_register_inbound(
+    *,
+    document: Mapping[str, Any],
+    key_id: str,
+    public_key: str = "",
+    remote_addr: str | None = None,
+) -> Peer:
+    """Handle a connect under the connect rule of DESIGN.md; every change is audited.
 
-    Keys are pinned when an admin accepts; after that they change only
-    through a connect signed with a key already pinned (a key rotation),
-    never by fetching them again.
+    An unknown instance id becomes PENDING (a DISCONNECTED one asks again).
+    A known one never has its keys, name or URL replaced by a connect that a
+    key recorded for it did not sign (409, ``PeerKeyConflict``); signed by
+    one, the same document is an idempotent repeat and another is a rotation.
+    ``public_key`` is the key the signature verified with (by default the one
+    the document publishes as ``key_id``); ``remote_addr`` is where the
+    connect came from, and counts against its rate unless a recorded key signed it.
     """
     identity = identity_validate(document)
     if identity["instance_id"] == settings.FLOTILLA_INSTANCE_ID:
         raise MessageMalformed("a hub cannot peer with itself")
+    public_key = public_key or published_key(identity["keys"], key_id)
+    known = Peer.objects.filter(instance_id=identity["instance_id"]).first()
+    if remote_addr is not None and not _signed_by_recorded_key(known, key_id, public_key):
+        connect_rate_check(remote_addr=remote_addr)
     with transaction.atomic():
         peer = Peer.objects.select_for_update().filter(instance_id=identity["instance_id"]).first()
-        if peer is None:
-            peer = Peer.objects.create(**identity, state=PeerState.PENDING, **_peer_defaults())
-            action = "peer.connect_requested"
-        elif peer.state in (PeerState.PENDING, PeerState.DISCONNECTED):
-            _peer_update(peer, identity, state=PeerState.PENDING)
-            action = "peer.connect_requested"
-        elif any(key.get("key_id") == key_id for key in peer.keys):
-            _peer_update(peer, identity, state=peer.state)
-            action = "peer.keys_updated"
-        else:
-            raise PeerStateConflict(
-                "this peer's keys are pinned; disconnect it before reconnecting"
-            )
-    audit_record(
-        actor=f"peer:{peer.instance_id}",
-        action=action,
-        target=f"peer:{peer.id}",
-        data={"keys": [key["key_id"] for key in identity["keys"]]},
-    )
+        peer, action = _connect_apply(peer, identity, key_id, public_key)
+    if action:
+        audit_record(
+            actor=f"peer:{peer.instance_id}",
+            action=action,
+            target=f"peer:{peer.id}",
+            data={
+                "keys": [key["key_id"] for key in identity["keys"]],
+                "fingerprints": [f["fingerprint"] for f in key_fingerprints(identity["keys"])],
+                "remote_addr": remote_addr or "",
+            },
+        )
     return peer
+
+
+def _connect_apply(
+    peer: Peer | None, identity: dict[str, Any], key_id: str, public_key: str
+) -> tuple[Peer, str]:
+    """The peer after a connect, and the audit action ("" when nothing changed)."""
+    if peer is None:
+        peer = Peer.objects.create(**identity, state=PeerState.PENDING, **_peer_defaults())
+        return peer, "peer.connect_requested"
+    if peer.state == PeerState.DISCONNECTED:
+        # An operator let it go: it may ask again, and waits for a new accept.
+        _peer_update(peer, identity, state=PeerState.PENDING)
+        return peer, "peer.connect_requested"
+    if not _signed_by_recorded_key(peer, key_id, public_key):
+        raise PeerKeyConflict(
+            f"{peer.instance_id} is already known with other keys; only a connect signed "
+            "with a key recorded for it may change it"
+        )
+    if all(getattr(peer, name) == value for name, value in identity.items()):
+        return peer, ""
+    keys_changed = peer.keys != identity["keys"]
+    _peer_update(peer, identity, state=peer.state)
+    return peer, "peer.keys_updated" if keys_changed else "peer.identity_updated"
+
+
+def _signed_by_recorded_key(peer: Peer | None, key_id: str, public_key: str) -> bool:
+    """Whether the connect's key is a current key the hub recorded for ``peer``.
+
+    A PENDING peer's keys are the ones its admin will be shown: signing with
+    one proves the sender is the party that asked first. A DISCONNECTED
+    peer's keys no longer count: an operator let it go.
+    """
+    if peer is None or peer.state == PeerState.DISCONNECTED:
+        return False
+    return key_is_recorded(peer.keys, key_id=key_id, public_key=public_key)
 
 
 def _peer_update(peer: Peer, identity: dict[str, Any], *, state: str) -> None:
@@ -387,6 +407,7 @@ def peer_transition(*, peer_id: Any, action: str, actor: str, reason: str = "") 
             "from": previous,
             "to": to,
             "keys": [key.get("key_id") for key in peer.keys],
+            "fingerprints": [f["fingerprint"] for f in key_fingerprints(peer.keys)],
         },
     )
     return peer

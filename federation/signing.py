@@ -95,9 +95,28 @@ def public_key_load(raw_b64url: str) -> Ed25519PublicKey:
 
 
 def public_key_text(private_key: Ed25519PrivateKey) -> str:
+    return public_key_export(private_key.public_key())
+
+
+def public_key_export(public_key: Ed25519PublicKey) -> str:
+    """base64url of the 32 raw bytes, as identity documents publish a key."""
     from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-    return b64url(private_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+    return b64url(public_key.public_bytes(Encoding.Raw, PublicFormat.Raw))
+
+
+def key_fingerprint(raw_b64url: str) -> str:
+    """``SHA256:`` and the base64url SHA-256 of the raw public key: what operators compare.
+
+    Two operators read it to each other (or over any channel they trust)
+    before an accept; it is the same on both hubs because it hashes the key
+    bytes, not any encoding of them.
+    """
+    try:
+        raw = public_key_load(raw_b64url).public_bytes_raw()
+    except (ValueError, TypeError):
+        return "not an ed25519 key"
+    return f"SHA256:{b64url(hashlib.sha256(raw).digest())}"
 
 
 class _OneKey(HTTPSignatureKeyResolver):

@@ -1,6 +1,6 @@
 """django-q2 entry points of federation: ids in, one service call."""
 
-from federation import relay, services
+from federation import pending, relay, services
 
 
 def agent_events_push(agent_id: str, attempt: int = 0) -> None:
@@ -9,3 +9,7 @@ def agent_events_push(agent_id: str, attempt: int = 0) -> None:
 
 def nonces_prune() -> int:
     return services.nonces_prune()
+
+
+def pending_peers_expire() -> int:
+    return pending.pending_peers_expire()

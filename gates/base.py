@@ -13,12 +13,25 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from gates.config import GateConfig, gate_config_parse
-from gates.diffs import diff_added_lines, diff_files
+from gates.diffs import diff_added_lines, diff_changed_files, diff_files
 from gates.models import GateOutcome
 
 
+class HubFault(Exception):
+    """The hub's own machinery failed (a sandbox that cannot start, a git error).
+
+    It says nothing about the change, so a gate never turns it into a
+    rejection: it propagates and the agent ends with it as its error.
+    """
+
+
 class CommandOutcome(Protocol):
-    """What ``run_command`` returns; the sandboxes' ``ExecResult`` has this shape."""
+    """What ``run_command`` returns; the sandboxes' ``ExecResult`` has this shape.
+
+    A runner that keeps every line the command printed also gives them as
+    ``output_lines`` (``None`` when it had to drop some): the baseline
+    comparison needs all of them, where a tail would hide a finding.
+    """
 
     exit_code: int | None
     timed_out: bool
@@ -27,6 +40,20 @@ class CommandOutcome(Protocol):
 
 
 RunCommand = Callable[[str, float], CommandOutcome]
+
+
+def outcome_lines(outcome: CommandOutcome) -> list[str] | None:
+    """Every line ``outcome`` printed, or None when the runner kept only its tail."""
+    lines = getattr(outcome, "output_lines", None)
+    return None if lines is None else list(lines)
+
+
+@dataclass(frozen=True)
+class ChangedFile:
+    """A file the change adds or modifies (deleted files are no longer there to check)."""
+
+    path: str
+    added: bool  # the base has no such file
 
 
 @dataclass(frozen=True)
@@ -42,6 +69,17 @@ class GateContext:
     # and the external coordinator.
     target: str = ""
     task_id: str = ""
+    # The files the change adds or modifies, for ``{changed_files}``; read
+    # from the diff when the caller gives no such list.
+    changed_files_list: Callable[[], list[ChangedFile]] | None = None
+    # Runs a command as ``run_command`` does, in a checkout of the commit the
+    # change is measured against (``baseline = true``, gates.baseline).
+    run_base_command: RunCommand | None = None
+    # The id of the tree being judged: coverage reuses the tests gate's
+    # measurement only for the tree that run measured.
+    tree_id: Callable[[], str] | None = None
+    # Set by ``gates_run``: the profile this stage runs under.
+    profile: str = ""
 
     @functools.cached_property
     def added_lines(self) -> dict[str, list[tuple[int, str]]]:
@@ -50,6 +88,12 @@ class GateContext:
     @functools.cached_property
     def files(self) -> list[str]:
         return diff_files(self.diff)
+
+    @functools.cached_property
+    def changed_files(self) -> list[ChangedFile]:
+        if self.changed_files_list is not None:
+            return self.changed_files_list()
+        return [ChangedFile(path, added) for path, added in diff_changed_files(self.diff)]
 
     @functools.cached_property
     def config(self) -> GateConfig:
@@ -69,10 +113,13 @@ class GateResult:
     # Secret values a gate found, used to redact every other gate's output;
     # never serialised, never stored.
     secrets: tuple[str, ...] = field(default=(), repr=False, compare=False)
+    # False for a gate the stage never ran because an earlier gate failed: it
+    # did not block the change, and it did not pass either.
+    ran: bool = True
 
     @property
     def passed(self) -> bool:
-        return not self.blocking
+        return self.ran and not self.blocking
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -93,6 +140,10 @@ def gate_passed(gate: str, summary: str, **extra: Any) -> GateResult:
 
 def gate_failed(gate: str, summary: str, **extra: Any) -> GateResult:
     return GateResult(gate, GateOutcome.FAILED, summary, blocking=True, **extra)
+
+
+def gate_not_run(gate: str, reason: str) -> GateResult:
+    return GateResult(gate, GateOutcome.SKIPPED, f"not run: {reason}", ran=False)
 
 
 _MARKS = {
@@ -117,7 +168,8 @@ class GateReport:
 
     @property
     def failures(self) -> list[GateResult]:
-        return [result for result in self.results if not result.passed]
+        """The gates that blocked the change (not those that never ran)."""
+        return [result for result in self.results if result.blocking]
 
     @property
     def text(self) -> str:

@@ -48,6 +48,30 @@ def diff_files(diff: str) -> list[str]:
     return files
 
 
+def diff_changed_files(diff: str) -> list[tuple[str, bool]]:
+    """(path, added) for each file the diff adds or modifies; deleted files are left out.
+
+    Only the ``---``/``+++`` lines are read, so a rename without changes and
+    a binary file in a diff made without ``--binary`` are missed: the hub
+    hands the gates git's own list instead (``GateContext.changed_files_list``).
+    """
+    found: dict[str, bool] = {}
+    old: str | None = None
+    in_hunk = False
+    for line in diff.splitlines():
+        if line.startswith("diff --git "):
+            old, in_hunk = None, False
+        elif line.startswith("@@"):
+            in_hunk = True
+        elif not in_hunk and line.startswith("--- "):
+            old = _path(line)
+        elif not in_hunk and line.startswith("+++ "):
+            new = _path(line)
+            if new is not None:
+                found.setdefault(new, old is None)
+    return list(found.items())
+
+
 def diff_summary(diff: str) -> str:
     """``path +added -removed`` per file, the short form a coordinator asks for."""
     counts: dict[str, list[int]] = {}

@@ -1,13 +1,22 @@
 """Running a stage's gates: the single entry point the agents layer calls."""
 
-import json
 import time
+from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 from django.conf import settings
 
-from gates.base import Gate, GateContext, GateReport, GateResult, gate_failed
-from gates.config import Requirement, profile_gates
+from gates.base import (
+    Gate,
+    GateContext,
+    GateReport,
+    GateResult,
+    HubFault,
+    gate_failed,
+    gate_not_run,
+)
+from gates.config import STOP_AT_FIRST_FAILURE, Requirement, profile_gates
 from gates.errors import GateConfigError
 from gates.models import GateOutcome, GateRun
 from gates.registry import gate_get
@@ -19,23 +28,30 @@ _REDACTED = "[redacted secret]"
 def gates_run(*, stage: str, profile: str, context: GateContext) -> GateReport:
     """Run every gate ``profile`` asks for at ``stage``; record each verdict; report them.
 
-    Every gate runs even after one fails, so an agent gets all its problems in
-    one report. A gate that crashes counts as failed: the gates fail closed.
+    Before a commit every gate runs even after one fails, so an agent gets all
+    its problems in one report. Before a push the first failure ends the
+    stage: a branch that conflicts need not pay for its coverage run, a build
+    or an AI review; the gates after it are reported as not run. A gate that
+    crashes counts as failed: the gates fail closed.
     """
     results: list[GateResult] = []
     yolo = False
+    context = replace(context, profile=profile)
     try:
         wanted = profile_gates(profile, stage)
         context.config  # noqa: B018 - parse now so a malformed config fails the whole stage
     except GateConfigError as error:
         wanted = []
         results.append(gate_failed("config", str(error)))
+    failed_first: str | None = None
     for name, requirement in wanted:
         gate = gate_get(name)
         configured = _gate_configured(gate, context)
         if not configured and requirement is Requirement.IF_CONFIGURED:
             continue  # the repository did not ask for it and the profile does not need it
-        if gate_skip_allowed(
+        if failed_first:
+            results.append(gate_not_run(name, f"{failed_first} failed first"))
+        elif gate_skip_allowed(
             agent_id=context.agent_id, stage=stage, gate=name, target=context.target
         ):
             yolo = True
@@ -44,6 +60,8 @@ def gates_run(*, stage: str, profile: str, context: GateContext) -> GateReport:
             results.append(_not_configured(name, profile))
         else:
             results.append(_gate_run_one(gate, context))
+        if results and results[-1].blocking and stage in STOP_AT_FIRST_FAILURE:
+            failed_first = results[-1].gate
     results = _redact(results)
     report = GateReport(stage=stage, profile=profile, results=results, yolo=yolo)
     gate_runs_record(agent_id=context.agent_id, report=report)
@@ -73,6 +91,8 @@ def _gate_run_one(gate: Gate, context: GateContext) -> GateResult:
     started = time.monotonic()
     try:
         return gate.run(context)
+    except HubFault:
+        raise
     except Exception as error:  # noqa: BLE001 - a crashing gate must reject, not pass
         return gate_failed(
             gate.name,
@@ -100,10 +120,25 @@ def _redact(results: list[GateResult]) -> list[GateResult]:
             result,
             summary=clean(result.summary),
             output=clean(result.output),
-            details=json.loads(clean(json.dumps(result.details))),
+            details=_details_clean(result.details, clean),
         )
         for result in results
     ]
+
+
+def _details_clean(value: Any, clean: Callable[[str], str]) -> Any:
+    """Every string in a gate's details, keys too, cleaned where it is.
+
+    Not through its JSON text: JSON escapes quotes, backslashes and
+    non-ASCII characters, so a secret holding one would not be found there.
+    """
+    if isinstance(value, str):
+        return clean(value)
+    if isinstance(value, dict):
+        return {clean(str(key)): _details_clean(item, clean) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_details_clean(item, clean) for item in value]
+    return value
 
 
 def gate_runs_record(*, agent_id: str, report: GateReport) -> list[GateRun]:

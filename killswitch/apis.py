@@ -8,7 +8,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from agents.apis import principal
-from agents.selectors import agent_get
+from agents.selectors import agent_get, agent_visible_get
+from killswitch.errors import AgentAlreadyFinal
 from killswitch.services import agent_kill, agent_kill_all, hub_halt, hub_release
 
 
@@ -26,17 +27,23 @@ class AgentKillApi(APIView):
         branch_kept = serializers.BooleanField()
 
     @extend_schema(
-        request=ReasonSerializer, responses={200: OutputSerializer}, operation_id="agents_kill"
+        request=ReasonSerializer,
+        # A 409 (already final: nothing killed) is the error body, as every error.
+        responses={200: OutputSerializer},
+        operation_id="agents_kill",
     )
     def post(self, request: Request, agent_id: str) -> Response:
         serializer = ReasonSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
+        agent = agent_visible_get(viewer=request.user, agent_id=agent_id)
         termination = agent_kill(
-            agent_id=agent_id, reason=serializer.validated_data["reason"], actor=principal(request)
+            agent_id=agent.id, reason=serializer.validated_data["reason"], actor=principal(request)
         )
-        state = agent_get(agent_id=agent_id).state
+        state = agent_get(agent_id=agent.id).state
+        if not termination.terminated:
+            raise AgentAlreadyFinal(f"agent {agent.id} is already {state}: nothing was killed")
         data = self.OutputSerializer({**termination.__dict__, "state": state}).data
-        return Response(data, status=200 if termination.terminated else 409)
+        return Response(data)
 
 
 class AgentKillAllApi(APIView):

@@ -17,9 +17,6 @@ from agents.services import (
 from audit.services import audit_record
 from killswitch.models import HubHalt
 
-# Kill-all fans out over a few threads: each kill is mostly waiting on the
-# kernel (freezing a cgroup, reaping processes) and on git cleanup.
-_KILL_ALL_THREADS = 8
 # The cleanups wait on the container engine, which removes many containers
 # at once, and then on git, which takes one worktree of a repository at a time.
 # Each thread holds a database connection, so their number stays bounded.
@@ -60,9 +57,7 @@ def agent_kill_all(*, reason: str, actor: str) -> dict[str, Any]:
 
 def _stop_all(ids: list[Any], reason: str, actor: str) -> list[Termination | dict[str, str]]:
     try:
-        outcome = agent_stop_many(
-            agent_ids=ids, reason=f"killed by {actor}: {reason}", threads=_KILL_ALL_THREADS
-        )
+        outcome = agent_stop_many(agent_ids=ids, reason=f"killed by {actor}: {reason}")
     except AgentError as error:
         return [{"agent_id": str(agent_id), "error": str(error)} for agent_id in ids]
     return [

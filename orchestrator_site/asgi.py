@@ -9,12 +9,16 @@ django_asgi_app = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from django.urls import re_path  # noqa: E402
 
+from dashboard.event_stream import http_urlpatterns as event_streams  # noqa: E402
 from dashboard.routing import websocket_urlpatterns as dashboard_websockets  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        # Event streams are served before Django's handler, which would hold a
+        # thread for each open stream (dashboard/event_stream.py); the rest is Django.
+        "http": URLRouter([*event_streams, re_path(r"", django_asgi_app)]),
         # Browsers send the session cookie with a WebSocket from any page, so
         # only our own origins (ALLOWED_HOSTS) may open one.
         "websocket": AllowedHostsOriginValidator(

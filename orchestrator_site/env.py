@@ -70,3 +70,24 @@ def env_choice(name: str, default: str, choices: Iterable[str]) -> str:
     if value not in allowed:
         raise ImproperlyConfigured(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
     return value
+
+
+_PERIODS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+
+
+def rate_parse(text: str) -> tuple[int, int]:
+    """``"10/hour"`` as (10, 3600): a count per second, minute, hour or day (DRF's notation)."""
+    count, _, period = str(text).strip().partition("/")
+    seconds = _PERIODS.get(period.strip().lower().removesuffix("s"))
+    if not count.strip().isdigit() or int(count) < 1 or seconds is None:
+        raise ValueError(f"{text!r} is not a rate like 10/hour (per second, minute, hour or day)")
+    return int(count), seconds
+
+
+def env_rate(name: str, default: str) -> str:
+    value = (os.environ.get(name) or default).strip()
+    try:
+        rate_parse(value)
+    except ValueError as error:
+        raise ImproperlyConfigured(f"{name}: {error}") from None
+    return value

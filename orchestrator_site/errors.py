@@ -3,6 +3,7 @@
 import logging
 from typing import Any
 
+from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.db import DatabaseError, DataError, ProgrammingError
 from django.http import JsonResponse
 from rest_framework import exceptions, status
@@ -39,7 +40,17 @@ def _flatten(detail: Any, prefix: str = "") -> dict[str, list[str]]:
 def api_exception_handler(exc: Exception, context: dict) -> Response:
     if hasattr(exc, "http_status") and hasattr(exc, "code"):
         body = error_body(exc.code, str(exc), getattr(exc, "fields", None))
-        return Response(body, status=exc.http_status)
+        # A refusal that says when to come back (a rate) says it in Retry-After.
+        retry_after = getattr(exc, "retry_after", None)
+        headers = {"Retry-After": str(retry_after)} if retry_after else None
+        return Response(body, status=exc.http_status, headers=headers)
+    if isinstance(exc, RequestDataTooBig):
+        # Django refuses to read a body past DATA_UPLOAD_MAX_MEMORY_SIZE.
+        body = error_body("too_large", "The request body is too large.")
+        return Response(body, status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
+    if isinstance(exc, SuspiciousOperation):
+        body = error_body("invalid", "The request is not valid.")
+        return Response(body, status=status.HTTP_400_BAD_REQUEST)
     if isinstance(exc, DatabaseError) and not isinstance(exc, ProgrammingError | DataError):
         # The database is restarting or unreachable: the request may be
         # retried as it is, which a 503 says and a 500 would not.

@@ -115,3 +115,50 @@ class MetricsTokenScheme(OpenApiAuthenticationExtension):
 
     def get_security_definition(self, auto_schema):  # noqa: ANN001
         return {"type": "http", "scheme": "bearer"}
+
+
+# Answers that name an object, and where in the body its id is: each links to
+# every operation on that object (OpenAPI links), so a client, and the
+# schemathesis state machine in the tests, can follow an id from the request
+# that made or listed it to the requests that act on it.
+_LINK_SOURCES: dict[tuple[str, str, str], dict[str, str]] = {
+    ("/api/v1/agents", "post", "202"): {"agent_id": "$response.body#/agent_id"},
+    ("/api/v1/agents", "get", "200"): {"agent_id": "$response.body#/results/0/id"},
+    ("/api/v1/agents/{agent_id}", "get", "200"): {"agent_id": "$response.body#/id"},
+    ("/api/v1/projects", "post", "201"): {
+        "project_id": "$response.body#/id",
+        "key": "$response.body#/tasks/0/key",
+    },
+    ("/api/v1/projects", "get", "200"): {"project_id": "$response.body#/results/0/id"},
+    ("/api/v1/projects/{project_id}", "get", "200"): {
+        "project_id": "$response.body#/id",
+        "key": "$response.body#/tasks/0/key",
+    },
+    ("/api/v1/peers/connect", "post", "201"): {"peer_id": "$response.body#/id"},
+    ("/api/v1/peers", "get", "200"): {"peer_id": "$response.body#/results/0/id"},
+}
+
+
+def add_object_links(result: dict, generator, request, public: bool) -> dict:  # noqa: ANN001
+    """drf-spectacular post-processing hook: the links of ``_LINK_SOURCES``."""
+    operations = [
+        (path, method, operation)
+        for path, methods in result.get("paths", {}).items()
+        for method, operation in methods.items()
+    ]
+    for (path, method, status), expressions in _LINK_SOURCES.items():
+        response = result["paths"].get(path, {}).get(method, {}).get("responses", {}).get(status)
+        if response is None:
+            continue
+        links = response.setdefault("links", {})
+        for target_path, target_method, target in operations:
+            names = {p["name"] for p in target.get("parameters", []) if p["in"] == "path"}
+            if not names or not names <= expressions.keys():
+                continue
+            if (target_path, target_method) == (path, method):
+                continue
+            links[target["operationId"]] = {
+                "operationId": target["operationId"],
+                "parameters": {name: expressions[name] for name in sorted(names)},
+            }
+    return result

@@ -6,9 +6,15 @@ import tempfile
 # Each test run gets its own data directory (worktrees, mirrors, logs) unless
 # the caller chose one; subprocesses started by the tests inherit it.
 if "DATA_DIR" not in os.environ:
+    # mkdtemp makes it 0700, as the hub keeps its DATA_DIR: sandboxes must work
+    # without the sandbox user being able to reach anything below it.
     os.environ["DATA_DIR"] = tempfile.mkdtemp(prefix="flotilla-test-")
-    # The sandbox user must be able to reach the worktrees below it.
-    os.chmod(os.environ["DATA_DIR"], 0o755)
+# The tests' webhook receivers, peer hubs and coordinators listen on
+# 127.0.0.1, and their repositories live in temporary directories. Set in the
+# environment, as DATA_DIR is, so every hub and worker the tests start
+# inherits them; the tests of the outbound guard turn it back on per test.
+os.environ.setdefault("FLOTILLA_ALLOW_PRIVATE_URLS", "true")
+os.environ.setdefault("FLOTILLA_LOCAL_REPOSITORY_ROOTS", tempfile.gettempdir())
 
 from orchestrator_site.settings import *  # noqa: F403
 from orchestrator_site.settings import DATA_DIR, DATABASES, Q_CLUSTER
@@ -23,9 +29,9 @@ else:
     DATABASES["default"]["TEST"] = {"NAME": f"test_flotilla_{os.getpid()}"}
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-# Agent runs go through a real django-q2 cluster that the tests start
+# Agent runs go through a real worker node that the tests start
 # (tests/conftest.py: worker_cluster), never inline.
-Q_CLUSTER = {**Q_CLUSTER, "workers": 12}
+Q_CLUSTER = {**Q_CLUSTER, "workers": 4}
 FLOTILLA_DEFAULT_TIMEOUT_S = 60
 # Webhook retries in tests wait tenths of a second, not minutes.
 FLOTILLA_WEBHOOK_BACKOFF_S = 0.2

@@ -1,8 +1,9 @@
 from django.contrib import admin
 from django.urls import include, path
 from django.views.generic import RedirectView
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView
 
+from orchestrator_site.apidocs import ApiDocsView
 from orchestrator_site.apis import HealthApi
 from orchestrator_site.metrics import MetricsApi
 
@@ -13,7 +14,7 @@ api_v1 = [
     path("", include("taskqueue.urls")),
     path("", include("federation.peer_urls")),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("docs/", ApiDocsView.as_view(url_name="schema"), name="api-docs"),
 ]
 
 urlpatterns = [

@@ -5,22 +5,25 @@ from django.http import HttpResponse
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.pagination import LimitOffsetPagination
-from rest_framework.permissions import BasePermission, IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from agents.idempotency import idempotent
+from agents.selectors import viewer_principal
 from taskqueue import branches
 from taskqueue.artifacts import project_artifacts_archive
-from taskqueue.errors import ProjectInvalid, ProjectNotFound
+from taskqueue.errors import ProjectInvalid
+from taskqueue.models import ProjectState
 from taskqueue.planner import project_plan
 from taskqueue.selectors import (
     project_get,
     project_list,
-    project_may_control,
     project_progress,
     project_result,
     project_tasks,
+    project_visible_get,
+    projects_visible_to,
 )
 from taskqueue.serializers import BRANCH, ProjectInputSerializer, errors_flatten
 from taskqueue.services import (
@@ -33,23 +36,7 @@ from taskqueue.services import (
 
 
 def principal(request: Request) -> str:
-    return f"user:{request.user.get_username()}"
-
-
-class MayControlProject(BasePermission):
-    """Cancel, pause, resume, retry: staff and the project's creator (``project_may_control``)."""
-
-    message = "only staff and the user who created the project may control it"
-
-    def has_permission(self, request: Request, view: APIView) -> bool:
-        try:
-            project = project_get(project_id=view.kwargs["project_id"])
-        except ProjectNotFound:
-            return True  # the view answers 404
-        return project_may_control(project=project, user=request.user)
-
-
-CONTROL = [IsAuthenticated, MayControlProject]
+    return viewer_principal(request.user)
 
 
 class TaskOutputSerializer(serializers.Serializer):
@@ -110,7 +97,7 @@ class ProjectListApi(APIView):
         max_limit = 1000
 
     class FilterSerializer(serializers.Serializer):
-        state = serializers.CharField(required=False)
+        state = serializers.ChoiceField(choices=ProjectState.choices, required=False)
 
     @extend_schema(
         parameters=[FilterSerializer],
@@ -121,7 +108,9 @@ class ProjectListApi(APIView):
         filters = self.FilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
         paginator = self.Pagination()
-        page = paginator.paginate_queryset(project_list(**filters.validated_data), request, self)
+        visible = projects_visible_to(request.user)
+        projects = project_list(projects=visible, **filters.validated_data)
+        page = paginator.paginate_queryset(projects, request, self)
         return paginator.get_paginated_response(ProjectSummarySerializer(page, many=True).data)
 
 
@@ -131,6 +120,7 @@ class ProjectCreateApi(APIView):
         responses={201: ProjectDetailSerializer},
         operation_id="projects_create",
     )
+    @idempotent
     def post(self, request: Request) -> Response:
         tasks = request.data.get("tasks") if isinstance(request.data, dict) else None
         limit = settings.FLOTILLA_PROJECT_MAX_TASKS
@@ -160,7 +150,8 @@ class ProjectCollectionApi(ProjectListApi, ProjectCreateApi):
 class ProjectDetailApi(APIView):
     @extend_schema(responses={200: ProjectDetailSerializer}, operation_id="projects_retrieve")
     def get(self, request: Request, project_id: int) -> Response:
-        return Response(project_detail(project_id))
+        project = project_visible_get(viewer=request.user, project_id=project_id)
+        return Response(project_detail(project.id))
 
 
 class ProjectResultApi(APIView):
@@ -178,12 +169,11 @@ class ProjectResultApi(APIView):
         operation_id="projects_result",
     )
     def get(self, request: Request, project_id: int) -> Response:
-        return Response(project_result(project_id=project_id))
+        project = project_visible_get(viewer=request.user, project_id=project_id)
+        return Response(project_result(project_id=project.id))
 
 
 class ProjectCancelApi(APIView):
-    permission_classes = CONTROL
-
     class InputSerializer(serializers.Serializer):
         reason = serializers.CharField(max_length=1000, default="", allow_blank=True)
 
@@ -195,6 +185,7 @@ class ProjectCancelApi(APIView):
     def post(self, request: Request, project_id: int) -> Response:
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
+        project_id = project_visible_get(viewer=request.user, project_id=project_id).id
         project_cancel(
             project_id=project_id,
             actor=principal(request),
@@ -204,34 +195,31 @@ class ProjectCancelApi(APIView):
 
 
 class ProjectPauseApi(APIView):
-    permission_classes = CONTROL
-
     @extend_schema(
         request=None, responses={200: ProjectDetailSerializer}, operation_id="projects_pause"
     )
     def post(self, request: Request, project_id: int) -> Response:
+        project_id = project_visible_get(viewer=request.user, project_id=project_id).id
         project_pause(project_id=project_id, actor=principal(request))
         return Response(project_detail(project_id))
 
 
 class ProjectResumeApi(APIView):
-    permission_classes = CONTROL
-
     @extend_schema(
         request=None, responses={200: ProjectDetailSerializer}, operation_id="projects_resume"
     )
     def post(self, request: Request, project_id: int) -> Response:
+        project_id = project_visible_get(viewer=request.user, project_id=project_id).id
         project_resume(project_id=project_id, actor=principal(request))
         return Response(project_detail(project_id))
 
 
 class TaskRetryApi(APIView):
-    permission_classes = CONTROL
-
     @extend_schema(
         request=None, responses={200: ProjectDetailSerializer}, operation_id="projects_task_retry"
     )
     def post(self, request: Request, project_id: int, key: str) -> Response:
+        project_id = project_visible_get(viewer=request.user, project_id=project_id).id
         task_retry(project_id=project_id, key=key, actor=principal(request))
         return Response(project_detail(project_id))
 
@@ -239,6 +227,7 @@ class TaskRetryApi(APIView):
 class ProjectArtifactsApi(APIView):
     @extend_schema(responses={(200, "application/gzip"): bytes}, operation_id="projects_artifacts")
     def get(self, request: Request, project_id: int) -> HttpResponse:
+        project_id = project_visible_get(viewer=request.user, project_id=project_id).id
         archive = project_artifacts_archive(project_id=project_id)
         response = HttpResponse(archive, content_type="application/gzip")
         response["Content-Disposition"] = f'attachment; filename="project-{project_id}.tar.gz"'

@@ -81,7 +81,4 @@ def attempt_base(*, task: Task) -> Base:
 
 def repository_problem(*, repository: str) -> str | None:
     """Why a task cannot use ``repository`` (None when it can), as the spawn API judges it."""
-    scheme = workspace.repository_scheme(repository)
-    if scheme not in settings.FLOTILLA_REPOSITORY_SCHEMES:
-        return f"repositories over {scheme} are not allowed"
-    return workspace.repository_check_local(repository)
+    return workspace.repository_problem(repository)

@@ -5,6 +5,7 @@ once as field errors in the shape the API answers with
 (``tasks[3].depends_on: unknown task key 'x'``).
 """
 
+import graphlib
 from collections.abc import Sequence
 
 from taskqueue.errors import ProjectInvalid
@@ -70,28 +71,17 @@ def graph_validate(
 def graph_find_cycle(edges: dict[str, list[str]]) -> list[str]:
     """One cycle as ``[a, b, c, a]`` (a depends on b, ...), or [] when the graph is acyclic.
 
-    An iterative depth-first search, so a 10,000-task chain needs no recursion.
+    ``graphlib`` finds it (without recursion, so a 10,000-task chain is
+    fine); it lists each node before the one that depends on it, so the
+    cycle is turned round, then started at its task that comes first.
     """
-    white, grey, black = 0, 1, 2
-    colour = dict.fromkeys(edges, white)
-    for root in edges:
-        if colour[root] != white:
-            continue
-        path: list[str] = [root]
-        stack = [iter(edges[root])]
-        colour[root] = grey
-        while stack:
-            child = next(stack[-1], None)
-            if child is None:
-                colour[path.pop()] = black
-                stack.pop()
-                continue
-            if colour[child] == grey:
-                return [*path[path.index(child) :], child]
-            if colour[child] == white:
-                colour[child] = grey
-                path.append(child)
-                stack.append(iter(edges[child]))
+    try:
+        graphlib.TopologicalSorter(edges).prepare()
+    except graphlib.CycleError as error:
+        nodes = list(reversed(error.args[1]))[:-1]
+        order = {key: index for index, key in enumerate(edges)}
+        first = min(range(len(nodes)), key=lambda index: order.get(nodes[index], len(order)))
+        return [*nodes[first:], *nodes[:first], nodes[first]]
     return []
 
 

@@ -1,13 +1,53 @@
-"""Reads on projects."""
+"""Reads on projects, and who owns them (DESIGN.md, "Ownership").
+
+A project belongs to the principal that created it (``created_by``), and so
+do its tasks, result, artifacts and the agents it spawned. Views, consumers
+and the artifacts download find a project through ``projects_visible_to`` /
+``project_visible_get`` (staff: every project; anyone else: their own; someone
+else's is not found); ``project_get`` is the hub's own unscoped read.
+"""
 
 from collections import Counter
 from collections.abc import Collection
 from typing import Any
 
-from django.db.models import Count, QuerySet
+from django.db.models import CharField, Count, QuerySet, Value
+from django.db.models.functions import Cast, Concat
 
+from agents.selectors import Viewer, viewer_owner
 from taskqueue.errors import ProjectNotFound
 from taskqueue.models import AttemptState, Project, Task, TaskAttempt, TaskState
+
+
+def projects_owned_by(owner: str | None) -> QuerySet[Project]:
+    """The projects ``owner`` created; every project for None."""
+    if owner is None:
+        return Project.objects.all()
+    if not owner:
+        return Project.objects.none()
+    return Project.objects.filter(created_by=owner)
+
+
+def projects_visible_to(viewer: Viewer) -> QuerySet[Project]:
+    return projects_owned_by(viewer_owner(viewer))
+
+
+def project_principals_created_by(*, owner: str) -> QuerySet[Project, str]:
+    """``project:<id>`` of every project ``owner`` created (``FLOTILLA_AGENT_DELEGATES``).
+
+    The dispatcher spawns a project's agents under that principal, so they
+    are the owner's.
+    """
+    principal = Concat(Value("project:"), Cast("id", output_field=CharField()))
+    return Project.objects.filter(created_by=owner).values_list(principal, flat=True)
+
+
+def project_visible_get(*, viewer: Viewer, project_id: Any) -> Project:
+    """The project, if ``viewer`` may see (and so control) it; otherwise ``ProjectNotFound``."""
+    project = projects_visible_to(viewer).filter(id=project_id).first()
+    if project is None:
+        raise ProjectNotFound(f"no project with id {project_id}")
+    return project
 
 
 def project_get(*, project_id: Any) -> Project:
@@ -17,8 +57,12 @@ def project_get(*, project_id: Any) -> Project:
     return project
 
 
-def project_list(*, state: str | None = None) -> QuerySet[Project]:
-    projects = Project.objects.annotate(task_count=Count("tasks"))
+def project_list(
+    *, state: str | None = None, projects: QuerySet[Project] | None = None
+) -> QuerySet[Project]:
+    """``projects`` (every project when None) in ``state`` when given, with their task counts."""
+    projects = Project.objects.all() if projects is None else projects
+    projects = projects.annotate(task_count=Count("tasks"))
     return projects.filter(state=state) if state else projects
 
 
@@ -109,13 +153,6 @@ def project_result(*, project_id: Any) -> dict[str, Any]:
         "progress": project_progress(project_id=project.id),
         "tasks": [task_result(task) for task in project_tasks(project_id=project.id)],
     }
-
-
-def project_may_control(*, project: Project, user: Any) -> bool:
-    """Who may cancel, pause, resume or retry a project: staff, and the user who created it."""
-    if user is None or not user.is_authenticated:
-        return False
-    return bool(user.is_staff) or project.created_by == f"user:{user.get_username()}"
 
 
 def projects_progress(*, project_ids: Collection[int]) -> dict[int, dict[str, Any]]:

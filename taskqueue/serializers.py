@@ -3,6 +3,7 @@
 from django.conf import settings
 from rest_framework import serializers
 
+from netguard.outbound import url_refusal
 from taskqueue import branches
 from taskqueue.models import FailurePolicy, ProjectMode
 from taskqueue.services import ProjectSpec, TaskSpec
@@ -67,10 +68,17 @@ class ProjectInputSerializer(serializers.Serializer):
     paused = serializers.BooleanField(
         default=False, help_text="Create it paused; resume starts it."
     )
-    tasks = TaskInputSerializer(many=True)
+    tasks = TaskInputSerializer(many=True, max_length=10_000)
 
     def validate_failure_policy(self, value: str) -> str:
         return value.replace("-", "_")
+
+    def validate_webhook_url(self, value: str) -> str:
+        # Judged again at each delivery: a name may resolve elsewhere by then.
+        problem = url_refusal(value) if value else None
+        if problem:
+            raise serializers.ValidationError(problem)
+        return value
 
     def validate(self, data: dict) -> dict:
         if data.get("webhook_secret") and not data["webhook_url"]:

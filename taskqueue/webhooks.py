@@ -11,19 +11,25 @@ import hmac
 import json
 import logging
 import time
-from datetime import timedelta
+import uuid
+from datetime import datetime, timedelta
 
 import requests
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.utils import timezone
-from django_q.tasks import async_task
+from django_q.models import Schedule
+from django_q.tasks import async_task, schedule
 
+from netguard.http import OutboundRefused, outbound_session
 from taskqueue.models import Project, WebhookState
 from taskqueue.selectors import project_result
 
 logger = logging.getLogger(__name__)
 SIGNATURE_HEADER = "X-Flotilla-Signature"
+# The longest backoff a worker sleeps through before the next attempt; longer
+# ones are scheduled, so no worker is held for minutes by one receiver.
+_INLINE_BACKOFF_MAX_S = 5.0
 TIMESTAMP_HEADER = "X-Flotilla-Timestamp"
 
 
@@ -50,7 +56,7 @@ def webhook_deliver(*, project_id: int) -> bool:
         id=project_id, webhook_state=WebhookState.PENDING, webhook_attempts=project.webhook_attempts
     ).update(webhook_attempts=attempt, webhook_next_at=lease):
         return False
-    error = _post(project, attempt)
+    error, retryable = _post(project, attempt)
     now = timezone.now()
     if error is None:
         Project.objects.filter(id=project_id).update(
@@ -60,7 +66,8 @@ def webhook_deliver(*, project_id: int) -> bool:
             webhook_next_at=None,
         )
         return True
-    if attempt >= settings.FLOTILLA_WEBHOOK_MAX_ATTEMPTS:
+    # A refused address is refused again on the next try: give up at once.
+    if attempt >= settings.FLOTILLA_WEBHOOK_MAX_ATTEMPTS or not retryable:
         Project.objects.filter(id=project_id).update(
             webhook_state=WebhookState.FAILED, webhook_error=error, webhook_next_at=None
         )
@@ -72,21 +79,40 @@ def webhook_deliver(*, project_id: int) -> bool:
         settings.FLOTILLA_WEBHOOK_BACKOFF_CAP_S,
         settings.FLOTILLA_WEBHOOK_BACKOFF_S * 2 ** (attempt - 1),
     )
-    Project.objects.filter(id=project_id).update(
-        webhook_error=error, webhook_next_at=now + timedelta(seconds=delay)
-    )
-    if delay <= settings.FLOTILLA_PROJECT_WAKE_HORIZON_S:
-        time.sleep(delay)
-        async_task(
-            "taskqueue.tasks.project_webhook_deliver",
-            project_id,
-            group="projects",
-            task_name=f"project-webhook-{project_id}",
-        )
+    next_at = now + timedelta(seconds=delay)
+    Project.objects.filter(id=project_id).update(webhook_error=error, webhook_next_at=next_at)
+    _retry_schedule(project_id, next_at, delay)
     return False
 
 
-def _post(project: Project, attempt: int) -> str | None:
+def _retry_schedule(project_id: int, next_at: datetime, delay: float) -> None:
+    """Queue the next attempt after ``delay``; a worker never waits longer than a moment for it.
+
+    A short backoff is slept here (the scheduler's clock ticks only every
+    ~30 s); a longer one is a django-q2 schedule, and the projects tick,
+    which queues every delivery whose ``webhook_next_at`` is due, covers it
+    should that schedule be lost.
+    """
+    if delay > _INLINE_BACKOFF_MAX_S:
+        schedule(
+            "taskqueue.tasks.project_webhook_deliver",
+            project_id,
+            name=f"project-webhook-{project_id}-{uuid.uuid4().hex[:8]}",
+            schedule_type=Schedule.ONCE,
+            next_run=next_at,
+        )
+        return
+    time.sleep(delay)
+    async_task(
+        "taskqueue.tasks.project_webhook_deliver",
+        project_id,
+        group="projects",
+        task_name=f"project-webhook-{project_id}",
+    )
+
+
+def _post(project: Project, attempt: int) -> tuple[str | None, bool]:
+    """The error of one attempt (None when delivered) and whether another may succeed."""
     body = json.dumps(
         {
             "event": "project.finished",
@@ -107,16 +133,21 @@ def _post(project: Project, attempt: int) -> str | None:
             secret=project.webhook_secret, timestamp=timestamp, body=body
         ),
     }
+    # The receiver's URL is the project owner's: it goes through the outbound
+    # guard, which refuses the hub's own and private addresses.
     try:
-        response = requests.post(
-            project.webhook_url,
-            data=body,
-            headers=headers,
-            timeout=settings.FLOTILLA_WEBHOOK_TIMEOUT_S,
-            allow_redirects=False,
-        )
+        with outbound_session() as session:
+            response = session.post(
+                project.webhook_url,
+                data=body,
+                headers=headers,
+                timeout=settings.FLOTILLA_WEBHOOK_TIMEOUT_S,
+                allow_redirects=False,
+            )
+    except OutboundRefused as error:
+        return f"attempt {attempt}: refused: {error}"[:1000], False
     except requests.RequestException as error:
-        return f"attempt {attempt}: {type(error).__name__}: {error}"[:1000]
+        return f"attempt {attempt}: {type(error).__name__}: {error}"[:1000], True
     if 200 <= response.status_code < 300:
-        return None
-    return f"attempt {attempt}: the receiver answered {response.status_code}"
+        return None, False
+    return f"attempt {attempt}: the receiver answered {response.status_code}", True

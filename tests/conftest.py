@@ -1,10 +1,9 @@
 """Shared fixtures: real git repositories, API clients and a real django-q2 worker."""
 
 import os
-import signal
-import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -13,37 +12,11 @@ from django.contrib.auth import get_user_model
 from rest_framework.test import APIClient
 
 from agents.models import FINAL_STATES, Agent
+from tests.launcher import ROOT, Processes, git, make_remote, wait_until
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def git(cwd: Path, *args: str) -> str:
-    env = {
-        **os.environ,
-        "GIT_AUTHOR_NAME": "Test",
-        "GIT_AUTHOR_EMAIL": "test@example.com",
-        "GIT_COMMITTER_NAME": "Test",
-        "GIT_COMMITTER_EMAIL": "test@example.com",
-    }
-    return subprocess.run(
-        ["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True
-    ).stdout.strip()
-
-
-def make_remote(tmp_path: Path, files: dict[str, str] | None = None, name: str = "remote") -> Path:
-    """A bare repository with a ``main`` branch holding ``files``; returns its path."""
-    remote = tmp_path / f"{name}.git"
-    seed = tmp_path / f"{name}-seed"
-    git(tmp_path, "init", "--quiet", "--bare", "--initial-branch=main", str(remote))
-    git(tmp_path, "init", "--quiet", "--initial-branch=main", str(seed))
-    for relative, content in (files or {"README.md": "# sample\n"}).items():
-        target = seed / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(content)
-    git(seed, "add", "--all")
-    git(seed, "commit", "--quiet", "-m", "initial commit")
-    git(seed, "push", "--quiet", str(remote), "main")
-    return remote
+__all__ = ["ROOT", "git", "make_remote", "wait_until"]
+# Recording HTTP servers, the outbound guard switched on, made-up host names.
+pytest_plugins = ["tests.outbound"]
 
 
 @pytest.fixture
@@ -91,15 +64,16 @@ def spawn_body(repository: Path | str, script: str, **options) -> dict:
 def wait_for_state(agent_id, states, timeout: float = 30.0) -> Agent:
     """Poll the database until the agent reaches one of ``states``."""
     wanted = {states} if isinstance(states, str) else set(states)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def reached() -> Agent | None:
         agent = Agent.objects.get(id=agent_id)
         if agent.state in wanted:
             return agent
         if agent.state in FINAL_STATES:
             raise AssertionError(f"agent ended {agent.state} ({agent.error}), wanted {wanted}")
-        time.sleep(0.02)
-    raise AssertionError(f"agent {agent_id} still {Agent.objects.get(id=agent_id).state}")
+        return None
+
+    return wait_until(reached, timeout, f"agent {agent_id} to be {wanted}", every=0.02)
 
 
 def subprocess_env() -> dict[str, str]:
@@ -121,6 +95,8 @@ def subprocess_env() -> dict[str, str]:
 
 # The Anthropic key of the test hub's worker: tests search for it everywhere it must not be.
 HUB_ANTHROPIC_KEY = "sk-ant-api03-flotilla-hub-test-key-" + "0123456789abcdef" * 2
+# The OpenAI key of the test hub's worker (the codex runtime's model gateway swaps it in).
+HUB_OPENAI_KEY = "sk-proj-flotilla-hub-test-key-" + "fedcba9876543210" * 2
 
 
 @pytest.fixture(scope="session")
@@ -133,39 +109,63 @@ def hub_messages_server():
 
 
 @pytest.fixture(scope="session")
-def worker_cluster(django_db_setup, django_db_blocker, hub_messages_server):
-    """A real django-q2 cluster (``manage.py qcluster``) on the test database."""
+def hub_responses_server():
+    """The OpenAI Responses API server that the worker cluster's model gateway forwards to."""
+    from tests.responses_server import ResponsesServer
+
+    with ResponsesServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def egress_allowed_server():
+    """A local HTTP server that the test cluster's egress allowlist names as host:port."""
+    from tests.egress_servers import NamedHttpServer
+
+    with NamedHttpServer("allowed-server") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def egress_other_server():
+    """A local HTTP server that no allowlist names: no sandbox may reach it."""
+    from tests.egress_servers import NamedHttpServer
+
+    with NamedHttpServer("other-server") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def worker_cluster(
+    django_db_setup,
+    django_db_blocker,
+    hub_messages_server,
+    hub_responses_server,
+    egress_allowed_server,
+):
+    """A real worker node (``runhub --role worker``: node supervisor and django-q2 cluster)."""
     env = {
         **subprocess_env(),
-        "FLOTILLA_WORKERS": "12",
+        # Loopback is never reachable through the egress proxy unless the
+        # operator names it as host:port, as this allowlist does.
+        "FLOTILLA_EGRESS_ALLOWLIST": egress_allowed_server.address,
+        "FLOTILLA_WORKERS": "4",
         "FLOTILLA_DEFAULT_TIMEOUT_S": "60",
+        # Retries of failures not the agent's own wait a second, then two.
+        "FLOTILLA_RETRY_BACKOFF_S": "1",
+        # Small enough that a disk-filling agent is stopped in a test (tests/containment).
+        "FLOTILLA_MAX_WORKTREE_MB": "64",
         "DJANGO_SETTINGS_MODULE": "orchestrator_site.settings_test",
         "ANTHROPIC_BASE_URL": hub_messages_server.url,
         "ANTHROPIC_API_KEY": HUB_ANTHROPIC_KEY,
+        "OPENAI_BASE_URL": hub_responses_server.base_url,
+        "OPENAI_API_KEY": HUB_OPENAI_KEY,
         "ANTHROPIC_MAX_RETRIES": "2",
     }
-    log = open(Path(settings.DATA_DIR) / "qcluster.log", "wb")  # noqa: SIM115 - open for the session
-    process = subprocess.Popen(
-        [sys.executable, "manage.py", "qcluster"],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    time.sleep(0.5)
-    if process.poll() is not None:
-        raise RuntimeError(
-            f"qcluster exited: {(Path(settings.DATA_DIR) / 'qcluster.log').read_text()}"
-        )
+    node = Processes(env=env, log_dir=Path(settings.DATA_DIR))
+    process = node.start_worker()
     yield process
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=3)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    log.close()
+    node.stop()
 
 
 @pytest.fixture
@@ -198,7 +198,39 @@ def docker_unavailable_reason() -> str | None:
     return None
 
 
+# What these modules check (sandbox isolation and limits, git on hostile
+# worktrees, the agent CLIs, the gates on real repositories, the browser) is
+# the same whatever the database: scripts/test runs them in the SQLite pass
+# only, and the PostgreSQL pass runs everything that reads or writes rows in
+# ways the two databases treat differently.
+ONE_DATABASE_MODULES = (
+    "containment/test_adversary.py",
+    "containment/test_egress_proxy.py",
+    "containment/test_hostile_git.py",
+    "containment/test_network_modes.py",
+    "containment/test_network_option.py",
+    "containment/test_resource_attacks.py",
+    "containment/test_sandbox_escape.py",
+    "test_sandbox_bwrap.py",
+    "test_docker_image.py",
+    "test_docker_sandbox.py",
+    "test_cli_agents.py",
+    "test_model_gateway.py",
+    "test_gates_real_repositories.py",
+    "test_repository_setup.py",
+    "test_base_merges.py",
+    "dashboard/test_dashboard_browser.py",
+    "dashboard/test_dashboard_operator_browser.py",
+    "dashboard/test_dashboard_project_plan_browser.py",
+    "dashboard/test_dashboard_projects_browser.py",
+)
+
+
 def pytest_collection_modifyitems(config, items) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if Path(item.fspath).relative_to(here).as_posix() in ONE_DATABASE_MODULES:
+            item.add_marker(pytest.mark.one_database)
     docker_items = [item for item in items if item.get_closest_marker("docker")]
     if not docker_items:
         return
@@ -242,3 +274,40 @@ def claude_server(hub, hub_messages_server):
     hub_messages_server.reset()
     yield hub_messages_server
     hub_messages_server.reset()
+
+
+def spawn_claimed(request, *, requested_by: str = "user:test"):
+    """An agent spawned and claimed by this test process, as a node supervisor claims one.
+
+    It is spawned in a pool of its own, so no worker node of the session takes it.
+    """
+    from django.test import override_settings
+
+    from agents.leases import agents_claim
+    from agents.services import agent_spawn
+
+    pool = f"in-process-{uuid.uuid4().hex[:8]}"
+    with override_settings(FLOTILLA_NODE_POOL=pool):
+        agent_spawn(request=request, requested_by=requested_by)
+        (agent,) = agents_claim(node=settings.FLOTILLA_NODE_NAME, limit=1, pool=pool)
+    return agent
+
+
+@pytest.fixture
+def prepared_agents():
+    """Prepare agents as a node's run does (claimed, worktree, sandbox, context); removed after."""
+    from agents import runner
+    from agents.services import agent_cleanup
+
+    contexts = []
+
+    def prepare(request, *, requested_by: str = "user:test"):
+        agent = spawn_claimed(request, requested_by=requested_by)
+        context = runner._prepare(runner.AgentRun(agent=agent))
+        contexts.append(context)
+        return context
+
+    yield prepare
+    for context in contexts:
+        context.agent.refresh_from_db()
+        agent_cleanup(agent=context.agent)

@@ -91,7 +91,6 @@ def test_script_past_its_timeout_ends_failed_with_a_timeout_reason(hub, api, rem
 
     assert agent.error == "timed out after 1 s"
     assert agent.result["exit_code"] is None
-    assert (agent.finished_at - agent.started_at).total_seconds() < 5
 
 
 def test_unknown_base_branch_fails_the_agent_with_a_readable_reason(hub, api, remote_repo):

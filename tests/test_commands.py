@@ -1,27 +1,19 @@
-"""The hub's commands: runhub starts and stops both processes; demo and spawn work."""
+"""The hub's commands: runhub starts and stops every process of the hub; demo and spawn work."""
 
-import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+import requests
 from django.contrib.auth import get_user_model
 from django.db import connection
 
 from agents.models import Agent, AgentState
-from tests.conftest import ROOT, subprocess_env, wait_for_state
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from tests.conftest import ROOT, subprocess_env, wait_for_state, wait_until
+from tests.launcher import free_port
 
 
 def manage(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -34,7 +26,7 @@ def manage(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     )
 
 
-def test_runhub_serves_the_api_runs_agents_and_stops_both_processes_on_sigterm(
+def test_runhub_serves_the_api_runs_agents_and_stops_every_process_on_sigterm(
     transactional_db, remote_repo
 ):
     port = free_port()
@@ -48,15 +40,14 @@ def test_runhub_serves_the_api_runs_agents_and_stops_both_processes_on_sigterm(
     )
     try:
         assert f"http://127.0.0.1:{port}/" in hub.stdout.readline()
-        deadline = time.monotonic() + 30
-        while True:
+
+        def health() -> dict | None:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/health") as answer:
-                    assert json.load(answer)["status"] == "ok"
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, "the hub never answered"
-                time.sleep(0.1)
+                return requests.get(f"http://127.0.0.1:{port}/api/v1/health", timeout=1).json()
+            except requests.RequestException:
+                return None
+
+        assert wait_until(health, what="the hub to answer")["status"] == "ok"
         spawned = manage("spawn", str(remote_repo), "echo via-runhub > out.txt")
         assert spawned.returncode == 0, spawned.stderr
         wait_for_state(spawned.stdout.strip(), AgentState.COMPLETED)
@@ -64,9 +55,9 @@ def test_runhub_serves_the_api_runs_agents_and_stops_both_processes_on_sigterm(
             ["pgrep", "-P", str(hub.pid)], capture_output=True, text=True
         ).stdout.split()
         commands = " ".join(Path(f"/proc/{pid}/cmdline").read_text() for pid in children)
-        assert "daphne" in commands and "qcluster" in commands
+        assert "daphne" in commands and "supervise" in commands and "qcluster" in commands
         # On PostgreSQL the worker role also runs the node's kill listener.
-        assert len(children) == (3 if connection.vendor == "postgresql" else 2)
+        assert len(children) == (4 if connection.vendor == "postgresql" else 3)
     finally:
         hub.send_signal(signal.SIGTERM)
         output, _ = hub.communicate(timeout=20)
@@ -98,7 +89,10 @@ def test_demo_creates_a_repository_an_admin_and_agents_that_run(hub):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["spawn", "/no/such/repo", "true"], "no directory at /no/such/repo"),
+        (
+            ["spawn", "/no/such/repo", "true"],
+            "/no/such/repo is not below a directory this hub serves repositories from",
+        ),
         (["kill", "00000000-0000-0000-0000-000000000000", "--reason", "x"], "no agent with id"),
         (["kill", "not-a-uuid", "--reason", "x"], "no agent with id"),
     ],

@@ -5,18 +5,13 @@ a node name of this test's own, so the session's worker cluster never takes
 its tasks and its reconciler never touches another hub's sandboxes.
 """
 
-import json
 import os
 import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
+import requests
 from django.contrib.auth import get_user_model
 from rest_framework.authtoken.models import Token
 
@@ -27,90 +22,27 @@ from agents.sandboxes.cgroups import AgentCgroup
 from agents.sandboxes.local import cgroup_name, labelled_pids, local_live_agent_ids
 from agents.services import agent_terminate
 from audit.models import AuditEvent
-from tests.conftest import ROOT, git, subprocess_env
+from tests.conftest import git, subprocess_env, wait_until
+from tests.launcher import Processes, free_port
 
 LONG_SCRIPT = "echo started > started.txt; sleep 300"
 
 
-class HubProcesses:
+class HubProcesses(Processes):
     """The web and worker processes of one hub, started and crashed like the real ones."""
 
     def __init__(self, log_dir: Path, node: str) -> None:
-        self.log_dir = log_dir
-        self.env = {
+        env = {
             **subprocess_env(),
             "FLOTILLA_NODE_NAME": node,
             "FLOTILLA_WORKERS": "6",
             "Q_CLUSTER_NAME": f"crash-{node}",
+            "FLOTILLA_NODE_POOL": f"crash-{node}",
         }
-        self.port = _free_port()
-        self.processes: list[subprocess.Popen] = []
-
-    def start_worker(self) -> subprocess.Popen:
-        return self._start("qcluster", [sys.executable, "manage.py", "qcluster"])
-
-    def start_web(self) -> subprocess.Popen:
-        argv = [
-            sys.executable,
-            "-m",
-            "daphne",
-            "-b",
-            "127.0.0.1",
-            "-p",
-            str(self.port),
-            "orchestrator_site.asgi:application",
-        ]
-        web = self._start("daphne", argv)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(f"{self.url}/api/v1/health", timeout=1)
-                return web
-            except OSError:
-                if web.poll() is not None:
-                    break
-                time.sleep(0.1)
-        raise RuntimeError(f"daphne did not start: {(self.log_dir / 'daphne.log').read_text()}")
-
-    def reconcile(self) -> dict:
-        done = subprocess.run(
-            [sys.executable, "manage.py", "reconcile", "--no-schedule"],
-            cwd=ROOT,
-            env=self.env,
-            capture_output=True,
-            text=True,
-        )
-        assert done.returncode == 0, done.stderr
-        return json.loads(done.stdout)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def _start(self, name: str, argv: list[str]) -> subprocess.Popen:
-        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 (closed with the process)
-        process = subprocess.Popen(
-            argv,
-            cwd=ROOT,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.processes.append(process)
-        return process
-
-    def stop_all(self) -> None:
-        for process in self.processes:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+        super().__init__(env=env, log_dir=log_dir)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.token = ""
 
 
 def spawn_over_http(hub: HubProcesses, token: str, repository: Path, **options) -> str:
@@ -122,22 +54,14 @@ def spawn_over_http(hub: HubProcesses, token: str, repository: Path, **options) 
         "context": {"repository": str(repository), "branch": "main"},
         "options": {"timeout_s": 600, **options},
     }
-    request = urllib.request.Request(
+    response = requests.post(
         f"{hub.url}/api/v1/agents",
-        data=json.dumps(body).encode(),
-        headers={"Authorization": f"Token {token}", "Content-Type": "application/json"},
+        json=body,
+        headers={"Authorization": f"Token {token}"},
+        timeout=10,
     )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        assert response.status == 202
-        return json.loads(response.read())["agent_id"]
-
-
-def wait_until(check, timeout: float = 30.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+    assert response.status_code == 202, response.text
+    return response.json()["agent_id"]
 
 
 def docker_containers(node: str) -> set[str]:
@@ -153,7 +77,7 @@ def crashable_hub(transactional_db, tmp_path):
     user = get_user_model().objects.create_user("crash-operator", password="x" * 12)
     hub.token = Token.objects.create(user=user).key
     yield hub
-    hub.stop_all()
+    hub.kill()
     for agent in Agent.objects.exclude(state__in=FINAL_STATES):
         agent_terminate(agent_id=agent.id, reason="test teardown")
 
@@ -174,8 +98,8 @@ def test_hub_killed_mid_run_recovers_on_restart_without_leaking_anything(
 ):
     hub = crashable_hub
     node = hub.env["FLOTILLA_NODE_NAME"]
-    hub.start_worker()
-    web = hub.start_web()
+    worker = hub.start_worker()
+    web = hub.start_web(hub.port)
     # Agents 0 and 3 may be retried; the others may not.
     retries = {0: 1, 3: 1}
     ids = [
@@ -195,9 +119,9 @@ def test_hub_killed_mid_run_recovers_on_restart_without_leaking_anything(
     wait_until(lambda: (Path(precious.worktree_path) / "started.txt").exists(), what="output")
     sha = workspace.worktree_commit(path=Path(precious.worktree_path), message="work so far")
 
-    os.killpg(hub.processes[0].pid, signal.SIGKILL)
+    os.killpg(worker.pid, signal.SIGKILL)
     os.killpg(web.pid, signal.SIGKILL)
-    hub.processes[0].wait()
+    worker.wait()
     web.wait()
 
     docker_ids = {i for i, backend in zip(ids, backends, strict=True) if backend == "docker"}
@@ -205,13 +129,19 @@ def test_hub_killed_mid_run_recovers_on_restart_without_leaking_anything(
         assert docker_containers(node) == docker_ids, "the crash should leave containers behind"
     assert all(Path(agent.worktree_path).exists() for agent in agents.values())
 
+    # runhub --role worker reconciles its node before it claims anything.
     hub.start_worker()
-    hub.start_web()
-    report = hub.reconcile()
+    hub.start_web(hub.port)
+    audited = AuditEvent.objects.filter(actor="system:reconciler")
+    wait_until(
+        lambda: audited.filter(action__in=("agent.fail", "agent.retry")).count() >= len(ids),
+        what="the restarted node to reconcile",
+    )
 
     again = {ids[0], ids[3]}
-    assert set(report["retried"]) == again
-    assert set(report["failed"]) == set(ids) - again
+    targets = lambda action: {a.target.split(":")[1] for a in audited.filter(action=action)}  # noqa: E731
+    assert targets("agent.retry") == again
+    assert targets("agent.fail") == set(ids) - again
     wait_until(
         lambda: all(Agent.objects.get(id=i).state == AgentState.RUNNING for i in again),
         what="the retried agents running again",
@@ -243,7 +173,7 @@ def test_hub_killed_mid_run_recovers_on_restart_without_leaking_anything(
     # The committed work survives on its branch.
     mirror = workspace.mirror_path(precious.repository)
     assert git(mirror, "rev-parse", f"refs/heads/{precious.work_branch}") == sha
-    assert report["branches_kept"] == [precious.work_branch]
-    audited = AuditEvent.objects.filter(actor="system:reconciler")
+    kept = [a.target for a in audited.filter(action="agent.fail") if a.data["branch_kept"]]
+    assert kept == [f"agent:{precious.id}"]
     assert audited.filter(action="agent.fail").count() == 3
     assert audited.filter(action="agent.retry").count() == 2

@@ -14,18 +14,9 @@ from agents.sandboxes.base import SandboxSpec
 from agents.sandboxes.docker import DockerSandbox
 from audit.models import AuditEvent
 from tests.conftest import git, spawn_body, wait_for_state
+from tests.launcher import wait_until
 
 pytestmark = pytest.mark.docker
-
-
-def eventually(check, timeout: float = 10.0) -> bool:
-    """Cleanup follows the final transition by a moment: poll for it."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def containers_of(agent_id) -> list[str]:
@@ -80,25 +71,27 @@ def test_script_agent_in_docker_completes_pushes_and_leaves_no_container(hub, ap
     assert git(remote_repo, "show", f"{branch}:hello.txt") == "hello"
     assert git(remote_repo, "show", f"{branch}:uid.txt") == str(settings.FLOTILLA_SANDBOX_UID)
     assert agent.sandbox_handle["backend"] == "docker"
-    assert eventually(lambda: containers_of(agent_id) == [])
-    assert eventually(lambda: not Path(agent.worktree_path).exists())
+    wait_until(lambda: containers_of(agent_id) == [], what="containers_of(agent_id) == []")
+    wait_until(
+        lambda: not Path(agent.worktree_path).exists(),
+        what="not Path(agent.worktree_path).exists()",
+    )
 
 
-def test_killing_a_docker_agent_removes_its_container_within_a_second(hub, api, remote_repo):
+def test_killing_a_docker_agent_removes_its_container_before_the_api_answers(hub, api, remote_repo):
     agent_id = api.post(
         "/api/v1/agents", spawn_body(remote_repo, "sleep 300", sandbox="docker"), format="json"
     ).json()["agent_id"]
     wait_for_state(agent_id, AgentState.RUNNING)
     assert len(containers_of(agent_id)) == 1
 
-    started = time.monotonic()
     response = api.post(f"/api/v1/agents/{agent_id}/kill", {"reason": "runaway"}, format="json")
+    # Looked at right after the answer: the kill removes the container
+    # synchronously (bench/docker_killall.py measures how long that takes).
     remaining = containers_of(agent_id)
-    elapsed = time.monotonic() - started
 
     assert response.status_code == 200, response.content
     assert remaining == []
-    assert elapsed < 1.0, f"kill took {elapsed:.3f} s"
     assert wait_for_state(agent_id, AgentState.KILLED).state == AgentState.KILLED
     audit = AuditEvent.objects.get(action="agent.kill", target=f"agent:{agent_id}")
     assert audit.reason == "runaway" and audit.data["killed"] is True
@@ -114,7 +107,7 @@ def test_memory_hog_in_a_docker_agent_fails_the_agent_as_out_of_memory(hub, api,
 
     assert agent.result["exit_code"] == 137
     assert "out of memory" in agent.error
-    assert eventually(lambda: containers_of(agent_id) == [])
+    wait_until(lambda: containers_of(agent_id) == [], what="containers_of(agent_id) == []")
 
 
 def test_commands_run_as_the_unprivileged_sandbox_user_without_capabilities(sandbox):
@@ -144,7 +137,8 @@ def test_only_the_workspace_and_tmp_are_writable(sandbox):
     assert (Path(handle["workspace"]) / "out.txt").read_text() == "kept\n"
 
 
-def test_no_network_unless_the_spawn_allows_it(sandbox):
+def test_no_network_interface_but_loopback_in_any_network_mode(sandbox):
+    """Egress goes only through the hub's proxy socket; the container never gets a network."""
     backend, start = sandbox
     listener = socket.create_server(("0.0.0.0", 0))
     listener.settimeout(10)
@@ -156,14 +150,12 @@ def test_no_network_unless_the_spawn_allows_it(sandbox):
     connect = f"timeout 3 bash -c 'echo > /dev/tcp/{gateway}/{port}' 2>/dev/null"
     probe = f"echo $(ls /sys/class/net); {connect} && echo CONNECTED"
 
-    closed = run(backend, start(network=False), probe)
-    opened = run(backend, start(network=True), probe)
+    results = [run(backend, start(network=mode), probe) for mode in ("off", "on")]
     listener.close()
 
-    assert closed.output_tail.splitlines() == ["lo"]
-    assert "eth0" in opened.output_tail.splitlines()[0].split()
-    assert opened.output_tail.splitlines()[-1] == "CONNECTED"
-    assert len(accepted) == 1
+    for result in results:
+        assert result.output_tail.splitlines() == ["lo"]
+    assert accepted == []
 
 
 def test_fork_bomb_is_held_to_the_pids_limit_and_the_sandbox_survives(sandbox):
@@ -196,11 +188,9 @@ def test_command_past_its_timeout_is_killed_with_everything_it_started(sandbox):
     backend, start = sandbox
     handle = start()
 
-    started = time.monotonic()
     result = run(backend, handle, "sleep 100 & sleep 100; echo never", timeout_s=1)
 
     assert result.timed_out and result.exit_code is None
-    assert time.monotonic() - started < 3
     assert "never" not in result.output_tail
     assert len(Path(handle["cgroup_procs"]).read_text().split()) == 2
 
@@ -238,6 +228,10 @@ def test_live_agent_ids_lists_this_hubs_containers_by_label(sandbox):
 
     assert handle["agent_id"] in backend.live_agent_ids()
     backend.kill(handle)
-    assert eventually(lambda: handle["agent_id"] not in backend.live_agent_ids(), timeout=2)
+    wait_until(
+        lambda: handle["agent_id"] not in backend.live_agent_ids(),
+        timeout=2,
+        what="handle['agent_id'] not in backend.live_agent_ids()",
+    )
     backend.remove(handle)
     assert handle["agent_id"] not in backend.containers_by_agent()

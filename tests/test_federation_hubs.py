@@ -15,10 +15,10 @@ import requests
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from federation import signing
-from tests.conftest import git, make_remote
-from tests.hubs import Hub, free_port, hub_stop, hubs_connect, hubs_start
+from tests.launcher import Hub, free_port, git, hubs_connect, hubs_start, make_remote
 
 FINAL = {"completed", "failed", "killed"}
+HUB_ENV = {"FLOTILLA_WORKERS": "4", "FLOTILLA_DEFAULT_TIMEOUT_S": "60"}
 
 
 class Probe:
@@ -95,13 +95,13 @@ def probe_join(hub: Hub, probe: Probe, *, accept: bool = True) -> dict:
 
 @pytest.fixture(scope="module")
 def hubs():
-    hub_a, hub_b = hubs_start("hub-a", "hub-b")
+    hub_a, hub_b = hubs_start("hub-a", "hub-b", env=HUB_ENV)
     try:
         on_a, on_b = hubs_connect(hub_a, hub_b)
         yield hub_a, hub_b, on_a, on_b
     finally:
-        hub_stop(hub_a)
-        hub_stop(hub_b)
+        hub_a.stop()
+        hub_b.stop()
 
 
 @pytest.fixture(scope="module")

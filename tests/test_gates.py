@@ -9,17 +9,18 @@ API and the django-q2 worker.
 import json
 import subprocess
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from agents import runner
+from agents import runner, workspace
 from agents.delivery import agent_commit, agent_push
-from agents.models import Agent, AgentEvent
-from agents.services import SpawnRequest, agent_cleanup, agent_spawn
+from agents.lifecycle import agent_transition
+from agents.models import Agent, AgentEvent, AgentState
+from agents.runtimes.base import RunOutcome
+from agents.services import SpawnRequest
 from audit.models import AuditEvent
 from gates.base import GateContext
 from gates.checks.ai_review import AiReviewGate
@@ -59,9 +60,8 @@ SECRETS = {
 
 
 @pytest.fixture
-def prepare(db, sandbox_toolchain):
+def prepare(db, sandbox_toolchain, prepared_agents):
     """An agent prepared as the worker prepares one: worktree, bwrap sandbox, run context."""
-    contexts = []
 
     def prepare_agent(remote: Path, *, profile: str = "standard", gates: dict | None = None):
         request = SpawnRequest(
@@ -75,15 +75,9 @@ def prepare(db, sandbox_toolchain):
             instructions="Keep the tests green.",
             options={"gates": gates} if gates else {},
         )
-        agent = Agent.objects.get(id=agent_spawn(request=request, requested_by="user:test").id)
-        context = runner._prepare(agent)
-        contexts.append(context)
-        return context
+        return prepared_agents(request, requested_by="user:test")
 
     yield prepare_agent
-    for context in contexts:
-        context.agent.refresh_from_db()
-        agent_cleanup(agent=context.agent)
 
 
 def write(context, relative: str, content: str) -> None:
@@ -161,9 +155,8 @@ def test_a_change_that_passes_ruff_and_pytest_in_the_sandbox_is_committed(prepar
 
     assert report.approved, report.text
     assert git(context.worktree, "-c", "safe.directory=*", "rev-parse", "HEAD") == report.sha
-    assert (
-        git(context.worktree, "-c", "safe.directory=*", "status", "--porcelain") == ""
-    )  # the gates left nothing behind
+    # The gates left nothing behind, as the hub's own (jailed) git sees the worktree.
+    assert not workspace.worktree_changed(path=context.worktree)
     assert "sub" in git(context.worktree, "-c", "safe.directory=*", "show", "HEAD:calc.py")
 
 
@@ -313,12 +306,10 @@ def test_a_gate_command_past_its_timeout_fails_the_gate(prepare, tmp_path):
     context = prepare(remote, gates={"tests": "sleep 30", "timeout_s": 1})
     write(context, "notes.txt", "hello\n")
 
-    started = time.monotonic()
     report = agent_commit(context=context, message="notes")
 
     tests = next(result for result in report.gates.results if result.gate == "tests")
     assert tests.outcome == "failed" and "timed out after 1 s" in tests.summary
-    assert time.monotonic() - started < 15
 
 
 # --- pre-push: coverage, conflicts ---------------------------------------------------------
@@ -427,11 +418,77 @@ def test_yolo_mode_commits_a_change_that_would_fail_and_audits_every_skip(
 
     assert report.approved and report.sha
     assert git(context.worktree, "-c", "safe.directory=*", "rev-parse", "HEAD") == report.sha
-    assert {result.outcome for result in report.gates.results} == {"skipped"}
+    outcomes = {result.gate: result.outcome for result in report.gates.results}
+    assert outcomes == {"secret_scan": "passed", "lint": "skipped", "tests": "skipped"}
     audits = AuditEvent.objects.filter(action="gate.skipped", target=f"agent:{context.agent.id}")
-    assert sorted(audit.data["gate"] for audit in audits) == ["lint", "secret_scan", "tests"]
+    assert sorted(audit.data["gate"] for audit in audits) == ["lint", "tests"]
     assert all("YOLO_MODE" in audit.reason for audit in audits)
     assert api.get("/api/v1/health").json()["yolo_mode"] is True
+
+
+def deliver(context) -> Agent:
+    """What the runner does once a script agent's command is done: commit, then push."""
+    # The agent was claimed (spawning) when it was prepared.
+    assert agent_transition(agent_id=context.agent.id, to=AgentState.RUNNING)
+    runner.agent_deliver(context=context, outcome=RunOutcome(succeeded=True, summary="done"))
+    return Agent.objects.get(id=context.agent.id)
+
+
+def shown_anywhere(agent: Agent, staff_api) -> list[str]:
+    """Every place a person or a program reads about an agent's run."""
+    return [
+        agent.error,
+        json.dumps(agent.result, ensure_ascii=False),
+        staff_api.get(f"/api/v1/agents/{agent.id}").content.decode(),
+        staff_api.get(f"/api/v1/agents/{agent.id}/events").content.decode(),
+        json.dumps(
+            list(AgentEvent.objects.filter(agent_id=agent.id).values("data")), ensure_ascii=False
+        ),
+        json.dumps(list(GateRun.objects.values()), default=str, ensure_ascii=False),
+        json.dumps(list(AuditEvent.objects.values()), default=str, ensure_ascii=False),
+    ]
+
+
+def test_yolo_mode_never_skips_the_secret_scan_so_a_live_anthropic_key_is_not_pushed(
+    prepare, tmp_path, settings, staff_api
+):
+    settings.YOLO_MODE = True
+    remote = make_remote(tmp_path, {"README.md": "# sample\n"})
+    context = prepare(remote)
+    write(context, "config/settings.py", "DEBUG = False\n" + SECRETS["anthropic"])
+
+    agent = deliver(context)
+
+    assert agent.state == AgentState.FAILED
+    assert "Anthropic API Key at config/settings.py:2" in agent.error
+    assert remote_head(remote, agent.work_branch) is None
+    assert not AuditEvent.objects.filter(action="gate.skipped", data__gate="secret_scan").exists()
+    secret_part = SECRET_VALUES["anthropic"].removeprefix("sk-ant-api03-")
+    for text in shown_anywhere(agent, staff_api):
+        assert SECRET_VALUES["anthropic"] not in text
+        assert not [piece for piece in fragments(secret_part) if piece in text]
+
+
+def test_a_hard_coded_password_is_not_committed_and_no_part_of_it_is_shown(
+    prepare, tmp_path, staff_api
+):
+    password = "Qv7!zR2#kW9mX4pTé"
+    remote = make_remote(tmp_path, {"README.md": "# sample\n"})
+    # A test command that prints the file, as a failing test's traceback would.
+    context = prepare(remote, gates={"tests": "cat config/settings.py; exit 1"})
+    write(context, "config/settings.py", f'DB_PASSWORD = "{password}"\n')
+
+    agent = deliver(context)
+
+    assert agent.state == AgentState.FAILED
+    assert "Hard-coded Password at config/settings.py:1" in agent.error
+    assert "[redacted secret]" in agent.error  # the tests gate's output, as the agent sees it
+    for text in shown_anywhere(agent, staff_api):
+        assert not [piece for piece in fragments(password) if piece in text], text[:300]
+
+
+def fragments(secret: str, size: int = 4) -> set[str]:
+    return {secret[start : start + size] for start in range(len(secret) - size + 1)}
 
 
 # --- AI review -----------------------------------------------------------------------------

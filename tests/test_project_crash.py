@@ -5,101 +5,50 @@ node name of this test's own, so the session's worker cluster takes none of
 its tasks and the crash touches nothing else.
 """
 
-import json
 import os
 import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
+import requests
 from django.contrib.auth import get_user_model
 from rest_framework.authtoken.models import Token
 
 from agents.models import FINAL_STATES, Agent, AgentEvent
 from agents.services import agent_terminate
+from audit.models import AuditEvent
 from taskqueue.models import Task, TaskAttempt
-from tests.conftest import ROOT, subprocess_env
-from tests.test_projects import is_ancestor, wait_for_project, wait_until
+from tests.conftest import subprocess_env, wait_until
+from tests.launcher import Processes, free_port
+from tests.test_projects import is_ancestor, wait_for_project
 
 
-class Hub:
+class Hub(Processes):
+    """The web and worker processes of one hub, on a node and pool of this test's own."""
+
     def __init__(self, log_dir: Path) -> None:
         node = f"projects-crash-{uuid.uuid4().hex[:8]}"
-        self.log_dir = log_dir
-        self.env = {
+        env = {
             **subprocess_env(),
             "FLOTILLA_NODE_NAME": node,
             "FLOTILLA_WORKERS": "6",
             "Q_CLUSTER_NAME": f"crash-{node}",
+            "FLOTILLA_NODE_POOL": f"crash-{node}",
         }
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.processes: list[subprocess.Popen] = []
+        super().__init__(env=env, log_dir=log_dir)
+        self.port = free_port()
+        self.token = ""
 
-    def start(self, name: str, *argv: str) -> subprocess.Popen:
-        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 (closed with the process)
-        process = subprocess.Popen(
-            [sys.executable, *argv],
-            cwd=ROOT,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.processes.append(process)
-        return process
-
-    def start_web(self) -> None:
-        web = self.start(
-            "daphne",
-            "-m",
-            "daphne",
-            "-b",
-            "127.0.0.1",
-            "-p",
-            str(self.port),
-            "orchestrator_site.asgi:application",
-        )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and web.poll() is None:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/api/v1/health", timeout=1)
-                return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError((self.log_dir / "daphne.log").read_text())
-
-    def manage(self, *argv: str) -> str:
-        done = subprocess.run(
-            [sys.executable, "manage.py", *argv],
-            cwd=ROOT,
-            env=self.env,
-            capture_output=True,
-            text=True,
-        )
-        assert done.returncode == 0, done.stderr
-        return done.stdout
-
-    def post(self, path: str, body: dict, token: str) -> dict:
-        request = urllib.request.Request(
+    def post(self, path: str, body: dict) -> dict:
+        response = requests.post(
             f"http://127.0.0.1:{self.port}{path}",
-            data=json.dumps(body).encode(),
-            headers={"Authorization": f"Token {token}", "Content-Type": "application/json"},
+            json=body,
+            headers={"Authorization": f"Token {self.token}"},
+            timeout=30,
         )
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return json.loads(response.read())
-
-    def stop_all(self) -> None:
-        for process in self.processes:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        response.raise_for_status()
+        return response.json()
 
 
 @pytest.fixture
@@ -108,7 +57,7 @@ def crashable_hub(transactional_db, tmp_path):
     user = get_user_model().objects.create_user("crash-operator", password="x" * 12)
     hub.token = Token.objects.create(user=user).key
     yield hub
-    hub.stop_all()
+    hub.kill()
     for agent in Agent.objects.exclude(state__in=FINAL_STATES):
         agent_terminate(agent_id=agent.id, reason="test teardown")
 
@@ -117,8 +66,8 @@ def test_worker_killed_mid_project_resumes_on_restart_with_no_task_run_twice(
     crashable_hub, remote_repo
 ):
     hub = crashable_hub
-    worker = hub.start("qcluster", "manage.py", "qcluster")
-    hub.start_web()
+    worker = hub.start_worker()
+    hub.start_web(hub.port)
     repo = str(remote_repo)
     tasks = [
         {"key": "design", "script": "echo design > design.txt", "repository": repo},
@@ -141,7 +90,7 @@ def test_worker_killed_mid_project_resumes_on_restart_with_no_task_run_twice(
             "depends_on": ["left", "right"],
         },
     ]
-    project = hub.post("/api/v1/projects", {"name": "crash", "tasks": tasks}, hub.token)
+    project = hub.post("/api/v1/projects", {"name": "crash", "tasks": tasks})
     pid = project["id"]
     middle = [f"p{pid}-left", f"p{pid}-right"]
     wait_until(
@@ -158,9 +107,12 @@ def test_worker_killed_mid_project_resumes_on_restart_with_no_task_run_twice(
         ("last", "pending"),
     }
 
-    hub.start("qcluster", "manage.py", "qcluster")
-    report = json.loads(hub.manage("reconcile", "--no-schedule"))
-    assert len(report["retried"]) == 2
+    # runhub --role worker reconciles its node before it claims anything.
+    hub.start_worker()
+    retried = AuditEvent.objects.filter(actor="system:reconciler", action="agent.retry")
+    assert {event.target for event in retried} == {
+        f"agent:{agent.id}" for agent in Agent.objects.filter(task_id__in=middle)
+    }
     hub.manage("projects_tick")
 
     assert wait_for_project(pid, timeout=90).state == "succeeded"

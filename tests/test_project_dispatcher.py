@@ -101,8 +101,8 @@ def test_a_not_before_time_holds_a_task_back_until_then(hub):
     assert wait_for_project(project.id).state == "succeeded"
 
     agent = TaskAttempt.objects.get(task__project=project, task__key="later").agent
+    # Never before its time; how soon after is a benchmark figure (bench/taskqueue.py).
     assert agent.created_at >= later
-    assert (agent.created_at - later).total_seconds() < 2
 
 
 def test_backoff_grows_exponentially_up_to_the_cap_and_jitter_only_shortens_it():

@@ -6,9 +6,10 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from django_q.models import Schedule
 
-from taskqueue.models import Project
-from taskqueue.webhooks import webhook_signature_valid
+from taskqueue.models import Project, WebhookState
+from taskqueue.webhooks import webhook_deliver, webhook_signature_valid
 from tests.test_projects import create, wait_for_project, wait_until
 
 
@@ -138,3 +139,27 @@ def test_a_cancelled_project_also_reports_through_its_webhook(hub, api, receiver
 
     wait_until(lambda: server.received, what="the webhook")
     assert json.loads(server.received[0]["body"])["project"]["state"] == "cancelled"
+
+
+@pytest.mark.django_db
+def test_a_long_backoff_is_a_schedule_not_a_sleep_in_the_worker(receiver, settings):
+    settings.FLOTILLA_WEBHOOK_BACKOFF_S = 30
+    server = receiver([500])
+    project = Project.objects.create(
+        name="p",
+        state="succeeded",
+        created_by="test",
+        webhook_url=server.url,
+        webhook_secret="s" * 32,
+        webhook_state=WebhookState.PENDING,
+    )
+
+    assert webhook_deliver(project_id=project.id) is False
+
+    assert len(server.received) == 1
+    (retry,) = Schedule.objects.filter(func="taskqueue.tasks.project_webhook_deliver")
+    assert retry.args == f"({project.id},)"
+    stored = Project.objects.get(id=project.id)
+    assert stored.webhook_state == WebhookState.PENDING and stored.webhook_attempts == 1
+    # The schedule fires when the project's next attempt is due.
+    assert retry.next_run == stored.webhook_next_at

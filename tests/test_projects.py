@@ -1,10 +1,14 @@
 """Projects run end to end: API → dispatcher → django-q2 → real script agents → git branches."""
 
+import subprocess
 import time
+
+import pytest
+from django_q.models import Success
 
 from agents.models import Agent
 from taskqueue.models import Project, Task, TaskAttempt
-from tests.conftest import git
+from tests.conftest import git, wait_until
 
 FINISHED = {"succeeded", "failed", "cancelled"}
 
@@ -32,14 +36,6 @@ def wait_for_project(project_id: int, states=FINISHED, timeout: float = 60.0) ->
     raise AssertionError(f"project {project_id} still {project.state}: {states_now}")
 
 
-def wait_until(check, timeout: float = 30.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 def agents_of(project_id: int) -> dict[str, list[Agent]]:
     """Each task's agents, oldest attempt first."""
     runs: dict[str, list[Agent]] = {}
@@ -61,11 +57,21 @@ def pushed(agent: Agent) -> str:
 
 
 def is_ancestor(repository, ancestor: str, descendant: str) -> bool:
-    try:
-        git(repository, "merge-base", "--is-ancestor", ancestor, descendant)
-    except Exception:
-        return False
-    return True
+    """Whether ``ancestor`` is an ancestor of ``descendant``; a git error fails the test."""
+    done = subprocess.run(
+        ["git", "merge-base", "--is-ancestor", ancestor, descendant],
+        cwd=repository,
+        capture_output=True,
+        text=True,
+    )
+    # 0: an ancestor, 1: not one; anything else is git failing (an unknown commit, say).
+    assert done.returncode in (0, 1), f"git merge-base failed: {done.stderr}"
+    return done.returncode == 0
+
+
+def test_an_ancestry_check_fails_on_a_git_error_instead_of_answering_no(remote_repo):
+    with pytest.raises(AssertionError, match="merge-base"):
+        is_ancestor(remote_repo, "0" * 40, "main")
 
 
 def test_sequential_project_runs_each_task_after_the_previous_one_on_its_branch(
@@ -177,7 +183,8 @@ def test_flaky_task_succeeds_on_its_third_attempt_after_exponential_backoffs(hub
         assert policy * 0.75 <= attempt.backoff_s <= policy
     for earlier, later in zip(attempts, attempts[1:], strict=False):
         gap = (later.agent.created_at - earlier.agent.finished_at).total_seconds()
-        assert earlier.backoff_s <= gap <= earlier.backoff_s + 2.0, (gap, earlier.backoff_s)
+        # Never before its backoff; how soon after is a benchmark figure (bench/taskqueue.py).
+        assert earlier.backoff_s <= gap, (gap, earlier.backoff_s)
 
 
 def test_task_that_always_fails_skips_its_dependents_and_the_rest_goes_on(hub, api, remote_repo):
@@ -263,7 +270,12 @@ def test_pause_holds_back_new_tasks_until_resume(hub, api, remote_repo):
         lambda: Task.objects.get(project_id=project["id"], key="first").state == "succeeded",
         what="first done",
     )
-    time.sleep(1.0)
+    # The pass that follows the first agent's end, which would start the second, has run.
+    first = Agent.objects.get(task_id=f"p{project['id']}-first")
+    wait_until(
+        lambda: Success.objects.filter(name=f"project-agent-finished-{first.id}").exists(),
+        what="the dispatch pass after the first agent",
+    )
     assert Task.objects.get(project_id=project["id"], key="second").state in {"pending", "ready"}
     assert Project.objects.get(id=project["id"]).state == "paused"
 

@@ -111,19 +111,21 @@ def test_a_network_connection_fails_when_not_allowed(sandbox, host_server):
     assert accepted == []
 
 
-def test_a_network_connection_works_when_the_spawn_allows_it(host_server):
+def test_network_on_still_never_reaches_the_hosts_loopback(host_server):
+    """Finding 2 of the containment issue: network on used to be the host's own network."""
     port, accepted = host_server
     workspace = reachable_dir()
     backend = sandbox_backend("bwrap")
     handle = backend.start(
-        SandboxSpec(agent_id=str(uuid.uuid4()), workspace=workspace, network=True)
+        SandboxSpec(agent_id=str(uuid.uuid4()), workspace=workspace, network="on")
     )
     try:
         result = backend.exec(handle, CONNECT.format(port=port), timeout_s=20)
     finally:
         backend.remove(handle)
 
-    assert "connected" in result.output_tail
+    assert "connected" not in result.output_tail
+    assert accepted == []
 
 
 @needs_cgroups

@@ -19,6 +19,9 @@ class RunContext:
     emit: Callable[[str, dict[str, Any]], None]
     output: OutputSink
     is_cancelled: Callable[[], bool]
+    # The claim this run holds (Agent.lease): the runtime's own transitions
+    # pass it, so a run whose agent another node took over changes nothing.
+    lease: int | None = None
 
 
 @dataclass(frozen=True)
@@ -41,3 +44,29 @@ class AgentRuntime(ABC):
     @abstractmethod
     def run(self, context: RunContext) -> RunOutcome:
         """Do the agent's work in its sandbox; the runner commits and pushes on success."""
+
+    def model_problem(self, model: str) -> str | None:
+        """Why ``options.model`` cannot be used (it has no price, so no budget), or None."""
+        from agents.runtimes.claude.accounting import model_price
+
+        if model_price(model) is None:
+            return (
+                f"no price is configured for {model} (FLOTILLA_CLAUDE_PRICES), so its "
+                "budget could not be kept"
+            )
+        return None
+
+    def unavailable(self) -> str | None:
+        """Why this hub cannot run this runtime (a spawn's 400 says it), or None when it can."""
+        return None
+
+    def sandbox_extras(self, agent: Agent, *, resuming: bool) -> dict[str, Any]:
+        """Fields of the agent's SandboxSpec this runtime needs, made ready before it starts.
+
+        A CLI agent opens its model gateway and its home here (agents/runtimes/cli).
+        """
+        return {}
+
+    def sandbox_release(self, agent: Agent) -> None:
+        """Release what ``sandbox_extras`` opened for the run, however the run ended."""
+        return None

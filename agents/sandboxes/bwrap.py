@@ -1,14 +1,19 @@
 """Bubblewrap sandbox: every namespace unshared, the worktree the only writable place."""
 
+import contextlib
+import os
 import shutil
 import subprocess
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from django.conf import settings
 
 from agents.sandboxes.base import (
+    AGENT_HOME,
+    EGRESS_SOCKET,
     ETC_FILES,
-    NETWORK_ETC_FILES,
+    HOSTS_FILE,
+    MODEL_SOCKET,
     SYSTEM_DIRS,
     WORKSPACE,
     ExecResult,
@@ -18,13 +23,17 @@ from agents.sandboxes.base import (
     SandboxHandle,
     SandboxSpec,
     SandboxUnavailable,
-    sandbox_search_path,
+    agent_clis_dir,
+    sandbox_command,
+    sandbox_environment,
     sandbox_toolchain,
 )
 from agents.sandboxes.local import (
+    JOIN_CGROUP_FAILED,
     local_exec,
     local_handle,
     local_kill,
+    local_kill_many,
     local_live_agent_ids,
     local_remove,
 )
@@ -36,6 +45,7 @@ class BwrapSandbox(Sandbox):
     def __init__(self) -> None:
         self.bwrap = shutil.which("bwrap")
         self.setpriv = shutil.which("setpriv")
+        self.prlimit = shutil.which("prlimit") or "/usr/bin/prlimit"
         if not self.bwrap:
             raise SandboxUnavailable("bubblewrap is not installed (apt-get install bubblewrap)")
         if not self.setpriv:
@@ -45,19 +55,24 @@ class BwrapSandbox(Sandbox):
         uid = settings.FLOTILLA_SANDBOX_UID
         # The sandbox user must own its worktree to write to it; the hub
         # (root) still commits there, with safe.directory set by the workspace.
-        chown = subprocess.run(
-            ["chown", "-R", f"{uid}:{uid}", str(spec.workspace)], capture_output=True, text=True
-        )
-        if chown.returncode != 0:
-            raise SandboxError(f"cannot hand the worktree to the sandbox user: {chown.stderr}")
+        _hand_over(spec.workspace, uid)
         handle = local_handle(
             self.name,
             spec.agent_id,
             limits={"memory_mb": spec.memory_mb, "pids": spec.pids, "cpus": spec.cpus},
         )
         handle.update(
-            workspace=str(spec.workspace), network=spec.network, env=dict(spec.env), uid=uid
+            workspace=str(spec.workspace),
+            env=dict(spec.env),
+            uid=uid,
+            max_file_bytes=spec.max_file_bytes,
         )
+        if spec.egress_socket:
+            handle["egress_socket"] = spec.egress_socket
+        if spec.model_socket:
+            handle["model_socket"] = spec.model_socket
+        if spec.home:
+            handle["home"] = spec.home
         return handle
 
     def exec(
@@ -68,16 +83,39 @@ class BwrapSandbox(Sandbox):
         timeout_s: float,
         on_output: OutputSink | None = None,
     ) -> ExecResult:
-        return local_exec(
-            handle,
-            self.argv(handle, command),
-            cwd=Path(handle["workspace"]),
-            timeout_s=timeout_s,
-            on_output=on_output,
-        )
+        # bwrap reports on this pipe when the sandboxed command has exited; a
+        # run that ends without that report never got as far as the command.
+        status_read, status_write = os.pipe()
+        try:
+            result = local_exec(
+                handle,
+                self.argv(handle, command, status_fd=status_write),
+                cwd=Path(handle["workspace"]),
+                timeout_s=timeout_s,
+                on_output=on_output,
+                pass_fds=(status_write,),
+            )
+            os.close(status_write)
+            status_write = -1
+            status = _read_available(status_read)
+        finally:
+            os.close(status_read)
+            if status_write >= 0:
+                os.close(status_write)
+        ended_by_itself = not result.timed_out and (result.exit_code or 0) >= 0
+        if ended_by_itself and b'"exit-code"' not in status:
+            raise SandboxError(f"the bwrap sandbox could not start: {_start_problem(result)}")
+        return result
+
+    def workspace_handle(self, handle: SandboxHandle, workspace: Path) -> SandboxHandle:
+        _hand_over(workspace, handle["uid"])
+        return {**handle, "workspace": str(workspace)}
 
     def kill(self, handle: SandboxHandle) -> None:
         local_kill(handle)
+
+    def kill_many(self, handles: list[SandboxHandle]) -> None:
+        local_kill_many(handles)
 
     def remove(self, handle: SandboxHandle) -> None:
         local_remove(handle)
@@ -85,22 +123,35 @@ class BwrapSandbox(Sandbox):
     def live_agent_ids(self) -> set[str]:
         return local_live_agent_ids()
 
-    def argv(self, handle: SandboxHandle, command: str) -> list[str]:
+    def argv(
+        self, handle: SandboxHandle, command: str, *, status_fd: int | None = None
+    ) -> list[str]:
+        """What root runs: bwrap builds the sandbox, then setpriv drops to the sandbox user.
+
+        bwrap runs as root (not setuid, no user namespace) so that it can bind
+        paths the sandbox user could never reach, such as a worktree under a
+        0700 DATA_DIR. It keeps only CAP_SETUID and CAP_SETGID for setpriv,
+        which gives them up with every other capability, clears the groups,
+        sets no_new_privs and becomes the sandbox user before anything of the
+        agent's runs.
+        """
         uid = str(handle["uid"])
         workspace = handle["workspace"]
         argv = [
-            self.setpriv,
-            f"--reuid={uid}",
-            f"--regid={uid}",
-            "--clear-groups",
-            "--inh-caps=-all",
-            "--no-new-privs",
             self.bwrap,
-            "--unshare-all",
+            "--unshare-ipc",
+            "--unshare-pid",
+            "--unshare-net",
+            "--unshare-uts",
+            "--unshare-cgroup-try",
             "--die-with-parent",
             "--new-session",
             "--hostname",
             "sandbox",
+            "--cap-add",
+            "CAP_SETUID",
+            "--cap-add",
+            "CAP_SETGID",
             "--ro-bind",
             "/usr",
             "/usr",
@@ -110,6 +161,8 @@ class BwrapSandbox(Sandbox):
             "/proc",
             "--dev",
             "/dev",
+            "--perms",
+            "1777",
             "--tmpfs",
             "/tmp",
         ]
@@ -119,13 +172,28 @@ class BwrapSandbox(Sandbox):
                 argv += ["--symlink", str(path.readlink()), link]
             elif path.is_dir():
                 argv += ["--ro-bind", link, link]
-        for extra in (*ETC_FILES, *NETWORK_ETC_FILES, *settings.FLOTILLA_SANDBOX_RO_BINDS):
+        # /etc itself must let the sandbox user through to the files bound in it
+        # (node reads /etc/ssl/openssl.cnf before anything else).
+        argv += _parents_reachable(HOSTS_FILE)
+        for extra in (*ETC_FILES, HOSTS_FILE):
             argv += ["--ro-bind-try", extra, extra]
-        toolchain = sandbox_toolchain()
-        if toolchain:
-            argv += ["--ro-bind", str(toolchain), str(toolchain)]
-        if handle.get("network"):
-            argv.append("--share-net")
+        # The operator asked for these by name: one that is missing is an
+        # error to report (the sandbox cannot start), not a bind to skip.
+        for extra in settings.FLOTILLA_SANDBOX_RO_BINDS:
+            argv += ["--ro-bind", extra, extra]
+        for tools in (sandbox_toolchain(), agent_clis_dir()):
+            if tools:
+                argv += _parents_reachable(str(tools))
+                argv += ["--ro-bind", str(tools), str(tools)]
+        for bound, inside in (
+            (handle.get("egress_socket"), EGRESS_SOCKET),
+            (handle.get("model_socket"), MODEL_SOCKET),
+        ):
+            if bound:
+                argv += _parents_reachable(inside)
+                argv += ["--ro-bind", bound, inside]
+        if handle.get("home"):
+            argv += [*_parents_reachable(AGENT_HOME), "--bind", handle["home"], AGENT_HOME]
         argv += [
             "--bind",
             workspace,
@@ -142,19 +210,71 @@ class BwrapSandbox(Sandbox):
             "--chdir",
             WORKSPACE,
             "--clearenv",
-            "--setenv",
-            "PATH",
-            sandbox_search_path(),
-            "--setenv",
-            "HOME",
-            "/tmp",
-            "--setenv",
-            "LANG",
-            "C.UTF-8",
-            "--setenv",
-            "FLOTILLA_AGENT_ID",
-            handle["agent_id"],
         ]
-        for key, value in handle.get("env", {}).items():
+        for key, value in sandbox_environment(handle).items():
             argv += ["--setenv", key, value]
-        return [*argv, "--", "/bin/sh", "-c", command]
+        if status_fd is not None:
+            argv += ["--json-status-fd", str(status_fd)]
+        drop = [
+            self.setpriv,
+            f"--reuid={uid}",
+            f"--regid={uid}",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            "--no-new-privs",
+        ]
+        file_limit = int(handle.get("max_file_bytes") or 0)
+        if file_limit:
+            drop += ["--", self.prlimit, f"--fsize={file_limit}:{file_limit}"]
+        return [*argv, "--", *drop, "--", *sandbox_command(handle, command)]
+
+
+def _hand_over(workspace: Path, uid: int) -> None:
+    """Give ``workspace`` to the sandbox user (``chown -R`` follows no symlink)."""
+    chown = subprocess.run(
+        ["chown", "-R", f"{uid}:{uid}", str(workspace)], capture_output=True, text=True
+    )
+    if chown.returncode != 0:
+        raise SandboxError(f"cannot hand the worktree to the sandbox user: {chown.stderr}")
+
+
+def _parents_reachable(destination: str) -> list[str]:
+    """bwrap arguments that create the parents of a mount point traversable by anyone.
+
+    bwrap running as root creates missing parents with mode 0700, which would
+    hide a toolchain bound at /work/checkout/var/toolchain from the sandbox user.
+    Parents inside the read-only system directories already exist.
+    """
+    arguments: list[str] = []
+    for parent in reversed(PurePosixPath(destination).parents):
+        text = str(parent)
+        if text == "/" or any(
+            text == mounted or text.startswith(f"{mounted}/") for mounted in _PREMOUNTED
+        ):
+            continue
+        arguments += ["--perms", "0755", "--dir", text]
+    return arguments
+
+
+# Mount points made before any bind below them; nothing is created inside these.
+_PREMOUNTED = ("/usr", "/proc", "/dev", "/tmp", *SYSTEM_DIRS)
+
+
+def _read_available(descriptor: int) -> bytes:
+    os.set_blocking(descriptor, False)
+    chunks = []
+    with contextlib.suppress(BlockingIOError):
+        while chunk := os.read(descriptor, 65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _start_problem(result: ExecResult) -> str:
+    """bwrap's own words about why it stopped, from the command's output."""
+    said = [line for line in result.output_tail.splitlines() if line.startswith("bwrap:")]
+    if said:
+        return said[-1].removeprefix("bwrap:").strip()
+    if result.exit_code == JOIN_CGROUP_FAILED:
+        return "the agent's cgroup is gone (was the agent killed?)"
+    return f"bwrap exited with status {result.exit_code} before the command started"

@@ -19,14 +19,19 @@ from pathlib import Path
 from django.conf import settings
 from django.db import connections
 
-from agents.sandboxes.base import AGENT_LABEL, ExecResult, OutputSink, SandboxHandle
+from agents.childprocess import dying_with_parent
+from agents.sandboxes.base import AGENT_LABEL, HUB_LABEL, ExecResult, OutputSink, SandboxHandle
 from agents.sandboxes.cgroups import AgentCgroup, agent_cgroup_names, cgroups_available
 
 logger = logging.getLogger(__name__)
 
 # A command whose cgroup is gone (its agent was killed and cleaned up) must
 # not run at all, so failing to join is fatal rather than ignored.
-_JOIN_CGROUP = 'for f in $FLOTILLA_CGROUP_PROCS; do echo $$ > "$f" || exit 125; done; exec "$@"'
+JOIN_CGROUP_FAILED = 125
+_JOIN_CGROUP = (
+    f'for f in $FLOTILLA_CGROUP_PROCS; do echo $$ > "$f" || exit {JOIN_CGROUP_FAILED}; done; '
+    'exec "$@"'
+)
 _MAX_LINE = 2000
 _FLUSH_EVERY_S = 0.2
 
@@ -54,25 +59,28 @@ def local_exec(
     timeout_s: float,
     on_output: OutputSink | None,
     extra_env: dict[str, str] | None = None,
+    pass_fds: tuple[int, ...] = (),
 ) -> ExecResult:
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": os.environ.get("HOME", "/tmp"),
         **(extra_env or {}),
         AGENT_LABEL: handle["agent_id"],
+        HUB_LABEL: settings.FLOTILLA_HUB_UID,
     }
     if handle.get("cgroup"):
         env["FLOTILLA_CGROUP_PROCS"] = " ".join(AgentCgroup(handle["cgroup"]).procs_files())
         argv = ["/bin/sh", "-c", _JOIN_CGROUP, "sh", *argv]
     started = time.monotonic()
     process = subprocess.Popen(
-        argv,
+        dying_with_parent(argv),
         cwd=cwd,
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        pass_fds=pass_fds,
     )
     tail: collections.deque[str] = collections.deque(maxlen=settings.FLOTILLA_OUTPUT_TAIL_LINES)
     reader = threading.Thread(
@@ -149,6 +157,23 @@ def local_kill(handle: SandboxHandle, *, extra_pgids: list[int] | None = None) -
         _killpg(pid)
 
 
+def local_kill_many(handles: list[SandboxHandle], *, wait_s: float = 2.0) -> None:
+    """``local_kill`` for many sandboxes: signal every one, then wait for all to empty.
+
+    Killed processes exit in parallel while the next sandbox is signalled, so
+    a kill-all costs about one sandbox's exit, not the sum of them.
+    """
+    groups = [AgentCgroup(handle["cgroup"]) for handle in handles if handle.get("cgroup")]
+    for group in groups:
+        group.signal()
+    for handle in handles:
+        if not handle.get("cgroup"):
+            local_kill(handle)
+    deadline = time.monotonic() + wait_s
+    for group in groups:
+        group.wait_empty(wait_s=max(0.0, deadline - time.monotonic()))
+
+
 def local_remove(handle: SandboxHandle) -> None:
     if handle.get("cgroup"):
         group = AgentCgroup(handle["cgroup"])
@@ -162,21 +187,25 @@ def _killpg(pgid: int) -> None:
 
 
 def labelled_pids(agent_id: str | None = None) -> dict[int, str]:
-    """Processes on this machine carrying the agent label, mapped to their agent id.
+    """This hub's processes on this machine carrying the agent label, mapped to their agent id.
 
-    Only the process that enters a sandbox carries the label in its
-    environment; everything inside is found through the cgroup.
+    Only the process that enters a sandbox carries the labels in its
+    environment; everything inside is found through the cgroup. A process
+    labelled by another hub on the same machine is not ours to find.
     """
     found: dict[int, str] = {}
     needle = f"{AGENT_LABEL}=".encode()
+    ours = f"{HUB_LABEL}={settings.FLOTILLA_HUB_UID}".encode()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            environ = (entry / "environ").read_bytes()
+            environ = (entry / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        for item in environ.split(b"\0"):
+        if ours not in environ:
+            continue
+        for item in environ:
             if item.startswith(needle):
                 label = item[len(needle) :].decode(errors="replace")
                 if agent_id is None or label == agent_id:

@@ -16,6 +16,7 @@ from agents.sandboxes.local import (
     local_exec,
     local_handle,
     local_kill,
+    local_kill_many,
     local_live_agent_ids,
     local_remove,
 )
@@ -57,8 +58,14 @@ class ProcessSandbox(Sandbox):
             extra_env={**handle.get("env", {}), "FLOTILLA_AGENT_ID": handle["agent_id"]},
         )
 
+    def workspace_handle(self, handle: SandboxHandle, workspace: Path) -> SandboxHandle:
+        return {**handle, "workspace": str(workspace)}
+
     def kill(self, handle: SandboxHandle) -> None:
         local_kill(handle)
+
+    def kill_many(self, handles: list[SandboxHandle]) -> None:
+        local_kill_many(handles)
 
     def remove(self, handle: SandboxHandle) -> None:
         local_remove(handle)

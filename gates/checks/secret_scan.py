@@ -2,25 +2,44 @@
 
 detect-secrets' regex plugins find the well-known formats (AWS, GitHub, private
 keys, Slack, Stripe, ...). The detectors below add provider formats it lacks,
-Anthropic's first. Entropy and keyword plugins stay off: on source code they
-flag hashes and test fixtures far more often than secrets.
+Anthropic's first. Two heuristics find credentials without a format: its
+keyword plugin (``DB_PASSWORD = "..."``, by file type) and a connection
+string detector (``scheme://user:password@host``). Both are tuned so that
+ordinary code stays quiet (tests/data/secret_scan_corpus): values read from
+the environment, templates and placeholders, labels and paths, well-known
+defaults and test fixtures are not findings. The entropy plugin stays off: on
+source code it flags hashes far more often than secrets.
 
-A finding names the file, the line and the kind, and shows only a masked
-prefix of the value: the report travels to logs, events and models.
+A finding names the file, the line and the kind, never any character of the
+value: the report travels to the agent, logs, events and the database.
 """
 
 import re
 import time
 
+from detect_secrets.filters.heuristic import (
+    is_likely_id_string,
+    is_lock_file,
+    is_non_text_file,
+    is_not_alphanumeric_string,
+    is_potential_uuid,
+    is_prefixed_with_dollar_sign,
+    is_sequential_string,
+    is_templated_secret,
+)
 from detect_secrets.plugins.artifactory import ArtifactoryDetector
 from detect_secrets.plugins.aws import AWSKeyDetector
 from detect_secrets.plugins.azure_storage_key import AzureStorageKeyDetector
 from detect_secrets.plugins.base import RegexBasedDetector
-from detect_secrets.plugins.basic_auth import BasicAuthDetector
 from detect_secrets.plugins.discord import DiscordBotTokenDetector
 from detect_secrets.plugins.github_token import GitHubTokenDetector
 from detect_secrets.plugins.gitlab_token import GitLabTokenDetector
 from detect_secrets.plugins.jwt import JwtTokenDetector
+from detect_secrets.plugins.keyword import (
+    QUOTES_REQUIRED_DENYLIST_REGEX_TO_GROUP,
+    REGEX_BY_FILETYPE,
+    KeywordDetector,
+)
 from detect_secrets.plugins.mailchimp import MailchimpDetector
 from detect_secrets.plugins.npm import NpmDetector
 from detect_secrets.plugins.openai import OpenAIDetector
@@ -32,6 +51,7 @@ from detect_secrets.plugins.square_oauth import SquareOAuthDetector
 from detect_secrets.plugins.stripe import StripeDetector
 from detect_secrets.plugins.telegram_token import TelegramBotTokenDetector
 from detect_secrets.plugins.twilio import TwilioKeyDetector
+from detect_secrets.util.filetype import FileType, determine_file_type
 
 from gates.base import Gate, GateContext, GateResult, gate_failed, gate_passed
 
@@ -89,7 +109,6 @@ _DETECTORS = (
     AWSKeyDetector,
     ArtifactoryDetector,
     AzureStorageKeyDetector,
-    BasicAuthDetector,
     DiscordBotTokenDetector,
     GitHubTokenDetector,
     GitLabTokenDetector,
@@ -109,9 +128,8 @@ _DETECTORS = (
 
 
 def secret_mask(value: str) -> str:
-    """Enough of a value to recognise which key it was, never enough to use it."""
-    shown = min(4, len(value) // 4)
-    return f"{value[:shown]}…({len(value)} chars)"
+    """How a finding shows its value: its length only, never a character of it."""
+    return f"[{len(value)} characters, hidden]"
 
 
 def secrets_find(added_lines: dict[str, list[tuple[int, str]]]) -> list[dict]:
@@ -121,21 +139,32 @@ def secrets_find(added_lines: dict[str, list[tuple[int, str]]]) -> list[dict]:
     for path, lines in added_lines.items():
         for number, text in lines:
             seen: set[str] = set()
-            for detector in detectors:
-                for value in _matches(detector, text):
-                    if any(value in other or other in value for other in seen):
-                        continue
-                    seen.add(value)
-                    findings.append(
-                        {
-                            "file": path,
-                            "line": number,
-                            "kind": detector.secret_type,
-                            "masked": secret_mask(value),
-                            "secret": value,
-                        }
-                    )
+            for kind, value in _line_secrets(detectors, path, text):
+                if any(value in other or other in value for other in seen):
+                    continue
+                seen.add(value)
+                findings.append(
+                    {
+                        "file": path,
+                        "line": number,
+                        "kind": kind,
+                        "masked": secret_mask(value),
+                        "secret": value,
+                    }
+                )
     return findings
+
+
+def _line_secrets(detectors: list, path: str, text: str) -> list[tuple[str, str]]:
+    """(kind, value) of every secret in one added line: known formats first."""
+    found = [
+        (detector.secret_type, value)
+        for detector in detectors
+        for value in _matches(detector, text)
+    ]
+    found += [(_keyword_kind(text, value), value) for value in keyword_secrets(path, text)]
+    found += [("Connection String Password", value) for value in connection_passwords(text)]
+    return found
 
 
 def _matches(detector: RegexBasedDetector, text: str) -> list[str]:
@@ -152,6 +181,103 @@ def _matches(detector: RegexBasedDetector, text: str) -> list[str]:
             group = match.group(match.lastindex) if match.lastindex else ""
             values.append(group if len(group) >= 8 else match.group(0))
     return values
+
+
+# --- credentials without a format: keywords and connection strings -------------
+
+_KEYWORDS = KeywordDetector()
+# Every keyword of the plugin's denylist contains one of these.
+_KEYWORD_HINT = re.compile(r"pass|pwd|secret|key|contrase", re.IGNORECASE)
+# In configuration files a value needs no quotes (``password: hunter2``); in
+# code it does, which keeps ``password = form.cleaned_data[...]`` quiet.
+_CONFIG_NAMES = re.compile(r"(^|/)\.env(\.[\w.-]+)?$")
+_TEST_PARTS = {"test", "tests", "testing", "spec", "specs", "__tests__", "fixtures", "testdata"}
+_TEST_FILE = re.compile(r"^(test_.*|.*_test\.\w+|.*\.(test|spec)\.\w+|conftest\.py)$")
+_CONNECTION = re.compile(
+    r"[A-Za-z][A-Za-z0-9+.-]{1,30}://(?P<user>[^\s:/?#@'\"`<>{}]*):(?P<password>[^\s/?#@'\"`]+)@"
+)
+# Whole values that are well-known defaults or words, not anyone's secret.
+_DEFAULTS = {
+    "postgres", "postgresql", "mysql", "mariadb", "root", "admin", "administrator", "guest",
+    "default", "none", "null", "undefined", "true", "false", "required", "optional", "string",
+}  # fmt: skip
+# Parts of values that mark an example, a label or a fixture.
+_MARKERS = (
+    "password", "passwd", "passphrase", "secret", "apikey", "token", "credential", "example",
+    "sample", "dummy", "fake", "mock", "placeholder", "changeme", "changeit", "redacted",
+    "insecure", "xxxx", "your", "fixture", "test", "todo",
+)  # fmt: skip
+_TEMPLATE_MARKS = ("${", "{{", "{%", "%(", "<%", "#{", "$(")
+_ENV_NAME = re.compile(r"^[A-Z][A-Z0-9]*(_[A-Z0-9]+)+$")
+_PATH = re.compile(r"^([~.]{0,2}/|[\w.-]+(/[\w.-]+)+/?$)")
+MIN_KEYWORD_VALUE = 8
+MIN_URL_PASSWORD = 6
+
+
+def keyword_secrets(path: str, text: str) -> list[str]:
+    """Values assigned to secret-sounding names (detect-secrets' keyword plugin), placeholders out.
+
+    Test files are skipped: a password there is a fixture by convention, and
+    a credential with a known format is still found by the other detectors.
+    """
+    if not _KEYWORD_HINT.search(text) or _is_test_path(path):
+        return []  # most lines name no secret: skip the plugin's eight patterns
+    if is_lock_file(path) or is_non_text_file(path):
+        return []
+    table = REGEX_BY_FILETYPE.get(_file_type(path), QUOTES_REQUIRED_DENYLIST_REGEX_TO_GROUP)
+    values = []
+    for raw in _KEYWORDS.analyze_string(text, denylist_regex_to_group=table):
+        value = re.split(r"\s+#", raw)[0].strip()  # an unquoted value's trailing comment
+        if value and not _is_placeholder(value, text, minimum=MIN_KEYWORD_VALUE):
+            values.append(value)
+    return values
+
+
+def connection_passwords(text: str) -> list[str]:
+    """Passwords in ``scheme://user:password@host`` (a user equal to the password is a default)."""
+    return [
+        match["password"]
+        for match in _CONNECTION.finditer(text)
+        if match["password"] != match["user"]
+        and not _is_placeholder(match["password"], text, minimum=MIN_URL_PASSWORD)
+    ]
+
+
+def _is_placeholder(value: str, line: str, *, minimum: int) -> bool:
+    """Whether a value is anything but a credential: a template, a label, a default, a path."""
+    lowered = value.lower()
+    squeezed = re.sub(r"[-_.\s]", "", lowered)
+    return (
+        len(value) < minimum
+        or any(char.isspace() for char in value)
+        or any(mark in value for mark in _TEMPLATE_MARKS)
+        or is_templated_secret(value)
+        or is_prefixed_with_dollar_sign(value)
+        or (value.startswith("%") and value.endswith("%"))
+        or is_not_alphanumeric_string(value)
+        or is_sequential_string(value)
+        or is_potential_uuid(value)
+        or is_likely_id_string(value, line)
+        or lowered in _DEFAULTS
+        or any(marker in squeezed for marker in _MARKERS)
+        or bool(_ENV_NAME.match(value) or _PATH.match(value))
+        or "://" in value
+        or ("(" in value and value.endswith(")"))
+    )
+
+
+def _file_type(path: str) -> FileType:
+    return FileType.CONFIG if _CONFIG_NAMES.search(path) else determine_file_type(path)
+
+
+def _is_test_path(path: str) -> bool:
+    *folders, name = path.lower().split("/")
+    return bool(_TEST_PARTS.intersection(folders)) or bool(_TEST_FILE.match(name))
+
+
+def _keyword_kind(line: str, value: str) -> str:
+    before = line[: line.find(value)].lower()
+    return "Hard-coded Password" if re.search(r"pass|pwd|contrase", before) else "Hard-coded Secret"
 
 
 class SecretScanGate(Gate):

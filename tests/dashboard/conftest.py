@@ -6,11 +6,7 @@ browser sees crossed process boundaries exactly as in production.
 """
 
 import os
-import signal
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +14,7 @@ import pytest
 from django.conf import settings
 
 from tests.conftest import ROOT, subprocess_env
+from tests.launcher import Processes, free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -33,59 +30,24 @@ SCREENSHOTS = ROOT / "build" / "screenshots"
 PASSWORDS = {"operator": "operator-password", "admin": "admin-password"}
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 class WebProcess:
     """``daphne`` on 127.0.0.1:<port>, restartable on the same port."""
 
     def __init__(self, port: int) -> None:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
-        self.process: subprocess.Popen | None = None
-        self.log_path = Path(settings.DATA_DIR) / f"daphne-{port}.log"
-
-    def start(self) -> None:
         # The test settings, so passwords hashed by the tests (MD5) verify here too.
         env = {**subprocess_env(), "DJANGO_SETTINGS_MODULE": "orchestrator_site.settings_test"}
         # The browser tests allow async-unsafe calls in *this* process only.
         env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
-        log = open(self.log_path, "ab")  # noqa: SIM115 - the child process owns it
-        daphne = Path(sys.executable).with_name("daphne")
-        self.process = subprocess.Popen(
-            [
-                str(daphne),
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                "orchestrator_site.asgi:application",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"daphne exited: {self.log_path.read_text()[-2000:]}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("daphne did not start listening within 20 s")
+        self.group = Processes(env=env, log_dir=Path(settings.DATA_DIR), prefix=f"{port}-")
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.process = self.group.start_web(self.port)
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
+        self.group.kill()
 
     def restart(self) -> None:
         self.stop()
@@ -109,12 +71,15 @@ def own_web(django_db_setup) -> Iterator[WebProcess]:
     server.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium(worker_cluster):
-    """One headless Chromium for the session; skipped loudly where it is not installed.
+    """One headless Chromium per browser test module; skipped loudly where it is not installed.
 
     It depends on the worker cluster so that the cluster starts (and inherits
     its environment) before this fixture relaxes Django's async-safety check.
+    Playwright's sync API keeps an event loop running in the main thread while
+    it lives, so it must not outlive the module: a later test that drives an
+    ASGI app with ``async_to_sync`` would find that loop and fail.
     """
     if not CHROMIUM.exists():
         print(f"\n!!! BROWSER TESTS SKIPPED: {CHROMIUM} is missing (apt-get install chromium) !!!")

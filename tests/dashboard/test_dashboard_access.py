@@ -1,29 +1,41 @@
 """Who may see and do what on the dashboard, over HTTP and over WebSockets."""
 
 import json
+import re
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from asgiref.sync import async_to_sync, sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.db import transaction
 from django.test import Client
+from django.urls import resolve
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from agents.models import AgentState
-from agents.selectors import agent_get
-from agents.services import SpawnRequest, agent_event_append, agent_spawn
+from agents.selectors import agent_event_last_id, agent_get
+from agents.services import agent_event_append
 from audit.models import AuditEvent
+from dashboard.consumers import CLOSE_NOT_FOUND, CLOSE_UNAUTHENTICATED
 from killswitch.selectors import hub_halt_get
+from orchestrator_site.asgi import application
+from tests.owners import (
+    USERS,
+    World,
+    agent_stored,
+    example_path,
+    stream_connections_close,
+    url_patterns,
+    world_build,
+)
 
 
 def _agent(remote_repo, requested_by="user:operator"):
-    request = SpawnRequest(
-        task_id="task-1",
-        agent_type="worker",
-        runtime="script",
-        repository=str(remote_repo),
-        base_branch="main",
-        script="true",
-    )
-    return agent_spawn(request=request, requested_by=requested_by)
+    """A queued agent that no worker runs: a worker cluster another test left
+    running in this session must not move it while these tests look at it."""
+    return agent_stored(requested_by)
 
 
 def _client(user) -> Client:
@@ -184,3 +196,245 @@ def test_a_stream_resumed_after_an_event_id_sends_exactly_the_later_events(
 
     assert received == ids[3:]
     assert [event["data"] for event in live["events"]] == [{"message": "live"}]
+
+
+# --- Ownership: pages and streams × {anonymous, owner, other user, staff} ------------------
+
+LOGIN = "login"  # a 302 to the login page
+
+
+def _page_status(response) -> int | str:
+    if response.status_code == 302 and response["Location"].startswith("/accounts/login/"):
+        return LOGIN
+    return response.status_code
+
+
+def owned(ok: int) -> dict[str, int | str]:
+    """The owner's agent or project: another user is told it is not there."""
+    return {"anonymous": LOGIN, "owner": ok, "other": 404, "staff": ok}
+
+
+def any_user(ok: int) -> dict[str, int | str]:
+    return {"anonymous": LOGIN, "owner": ok, "other": ok, "staff": ok}
+
+
+def staff_only(ok: int) -> dict[str, int | str]:
+    return {"anonymous": LOGIN, "owner": 403, "other": 403, "staff": ok}
+
+
+REASON = {"reason": "matrix"}
+
+# (method, path, form data, expected per principal); POSTs ask for JSON answers.
+PAGES = [
+    ("GET", "/dashboard/", None, any_user(200)),
+    ("GET", "/dashboard/agents/new/", None, any_user(200)),
+    ("GET", "/dashboard/agents/{agent}/", None, owned(200)),
+    ("GET", "/dashboard/agents/{agent}/diff/", None, owned(200)),
+    ("GET", "/dashboard/agents/{peer_agent}/diff/", None, {**owned(200), "owner": 404}),
+    ("GET", "/dashboard/activity/", None, any_user(200)),
+    ("GET", "/dashboard/agents/{project_agent}/", None, owned(200)),
+    ("GET", "/dashboard/agents/{peer_agent}/", None, {**owned(200), "owner": 404}),
+    ("POST", "/dashboard/agents/{agent}/kill", REASON, owned(200)),
+    ("POST", "/dashboard/agents/{peer_agent}/kill", REASON, {**owned(200), "owner": 404}),
+    ("POST", "/dashboard/kill-all", {"reason": ""}, staff_only(400)),
+    ("POST", "/dashboard/halt", REASON, staff_only(200)),
+    ("POST", "/dashboard/release", {}, staff_only(200)),
+    ("GET", "/dashboard/peers/", None, any_user(200)),
+    ("POST", "/dashboard/peers/{peer_id}/suspend", {}, staff_only(302)),
+    ("GET", "/dashboard/projects/", None, any_user(200)),
+    ("GET", "/dashboard/projects/new/", None, any_user(200)),
+    ("POST", "/dashboard/projects/new/yaml", {"text": "- key: a"}, any_user(200)),
+    ("GET", "/dashboard/projects/{project}/", None, owned(200)),
+    ("POST", "/dashboard/projects/{project}/pause", {}, owned(200)),
+    ("POST", "/dashboard/projects/{project}/cancel", REASON, owned(200)),
+    ("POST", "/dashboard/projects/{paused_project}/resume", {}, owned(200)),
+]
+BROWSERS = ("anonymous", *USERS)
+
+
+def test_the_pages_matrix_has_a_row_for_every_dashboard_page():
+    rows = {resolve(example_path(path)).route for _, path, _, _ in PAGES}
+    assert rows == url_patterns(("dashboard/",))
+
+
+@pytest.fixture
+def world(db) -> World:
+    return world_build()
+
+
+@pytest.fixture
+def streamed_world(transactional_db) -> Iterator[World]:
+    """The world, committed: the streams read it from threads of their own."""
+    yield world_build()
+    stream_connections_close()
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "data", "expected"),
+    PAGES,
+    ids=[f"{method} {path}" for method, path, _, _ in PAGES],
+)
+def test_each_principal_gets_exactly_this_page_status(world, method, path, data, expected):
+    got = {}
+    for principal in BROWSERS:
+        with transaction.atomic():
+            client = world.session(principal)
+            if method == "GET":
+                response = client.get(world.path(path))
+            else:
+                response = client.post(world.path(path), data, HTTP_ACCEPT="application/json")
+            got[principal] = _page_status(response)
+            transaction.set_rollback(True)
+    assert got == expected
+
+
+def test_the_agents_page_lists_only_the_users_own_agents_and_staff_see_all(world):
+    def listed(principal: str) -> set[str]:
+        page = world.session(principal).get("/dashboard/").content.decode()
+        return set(re.findall(r'data-agent-id="([0-9a-f-]{36})"', page))
+
+    mine = {str(world.agent.id), str(world.paused.id), str(world.project_agent.id)}
+    assert listed("owner") == mine
+    assert listed("other") == set()
+    assert listed("staff") == mine | {str(world.peer_agent.id)}
+
+
+def test_the_projects_page_lists_only_the_users_own_projects_and_staff_see_all(world):
+    def listed(principal: str) -> set[str]:
+        page = world.session(principal).get("/dashboard/projects/").content.decode()
+        return set(re.findall(r'data-project-id="(\d+)"', page))
+
+    mine = {str(world.project.id), str(world.paused_project.id)}
+    assert listed("owner") == mine and listed("staff") == mine
+    assert listed("other") == set()
+
+
+def test_another_user_cannot_kill_the_owners_agent_from_the_dashboard(world):
+    client = world.session("other")
+
+    refused = client.post(world.path("/dashboard/agents/{agent}/kill"), REASON)
+
+    assert refused.status_code == 404
+    assert agent_get(agent_id=world.agent.id).state == AgentState.QUEUED
+    assert not AuditEvent.objects.filter(action="agent.kill").exists()
+
+
+# --- The same for WebSockets, in this process (channels' WebsocketCommunicator) ------------
+
+OPEN = "open"
+STREAMS = [
+    ("/ws/dashboard/agents/", any_user(OPEN)),
+    ("/ws/dashboard/agents/{agent}/", owned(OPEN)),
+    ("/ws/dashboard/agents/{project_agent}/", owned(OPEN)),
+    ("/ws/dashboard/agents/{peer_agent}/", {**owned(OPEN), "owner": 404}),
+    ("/ws/dashboard/projects/", any_user(OPEN)),
+    ("/ws/dashboard/projects/{project}/", owned(OPEN)),
+    ("/ws/dashboard/hub/", any_user(OPEN)),
+]
+# How a stream that does not open says why, in the terms of the pages' matrix.
+_REFUSALS = {CLOSE_UNAUTHENTICATED: LOGIN, CLOSE_NOT_FOUND: 404}
+
+
+def _ws_headers(world: World, principal: str) -> list[tuple[bytes, bytes]]:
+    headers = [(b"origin", b"http://localhost"), (b"host", b"localhost")]
+    if principal != "anonymous":
+        session = world.session(principal).cookies["sessionid"].value
+        headers.append((b"cookie", f"sessionid={session}".encode()))
+    return headers
+
+
+async def _open(world: World, principal: str, path: str) -> tuple[WebsocketCommunicator, Any]:
+    """A stream to ``path`` as ``principal``, and OPEN or what its refusal means."""
+    headers = await sync_to_async(_ws_headers)(world, principal)
+    socket = WebsocketCommunicator(application, world.path(path), headers=headers)
+    connected, code = await socket.connect(timeout=10)
+    return socket, OPEN if connected else _REFUSALS.get(code, code)
+
+
+async def _events_until(socket: WebsocketCommunicator, last_id: int) -> list[dict]:
+    """Every event the stream sends until its frames reach ``last_id``."""
+    events: list[dict] = []
+    while True:
+        frame = await socket.receive_json_from(timeout=10)
+        events += frame["events"]
+        if frame["last_id"] >= last_id:
+            return events
+
+
+def websocket_routes() -> list[Any]:
+    """The routes of the ASGI application's WebSocket router, under its middleware."""
+    layer = application.application_mapping["websocket"]
+    while not hasattr(layer, "routes"):
+        layer = getattr(layer, "application", None) or layer.inner
+    return list(layer.routes)
+
+
+def test_the_streams_matrix_has_a_row_for_every_websocket_route():
+    def route(path: str) -> str:
+        (match,) = [
+            str(entry.pattern)
+            for entry in websocket_routes()
+            if entry.pattern.match(example_path(path).lstrip("/"))
+        ]
+        return match
+
+    assert {route(path) for path, _ in STREAMS} == {
+        str(entry.pattern) for entry in websocket_routes()
+    }
+
+
+@pytest.mark.parametrize(("path", "expected"), STREAMS, ids=[path for path, _ in STREAMS])
+def test_each_principal_may_open_exactly_these_streams(streamed_world, path, expected):
+    world = streamed_world
+
+    async def outcomes() -> dict[str, Any]:
+        got = {}
+        for principal in BROWSERS:
+            socket, got[principal] = await _open(world, principal, path)
+            if got[principal] == OPEN:
+                await socket.disconnect()
+        return got
+
+    assert async_to_sync(outcomes)() == expected
+
+
+def test_the_agents_stream_sends_a_user_only_their_own_agents_events(streamed_world):
+    world = streamed_world
+    theirs = agent_stored("user:other")
+    owners = {str(agent.id) for agent in (world.agent, world.paused, world.project_agent)}
+
+    def change_both() -> int:
+        agent_event_append(agent_id=world.agent.id, kind="state", data={"to": "gating"})
+        return agent_event_append(agent_id=theirs.id, kind="state", data={"to": "gating"}).id
+
+    async def watch(principal: str) -> tuple[list[dict], list[dict]]:
+        socket, outcome = await _open(world, principal, "/ws/dashboard/agents/?after=0")
+        assert outcome == OPEN
+        replayed = await _events_until(socket, await sync_to_async(agent_event_last_id)())
+        live = await _events_until(socket, await sync_to_async(change_both)())
+        await socket.disconnect()
+        return replayed, live
+
+    replayed, live = async_to_sync(watch)("other")
+
+    assert {event["agent_id"] for event in replayed + live} == {str(theirs.id)}
+    assert {"to": "gating"} in [event["data"] for event in live]
+    replayed, live = async_to_sync(watch)("staff")
+    assert owners | {str(world.peer_agent.id)} <= {event["agent_id"] for event in replayed}
+    assert {str(world.agent.id), str(theirs.id)} <= {event["agent_id"] for event in live}
+
+
+def test_the_projects_stream_shows_a_user_only_their_own_projects(streamed_world):
+    world = streamed_world
+
+    async def snapshot(principal: str) -> set[str]:
+        socket, outcome = await _open(world, principal, "/ws/dashboard/projects/")
+        assert outcome == OPEN
+        frame = await socket.receive_json_from(timeout=10)
+        await socket.disconnect()
+        return set(frame["sections"]["projects"])
+
+    mine = {str(world.project.id), str(world.paused_project.id)}
+    assert async_to_sync(snapshot)("owner") == mine
+    assert async_to_sync(snapshot)("staff") == mine
+    assert async_to_sync(snapshot)("other") == set()

@@ -8,6 +8,7 @@ from killswitch.services import hub_halt, hub_release
 from taskqueue.models import Project
 from tests.conftest import wait_for_state
 from tests.dashboard.conftest import login, screenshot
+from tests.launcher import wait_until
 
 
 def _create(api, repository, tasks: list[tuple[str, str, list[str]]], **fields) -> dict:
@@ -40,10 +41,7 @@ def _wait_for_project(project_id: int, state: str, timeout: float = 30.0) -> Pro
 
 def _wait_until(page, expression: str, timeout: float = 20.0) -> None:
     """Poll a JS expression (``wait_for_function`` needs the unsafe-eval our CSP forbids)."""
-    deadline = time.monotonic() + timeout
-    while not page.evaluate(expression):
-        assert time.monotonic() < deadline, f"still false after {timeout} s: {expression}"
-        page.wait_for_timeout(20)
+    wait_until(lambda: page.evaluate(expression), timeout, what=expression, every=0.02)
 
 
 def _edges(page) -> set[tuple[str, str]]:

@@ -3,8 +3,8 @@
 Every cluster has a database of its own (created from a template database
 that is migrated once per test run), its own django-q2 queue name, and a
 node name and ``DATA_DIR`` per worker, as separate machines would. A worker
-node is what ``runhub --role worker`` starts: ``reconcile``, then ``qcluster``
-and ``kill_listener``.
+node is ``runhub --role worker``: it reconciles, then runs the node supervisor,
+the django-q2 cluster and the kill listener, all in its process group.
 """
 
 import contextlib
@@ -12,21 +12,24 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import requests
+from django.conf import settings
 
-ROOT = Path(__file__).resolve().parents[2]
+from agents.sandboxes.base import AGENT_LABEL
+from agents.sandboxes.cgroups import GROUP_PARENT
+from agents.sandboxes.local import cgroup_name
+from tests.launcher import ROOT, Processes, free_port, wait_until
+
+__all__ = ["Cluster", "Node", "postgres_available", "template_drop", "wait_until"]
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 _TEMPLATE = f"flotilla_rel_template_{os.getpid()}"
 _template_ready = False
@@ -52,12 +55,6 @@ def postgres_available() -> bool:
 def admin_execute(sql: str) -> None:
     with psycopg.connect(dbname="postgres", autocommit=True, **PG) as connection:
         connection.execute(sql)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def database_url(name: str) -> str:
@@ -94,20 +91,28 @@ def template_drop() -> None:
 
 @dataclass
 class Node:
-    """One process role of the cluster: a web process or a worker node (several processes)."""
+    """One process role of the cluster: a web process or a worker node (a process group)."""
 
     name: str
     role: str
     env: dict[str, str]
+    log_dir: Path
     port: int = 0
-    processes: list[subprocess.Popen] = field(default_factory=list)
+    group: Processes = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.group = Processes(env=self.env, log_dir=self.log_dir, prefix=f"{self.name}-")
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def processes(self) -> list[subprocess.Popen]:
+        return list(self.group.latest.values())
+
     def alive(self) -> bool:
-        return bool(self.processes) and all(p.poll() is None for p in self.processes)
+        return self.group.alive()
 
 
 class Cluster:
@@ -116,14 +121,13 @@ class Cluster:
         *,
         workers: int = 2,
         webs: int = 2,
-        worker_processes: int = 20,
+        capacity: int = 20,
         redis_url: str = "",
         extra_env: dict[str, str] | None = None,
     ) -> None:
         self.id = uuid.uuid4().hex[:8]
         self.database = f"flotilla_rel_{self.id}"
         self.root = Path(tempfile.mkdtemp(prefix=f"flotilla-rel-{self.id}-"))
-        self.root.chmod(0o755)  # the sandbox user must reach the worktrees below it
         private = ("FLOTILLA_", "DJANGO_", "REDIS_URL", "DATABASE_URL")
         base = {key: value for key, value in os.environ.items() if not key.startswith(private)}
         self.base_env = {
@@ -132,10 +136,13 @@ class Cluster:
             "DATABASE_URL": database_url(self.database),
             "Q_CLUSTER_NAME": f"rel-{self.id}",
             "MAX_CONCURRENT_AGENTS": "500",
-            "FLOTILLA_WORKERS": str(worker_processes),
+            "FLOTILLA_NODE_CAPACITY": str(capacity),
+            "FLOTILLA_WORKERS": "2",
             "FLOTILLA_DEFAULT_TIMEOUT_S": "120",
-            "FLOTILLA_RECONCILE_QUEUED_GRACE_S": "2",
+            "FLOTILLA_RETRY_BACKOFF_S": "0.5",
             "LOG_LEVEL": "WARNING",
+            # The tests' repositories live in temporary directories.
+            "FLOTILLA_LOCAL_REPOSITORY_ROOTS": tempfile.gettempdir(),
             # Every node of one hub shares these two secrets (docs/scaling.md).
             "SECRET_KEY": f"reliability-{self.id}-" + "k" * 40 + uuid.uuid4().hex,
             "FLOTILLA_FEDERATION_KEY": f"reliability-federation-{self.id}-" + uuid.uuid4().hex,
@@ -153,7 +160,7 @@ class Cluster:
         data_dir = self.root / name
         data_dir.mkdir(mode=0o755)
         env = {**self.base_env, "FLOTILLA_NODE_NAME": name, "DATA_DIR": str(data_dir)}
-        return Node(name=name, role=role, env=env)
+        return Node(name=name, role=role, env=env, log_dir=self.root)
 
     # --- lifecycle ------------------------------------------------------------
 
@@ -178,86 +185,26 @@ class Cluster:
             shutil.rmtree(self.root, ignore_errors=True)
 
     def manage(self, node: Node, *args: str, check: bool = True) -> str:
-        done = subprocess.run(
-            [sys.executable, "manage.py", *args],
-            cwd=ROOT,
-            env=node.env,
-            capture_output=True,
-            text=True,
-        )
-        if check and done.returncode != 0:
-            raise RuntimeError(f"manage.py {args[0]} on {node.name} failed: {done.stderr[-3000:]}")
-        return done.stdout
-
-    def _spawn(self, node: Node, name: str, argv: list[str]) -> subprocess.Popen:
-        log = open(self.root / f"{node.name}-{name}.log", "ab")  # noqa: SIM115 - the child keeps it
-        process = subprocess.Popen(
-            argv,
-            cwd=ROOT,
-            env=node.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
-        node.processes.append(process)
-        return process
+        return node.group.manage(*args, check=check)
 
     def start_worker(self, node: Node) -> None:
-        """What ``runhub --role worker`` does: reconcile this node, then the worker processes."""
-        node.processes = []
-        self.manage(node, "reconcile", "--no-schedule")
-        self._spawn(node, "qcluster", [sys.executable, "manage.py", "qcluster"])
-        self._spawn(node, "kill_listener", [sys.executable, "manage.py", "kill_listener"])
+        """``runhub --role worker`` in a session of its own: the node is that process group."""
+        node.group.start_worker(wait=False)
 
-    def wait_listening(self, node: Node, timeout: float = 30) -> None:
-        log = self.root / f"{node.name}-kill_listener.log"
-        wait_until(
-            lambda: log.exists() and "listening" in log.read_text(),
-            timeout,
-            f"the kill listener of {node.name}",
-        )
+    def wait_listening(self, node: Node, timeout: float = 60) -> None:
+        """Until the node's supervisor and kill listener both say they are ready."""
+        node.group.wait_worker(timeout=timeout)
 
     def start_web(self, node: Node) -> None:
-        node.processes = []
         node.port = free_port()
-        argv = [
-            sys.executable,
-            "-m",
-            "daphne",
-            "-b",
-            "127.0.0.1",
-            "-p",
-            str(node.port),
-            "orchestrator_site.asgi:application",
-        ]
-        process = self._spawn(node, "daphne", argv)
-
-        def up() -> bool:
-            if process.poll() is not None:
-                raise RuntimeError(f"daphne {node.name} exited: {self.log(node, 'daphne')}")
-            try:
-                return requests.get(f"{node.url}/api/v1/health", timeout=1).status_code == 200
-            except requests.RequestException:
-                return False
-
-        wait_until(up, 30, f"web process {node.name}")
+        node.group.start_web(node.port)
 
     def kill(self, node: Node, sig: int = signal.SIGKILL) -> None:
         """Signal every process group of the node (its children die with it) and reap them."""
-        for process in node.processes:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, sig)
-        for process in node.processes:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        node.group.signal(sig)
 
     def log(self, node: Node, name: str) -> str:
-        path = self.root / f"{node.name}-{name}.log"
-        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+        return node.group.log(name)
 
     # --- API and database -------------------------------------------------------
 
@@ -307,12 +254,50 @@ class Cluster:
         }
 
 
-def wait_until(check: Callable[[], Any], timeout: float, what: str, every: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(every)
+# --- what runs on this machine ----------------------------------------------------
+
+
+def sandbox_processes(agent_ids) -> dict[str, list[int]]:
+    """What still runs for these agents on this machine: labelled processes and cgroup members.
+
+    The nodes are hubs of their own (each its own DATA_DIR, so its own hub
+    id): this looks at every hub's sandboxes, where a node looks at its own.
+    """
+    wanted = {str(agent_id) for agent_id in agent_ids}
+    found: dict[str, list[int]] = {}
+    for pid, agent_id in _labelled_by_any_hub().items():
+        if agent_id in wanted:
+            found.setdefault(agent_id, []).append(pid)
+    for agent_id in wanted:
+        for procs in _cgroup_dirs(agent_id, "cgroup.procs"):
+            with contextlib.suppress(OSError):
+                pids = [int(pid) for pid in procs.read_text().split()]
+                if pids:
+                    found.setdefault(agent_id, []).extend(pids)
+    return found
+
+
+def agent_cgroups(agent_ids) -> list[str]:
+    return [str(agent_id) for agent_id in agent_ids if _cgroup_dirs(str(agent_id), "")]
+
+
+def _cgroup_dirs(agent_id: str, name: str) -> list[Path]:
+    freezer = Path(settings.FLOTILLA_CGROUP_ROOT) / "freezer" / GROUP_PARENT
+    return [path / name if name else path for path in freezer.glob(f"*/{cgroup_name(agent_id)}")]
+
+
+def _labelled_by_any_hub() -> dict[int, str]:
+    needle = f"{AGENT_LABEL}=".encode()
+    found: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        for item in environ:
+            if item.startswith(needle):
+                found[int(entry.name)] = item[len(needle) :].decode(errors="replace")
+                break
+    return found

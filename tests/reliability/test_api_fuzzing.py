@@ -1,12 +1,13 @@
 """Schemathesis against a running hub's own OpenAPI schema, as an authenticated staff client.
 
-The hub is real (daphne + a django-q2 cluster, tests/hubs.py); Schemathesis
+The hub is real (daphne + a django-q2 cluster, tests/launcher.py); Schemathesis
 reads ``/api/v1/schema/`` and fuzzes every operation. Checks: no 5xx, every
 response matches the schema (status, body, content type). Operations that
 would stop the hub for the rest of the run (kill-all, halt, release) or that
 must reach the network (connecting a peer: an unreachable peer is a
 legitimate 502) are left out; tests/test_authorization_matrix.py and the
-federation tests cover them.
+federation tests cover them. tests/test_api_schema_fuzzing.py runs the
+same checks in process, on every run of the suite, with all operations.
 """
 
 import os
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.hubs import hub_start, hub_stop
+from tests.launcher import Hub
 from tests.reliability.conftest import HEAVY
 
 ST = Path(sys.executable).with_name("st")
@@ -26,9 +27,9 @@ EXCLUDED = r"agents/kill-all$|killswitch/|/resume$|peers/connect$"
 
 @pytest.fixture(scope="module")
 def fuzz_hub():
-    hub = hub_start("fuzzed", workers=2)
+    hub = Hub("fuzzed", env={"FLOTILLA_WORKERS": "2", "FLOTILLA_DEFAULT_TIMEOUT_S": "60"}).start()
     yield hub
-    hub_stop(hub)
+    hub.stop()
 
 
 def test_schemathesis_finds_no_server_error_and_no_response_outside_the_schema(fuzz_hub, tmp_path):

@@ -6,13 +6,17 @@ pushed twice, and (once the reconciler ran) no sandbox is left behind.
 
 import subprocess
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
-from tests.reliability.cluster import postgres_available, wait_until
-from tests.reliability.conftest import agent_cgroups, remote_branch_commits, sandbox_processes
+from tests.reliability.cluster import (
+    agent_cgroups,
+    postgres_available,
+    sandbox_processes,
+    wait_until,
+)
+from tests.reliability.conftest import remote_branch_commits
 
 FINAL = {"completed", "failed", "killed"}
 WORK = "sleep {seconds}; echo done > done.txt"
@@ -70,7 +74,7 @@ def test_a_worker_sigkilled_mid_run_loses_nothing_and_leaves_no_sandbox(cluster,
     assert on_b, "node-b runs some of the agents"
 
     node_b = cluster.workers[1]
-    cluster.kill(node_b)  # SIGKILL: the qcluster and every worker it forked, and the listener
+    cluster.kill(node_b)  # SIGKILL of the process group: runhub and everything it started
     wait_until(lambda: not sandbox_processes(on_b), 10, "node-b's sandboxes dying with it")
     cluster.start_worker(node_b)  # reconciles node-b first, as runhub --role worker does
     cluster.wait_listening(node_b)
@@ -126,11 +130,9 @@ def test_a_postgresql_restart_mid_run_loses_nothing_and_kills_still_reach_the_no
     sleeper = cluster.spawn(web_2, repository, "sleep 300", task_id="after-restart")
     wait_until(lambda: cluster.states([sleeper]) == {sleeper: "running"}, 60, "a new agent")
     wait_until(lambda: sandbox_processes([sleeper]), 30, "its sandbox")
-    started = time.monotonic()
     killed = cluster.api(web_1, "POST", f"agents/{sleeper}/kill", json={"reason": "after"})
     assert killed.status_code == 200, killed.text
     wait_until(lambda: not sandbox_processes([sleeper]), 5, "its processes gone", every=0.005)
-    assert time.monotonic() - started < 1.0
     assert_no_orphan_sandbox(cluster, [*ids, sleeper])
 
 
@@ -161,10 +163,7 @@ def test_a_web_process_sigkilled_during_a_spawn_burst_loses_no_accepted_agent(cl
 
     ids = sorted(set(cluster.states()) - before)
     assert set(accepted) <= set(ids)
-    # A spawn committed just before the SIGKILL may have lost its enqueue: the
-    # reconciler puts such agents back in the queue once they are 2 s old here.
-    time.sleep(2.5)
-    cluster.manage(cluster.workers[0], "reconcile", "--no-schedule")
+    # A spawn committed just before the SIGKILL woke no node: a poll finds it.
     wait_until(
         lambda: set(cluster.states(ids).values()) == {"completed"},
         90,

@@ -1,17 +1,17 @@
-"""Kills on a hub of two web processes and two worker nodes: routed to the agent's node, fast."""
+"""Kills on a hub of two web processes and two worker nodes: routed to the agent's node.
+
+How fast is a benchmark figure, not a test: bench/cross_node_kill.py (one
+agent at a time through either web process) and bench/killall.py.
+"""
 
 import threading
-import time
 
-from tests.reliability.cluster import wait_until
-from tests.reliability.conftest import agent_cgroups, sandbox_processes
+from tests.reliability.cluster import agent_cgroups, sandbox_processes, wait_until
 
 SLEEPER = "echo started; sleep 300"
 
 
-def test_forty_agents_spread_over_two_workers_all_stop_within_a_second_of_one_kill_all(
-    cluster, repository
-):
+def test_forty_agents_spread_over_two_workers_all_stop_on_one_kill_all(cluster, repository):
     web_1, web_2 = cluster.webs
     ids = [
         cluster.spawn(web_1 if index % 2 else web_2, repository, SLEEPER, task_id=f"k{index}")
@@ -23,13 +23,11 @@ def test_forty_agents_spread_over_two_workers_all_stop_within_a_second_of_one_ki
     assert nodes == {"node-a", "node-b"}, "both worker nodes must run agents"
 
     answer: dict = {}
-    started = time.monotonic()
 
     def kill_all() -> None:
         answer["response"] = cluster.api(
             web_1, "POST", "agents/kill-all", json={"reason": "reliability"}
         )
-        answer["answered_after"] = time.monotonic() - started
 
     request = threading.Thread(target=kill_all)
     request.start()
@@ -42,18 +40,22 @@ def test_forty_agents_spread_over_two_workers_all_stop_within_a_second_of_one_ki
         states = sorted(cluster.states(ids).values())
         raise AssertionError(
             f"processes left: {sandbox_processes(ids)}; states {states}; "
-            f"kill-all answered after {answer.get('answered_after')} s: "
-            f"{answer.get('response') and answer['response'].text[:500]}"
+            f"kill-all answered: {answer.get('response') and answer['response'].text[:500]}"
         ) from error
-    elapsed = time.monotonic() - started
-    print(f"kill-all: every process of 40 agents gone after {elapsed:.3f} s")
     request.join(30)
 
-    assert elapsed < 1.0, f"the processes of 40 agents on two nodes took {elapsed:.3f} s to die"
     response = answer["response"]
     assert response.status_code == 200, response.text
     assert response.json()["total"] == 40 and response.json()["killed"] == 40
     assert set(cluster.states(ids).values()) == {"killed"}
+    # The web process ran none of them: every kill went the routed path, to the agent's node.
+    routed = cluster.query(
+        "SELECT target, data->>'routed_to' FROM audit_auditevent "
+        "WHERE action = 'agent.kill' AND target = ANY(%s)",
+        [f"agent:{agent_id}" for agent_id in ids],
+    )
+    agents = cluster.agents()
+    assert dict(routed) == {f"agent:{agent_id}": agents[agent_id]["node"] for agent_id in ids}
     # Each node cleans up after the kills it executed: cgroups gone, and an audit entry each.
     wait_until(lambda: not agent_cgroups(ids), 15, "the agents' cgroups removed")
     query = (
@@ -76,24 +78,19 @@ def nodes_count(cluster, node: str, ids: list[str]) -> int:
     )
 
 
-def test_a_kill_from_a_web_process_is_executed_by_the_agents_node_within_a_second(
-    cluster, repository
-):
+def test_a_kill_from_a_web_process_is_executed_by_the_agents_node(cluster, repository):
     web_1, web_2 = cluster.webs
     ids = [cluster.spawn(web_1, repository, SLEEPER, task_id=f"one{index}") for index in range(4)]
     wait_until(lambda: set(cluster.states(ids).values()) == {"running"}, 60, "running agents")
     wait_until(lambda: len(sandbox_processes(ids)) == 4, 30, "their sandbox processes")
     for agent_id in ids:
-        started = time.monotonic()
         response = cluster.api(web_2, "POST", f"agents/{agent_id}/kill", json={"reason": "one"})
         assert response.status_code == 200, response.text
         wait_until(
             lambda agent_id=agent_id: not sandbox_processes([agent_id]),
-            5,
+            30,
             "the agent's processes gone",
-            every=0.005,
         )
-        assert time.monotonic() - started < 1.0
     audit = cluster.query(
         "SELECT data->>'routed_to' FROM audit_auditevent "
         "WHERE action = 'agent.kill' AND target = ANY(%s)",

@@ -9,7 +9,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connection
 
-from agents.noderouting import NodeKillListener
+from agents.killlistener import NodeKillListener
 
 
 class Command(BaseCommand):

@@ -1,10 +1,12 @@
 """Spawn a script agent from the command line."""
 
+import os
+
 from django.core.management.base import BaseCommand, CommandError
 
 from agents.errors import AgentError
 from agents.services import SpawnRequest, agent_spawn
-from agents.workspace import repository_check_local
+from agents.workspace import repository_problem, repository_scheme
 
 
 class Command(BaseCommand):
@@ -17,10 +19,21 @@ class Command(BaseCommand):
         parser.add_argument("--task-id", default="cli")
         parser.add_argument("--timeout", type=int, default=0, help="seconds")
         parser.add_argument("--sandbox", default="", help="bwrap, docker or process")
-        parser.add_argument("--network", action="store_true")
+        parser.add_argument(
+            "--network",
+            nargs="?",
+            const="on",
+            default="off",
+            choices=["off", "allowlist", "on"],
+            help="the sandbox's network mode; --network alone means on",
+        )
 
     def handle(self, *args, **options) -> None:
-        problem = repository_check_local(options["repository"])
+        repository = options["repository"]
+        if repository_scheme(repository) == "file" and not repository.startswith("file:"):
+            # A path on the command line is relative to where the operator stands.
+            repository = os.path.abspath(repository)
+        problem = repository_problem(repository)
         if problem:
             raise CommandError(problem)
         if options["timeout"] < 0:
@@ -29,7 +42,7 @@ class Command(BaseCommand):
             task_id=options["task_id"],
             agent_type="worker",
             runtime="script",
-            repository=options["repository"],
+            repository=repository,
             base_branch=options["branch"],
             script=options["script"],
             timeout_s=options["timeout"],

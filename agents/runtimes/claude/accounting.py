@@ -1,5 +1,6 @@
 """Tokens and dollars: what each reply cost, and what an agent has spent so far."""
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -13,12 +14,19 @@ _MILLION = Decimal(1_000_000)
 _MICRODOLLAR = Decimal("0.000001")
 
 
-def model_price(model: str) -> dict[str, float] | None:
-    """USD per million tokens for ``model``: the longest configured prefix of its name wins."""
-    prefixes = [prefix for prefix in settings.FLOTILLA_CLAUDE_PRICES if model.startswith(prefix)]
+def model_price(
+    model: str, prices: Mapping[str, dict[str, float]] | None = None
+) -> dict[str, float] | None:
+    """USD per million tokens for ``model``: the longest configured prefix of its name wins.
+
+    ``prices`` is a table like ``settings.FLOTILLA_CLAUDE_PRICES`` (the default)
+    or ``settings.FLOTILLA_OPENAI_PRICES``.
+    """
+    table = settings.FLOTILLA_CLAUDE_PRICES if prices is None else prices
+    prefixes = [prefix for prefix in table if model.startswith(prefix)]
     if not prefixes:
         return None
-    return settings.FLOTILLA_CLAUDE_PRICES[max(prefixes, key=len)]
+    return table[max(prefixes, key=len)]
 
 
 @dataclass(frozen=True)
@@ -38,10 +46,10 @@ class Usage:
             cache_write_tokens=int(usage.get("cache_creation_input_tokens") or 0),
         )
 
-    def cost_usd(self, model: str) -> Decimal:
-        price = model_price(model)
+    def cost_usd(self, model: str, prices: Mapping[str, dict[str, float]] | None = None) -> Decimal:
+        price = model_price(model, prices)
         if price is None:
-            raise ValueError(f"no price for model {model} in FLOTILLA_CLAUDE_PRICES")
+            raise ValueError(f"no price for model {model}")
         total = (
             self.input_tokens * Decimal(str(price["input"]))
             + self.output_tokens * Decimal(str(price["output"]))

@@ -6,14 +6,25 @@ which gives the model a clear refusal for ``..``, absolute paths and links
 that point out. Then the resolved path is opened one component at a time
 from the worktree's own directory descriptor with ``O_NOFOLLOW``, so a link
 that a sandboxed process swaps in between the check and the open is refused
-instead of followed.
+instead of followed. Only regular files are opened for their contents: a
+named pipe the agent made would make an open wait for ever.
+
+A search runs in a child process the worker can kill: the model chooses the
+pattern, and Python's ``re`` cannot be interrupted once it backtracks.
 """
 
+import contextlib
+import errno
+import json
 import os
 import re
+import select
+import signal
 import stat
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 # The worktree's .git file points the hub's git at its metadata: an agent may
 # neither redirect it nor wander into it.
@@ -23,6 +34,9 @@ _SEARCH_FILE_LIMIT_BYTES = 1024 * 1024
 _LIST_LIMIT = 1000
 _SEARCH_MATCH_LIMIT = 200
 _SEARCH_LINE_CHARS = 300
+_NOT_REGULAR = "not a regular file (a pipe, socket or device)"
+# How long a search may take before the worker kills it.
+SEARCH_TIMEOUT_S = 20.0
 
 
 class FileToolError(Exception):
@@ -82,11 +96,29 @@ class Worktree:
         return fd
 
     def _open(self, parts: tuple[str, ...], flags: int, *, create_dirs: bool = False) -> int:
+        """A descriptor of the regular file ``parts``; OSError for anything else.
+
+        O_NONBLOCK makes opening a named pipe return at once (or fail) instead
+        of waiting for its other end; it changes nothing for a regular file.
+        """
         parent = self._open_dir(parts[:-1], create=create_dirs)
         try:
-            return os.open(parts[-1], flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=parent)
+            flags |= os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+            fd = os.open(parts[-1], flags, 0o644, dir_fd=parent)
+        except OSError as error:
+            # A pipe without a reader (or a socket) cannot be opened to write.
+            if error.errno == errno.ENXIO:
+                raise OSError(errno.EINVAL, _NOT_REGULAR) from None
+            raise
         finally:
             os.close(parent)
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            os.close(fd)
+            if stat.S_ISDIR(mode):
+                raise IsADirectoryError(errno.EISDIR, "is a directory")
+            raise OSError(errno.EINVAL, _NOT_REGULAR)
+        return fd
 
     def _hand_over(self, name: str, *, dir_fd: int) -> None:
         """New files belong to whoever owns the worktree (the sandbox user), as if it made them."""
@@ -131,6 +163,71 @@ class Worktree:
             handle.write(data)
         return f"wrote {len(data)} bytes to {'/'.join(parts)}"
 
+    # --- the hub's own writes (a base merged into the worktree) ---------------
+
+    def put(self, relative: str, data: bytes, *, mode: str) -> None:
+        """Make ``relative`` hold ``data`` as git mode ``mode`` (a file, an executable or a link).
+
+        The path is git's, taken as written: it is never resolved, and a
+        link or a file where it needs a directory is refused (OSError), not
+        followed. Whatever held the name before is replaced.
+        """
+        parts = self._git_parts(relative)
+        parent = self._open_dir(parts[:-1], create=True)
+        try:
+            self._unlink_at(parts[-1], parent)
+            if mode == "120000":
+                os.symlink(data, parts[-1], dir_fd=parent)
+                self._hand_over(parts[-1], dir_fd=parent)
+                return
+            permissions = 0o755 if mode == "100755" else 0o644
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            fd = os.open(parts[-1], flags, permissions, dir_fd=parent)
+            with os.fdopen(fd, "wb") as handle:
+                owner = os.stat(self.root)
+                os.fchown(handle.fileno(), owner.st_uid, owner.st_gid)
+                os.fchmod(handle.fileno(), permissions)
+                handle.write(data)
+        finally:
+            os.close(parent)
+
+    def remove(self, relative: str) -> None:
+        """Remove the file or link ``relative`` (as written, never resolved) if it is there."""
+        parts = self._git_parts(relative)
+        try:
+            parent = self._open_dir(parts[:-1])
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        try:
+            self._unlink_at(parts[-1], parent)
+        finally:
+            os.close(parent)
+
+    def _git_parts(self, relative: str) -> tuple[str, ...]:
+        parts = tuple(relative.split("/"))
+        if not parts or any(part in ("", ".", "..") or part.lower() == _METADATA for part in parts):
+            raise OSError(errno.EINVAL, f"not a path the hub writes: {relative[:200]!r}")
+        return parts
+
+    @staticmethod
+    def _unlink_at(name: str, parent: int) -> None:
+        """Remove ``name`` from the directory ``parent``: a file, a link, or a whole directory."""
+        try:
+            info = os.stat(name, dir_fd=parent, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISDIR(info.st_mode):
+            os.unlink(name, dir_fd=parent)
+            return
+        # rmtree with a descriptor never follows a link out of the directory.
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent)
+        try:
+            for entry in os.scandir(fd):
+                Worktree._unlink_at(entry.name, fd)
+        finally:
+            os.close(fd)
+        os.rmdir(name, dir_fd=parent)
+
     def edit(self, relative: str, old_text: str, new_text: str) -> str:
         if not old_text:
             raise FileToolError("old_text is empty; give the exact text to replace")
@@ -162,14 +259,12 @@ class Worktree:
         except re.error as error:
             raise FileToolError(f"pattern is not a valid regular expression: {error}") from None
         parts = self.resolve(relative, allow_root=True)
-        matches: list[str] = []
-        total = 0
-        for name, text in self._files_with_text(parts, relative):
-            for number, line in enumerate(text.splitlines(), start=1):
-                if regex.search(line):
-                    total += 1
-                    if len(matches) < _SEARCH_MATCH_LIMIT:
-                        matches.append(f"{name}:{number}: {line[:_SEARCH_LINE_CHARS]}")
+        matches, total = _killable(
+            lambda: _matching_lines(self._files_with_text(parts, relative), regex),
+            timeout_s=SEARCH_TIMEOUT_S,
+            refusal=f"the search for {pattern!r} took longer than {SEARCH_TIMEOUT_S:g} s and "
+            "was stopped; use a simpler pattern or a narrower path",
+        )
         if not matches:
             return f"no match for {pattern!r} under {relative or '.'}"
         if total > len(matches):
@@ -223,3 +318,66 @@ class Worktree:
             if b"\x00" in data[:8192]:
                 continue
             yield name, data.decode("utf-8", errors="replace")
+
+
+def _matching_lines(files: Iterator[tuple[str, str]], regex: re.Pattern) -> tuple[list[str], int]:
+    """The first matching lines as ``name:number: line``, and how many lines matched in all."""
+    matches: list[str] = []
+    total = 0
+    for name, text in files:
+        for number, line in enumerate(text.splitlines(), start=1):
+            if regex.search(line):
+                total += 1
+                if len(matches) < _SEARCH_MATCH_LIMIT:
+                    matches.append(f"{name}:{number}: {line[:_SEARCH_LINE_CHARS]}")
+    return matches, total
+
+
+def _killable(work: Callable[[], Any], *, timeout_s: float, refusal: str) -> Any:
+    """``work()`` run in a forked child; FileToolError(``refusal``) if it takes too long.
+
+    The child only computes and writes its JSON answer to a pipe; it leaves
+    with ``os._exit``, so nothing of the worker (its database connections,
+    its threads' state) is touched twice. A child that never answers is killed.
+    """
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        try:
+            os.close(read_end)
+            try:
+                answer: dict[str, Any] = {"value": work()}
+            except FileToolError as error:
+                answer = {"error": str(error)}
+            data = json.dumps(answer).encode()
+            while data:
+                data = data[os.write(write_end, data) :]
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    try:
+        data = _read_until(read_end, time.monotonic() + timeout_s)
+    finally:
+        os.close(read_end)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+    if data is None:
+        raise FileToolError(refusal)
+    answer = json.loads(data or b'{"error": "the search failed"}')
+    if "error" in answer:
+        raise FileToolError(answer["error"])
+    return answer["value"]
+
+
+def _read_until(descriptor: int, deadline: float) -> bytes | None:
+    """Everything written to ``descriptor`` until its end; None if the deadline comes first."""
+    chunks = []
+    while True:
+        ready, _, _ = select.select([descriptor], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            return None
+        chunk = os.read(descriptor, 65536)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)

@@ -1,6 +1,6 @@
 """What the model is told: its role by agent type, the house rules, and the task."""
 
-from agents.models import Agent, AgentType
+from agents.models import Agent, AgentType, NetworkMode
 
 _ROLES = {
     AgentType.WORKER: (
@@ -30,10 +30,24 @@ _RULES = """How this works:
 code and the tail of the output.
 - You never run git. The orchestrator commits and pushes for you, and only after the quality \
 gates ({gate_profile} profile) pass.{commit_rule}
-- finish ends the run: it runs the pre-push gates and the conflict check and pushes the branch. \
-If they reject it, the report comes back as the tool result and you can fix things and call \
-finish again.
+- finish ends the run: it merges {base_branch} in if it moved on, runs the pre-push gates and \
+pushes the branch. If they reject it, the report comes back as the tool result and you can fix \
+things and call finish again. A merge conflict is left in the files it names, between conflict \
+markers: resolve them, remove the markers, then finish again.
 - Long tool results are cut, and say so."""
+
+# What run_command's sandbox may reach, by the agent's network mode.
+_NETWORK = {
+    NetworkMode.OFF: ", without network access",
+    NetworkMode.ALLOWLIST: (
+        ", with HTTP(S) access to the hub's allowlisted hosts (package registries) only, "
+        "through the proxy that HTTP_PROXY and HTTPS_PROXY name"
+    ),
+    NetworkMode.ON: (
+        ", with HTTP(S) access to public hosts through the proxy that HTTP_PROXY and "
+        "HTTPS_PROXY name"
+    ),
+}
 
 _COMMIT_RULE = (
     "\n- commit runs the pre-commit gates (secret scan, lint, tests, ...) on everything you "
@@ -51,7 +65,7 @@ def system_prompt(agent: Agent) -> str:
         _RULES.format(
             work_branch=agent.work_branch,
             base_branch=agent.base_branch,
-            network="" if agent.network else ", without network access",
+            network=_NETWORK.get(agent.network, _NETWORK[NetworkMode.OFF]),
             gate_profile=agent.gate_profile,
             commit_rule="" if agent.agent_type == AgentType.REVIEWER else _COMMIT_RULE,
         ),

@@ -6,11 +6,13 @@ rejected commit is an error result the model reads and acts on.
 """
 
 import collections
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import jsonschema
 from django.conf import settings
 
 from agents import workspace
@@ -72,9 +74,10 @@ DEFINITIONS: dict[str, dict[str, Any]] = {
     },
     "finish": {
         "description": (
-            "End the run: uncommitted changes are committed through the gates, then the "
-            "pre-push gates and the conflict check run and the branch is pushed. Returns the "
-            "report; on a rejection the run goes on."
+            "End the run: uncommitted changes are committed through the gates, the base "
+            "branch is merged in, then the pre-push gates run and the branch is pushed. Returns "
+            "the report; on a rejection the run goes on (a merge conflict is left in the files "
+            "it names, between conflict markers, for you to resolve)."
         ),
         "properties": {"summary": _STRING},
         "required": ["summary"],
@@ -213,6 +216,8 @@ class Toolbox:
             context=self.context,
             summary=summary,
             on_approved=lambda: self._advance(AgentState.PUSHING),
+            # A conflict with the base comes back as this result, left in the worktree to fix.
+            resolves_conflicts=self.agent.agent_type != AgentType.REVIEWER,
         )
         if not pushed.approved:
             self._advance(AgentState.RUNNING)
@@ -221,7 +226,7 @@ class Toolbox:
         return ToolResult(pushed.text, finished=True, data=data)
 
     def _advance(self, to: AgentState) -> None:
-        if not agent_transition(agent_id=self.agent.id, to=to):
+        if not agent_transition(agent_id=self.agent.id, to=to, lease_held=self.context.lease):
             raise RunStopped()
 
     def _commit_message(self, message: str) -> str:
@@ -233,21 +238,36 @@ def _fields(name: str) -> list[str]:
 
 
 def _input_problem(name: str, tool_input: Any) -> str:
-    """Why ``tool_input`` does not fit the tool, in words the model can act on; '' if it does."""
+    """Why ``tool_input`` does not fit the tool, in words the model can act on; '' if it does.
+
+    The tool's own JSON schema (the one the model is given) decides, with jsonschema.
+    """
     if not isinstance(tool_input, dict):
         return f"{name} takes an object with {', '.join(_fields(name))}"
-    definition = DEFINITIONS[name]
-    missing = [key for key in definition["required"] if key not in tool_input]
-    if missing:
+    error = jsonschema.exceptions.best_match(_validator(name).iter_errors(tool_input))
+    if error is None:
+        return ""
+    if error.validator == "required":
+        definition = DEFINITIONS[name]
+        missing = [key for key in definition["required"] if key not in tool_input]
         return f"{name} needs {', '.join(missing)} (fields: {', '.join(_fields(name))})"
-    for key, schema in definition["properties"].items():
-        if key not in tool_input:
-            continue
-        value = tool_input[key]
-        if schema["type"] == "string" and not isinstance(value, str):
-            return f"{name}: {key} must be a string, not {type(value).__name__}"
-        if schema["type"] == "integer" and (
-            isinstance(value, bool) or not isinstance(value, int | float) or value < 1
-        ):
-            return f"{name}: {key} must be a positive number of seconds"
-    return ""
+    key = str(error.path[0]) if error.path else ""
+    schema = DEFINITIONS[name]["properties"].get(key, {})
+    return f"{name}: {key} must be {_described(key, schema)}"
+
+
+@functools.cache
+def _validator(name: str) -> Any:
+    definition = DEFINITIONS[name]
+    schema = {
+        "type": "object",
+        "properties": definition["properties"],
+        "required": definition["required"],
+    }
+    return jsonschema.Draft202012Validator(schema)
+
+
+def _described(key: str, schema: dict[str, Any]) -> str:
+    if schema.get("type") == "integer":
+        return "a positive number of seconds" if key.endswith("_s") else "a whole number"
+    return f"a {schema.get('type', 'value')}"

@@ -147,8 +147,15 @@
     for (const box of document.querySelectorAll(".log-toolbar input[data-kind]")) {
       box.addEventListener("change", () => log.setKindShown(box.dataset.kind, box.checked));
     }
+    // The gate report, network log and usage are rendered with the page; a run
+    // that ends while the page is open offers a reload to show their final form.
+    const endedSinceLoad = !window.flotilla.FINAL_STATES.has(card.dataset.state);
+    const stale = document.getElementById("report-stale");
     const stream = new window.flotilla.LiveStream(card.dataset.stream, 0, (events, agents) => {
       if (agents[card.dataset.agentId]) window.flotilla.applySummary(card, agents[card.dataset.agentId]);
+      if (stale && endedSinceLoad && window.flotilla.FINAL_STATES.has(card.dataset.state)) {
+        stale.hidden = false;
+      }
       log.append(events);
     });
     window.flotilla.stream = stream;

@@ -114,7 +114,7 @@
     row.dataset.started = agent.started_at || "";
     row.dataset.finished = agent.finished_at || "";
     for (const name of ["state", "task_id", "runtime", "repository", "base_branch",
-      "work_branch", "origin", "node", "error"]) {
+      "work_branch", "origin", "node", "error", "cost_usd"]) {
       if (name in agent) setField(row, name, agent[name]);
     }
     setField(row, "short_id", agent.id.slice(0, 8));
@@ -187,6 +187,19 @@
     if (empty) empty.hidden = rows.length > 0;
   }
 
+  // Whether a new agent belongs in this page of the list: its first page,
+  // under the filters the server applied (data-filter-* on the table).
+  function listed(table, agent) {
+    if (!("liveInsert" in table.dataset)) return false;
+    const wanted = table.dataset;
+    for (const [field, key] of [["state", "filterState"], ["runtime", "filterRuntime"],
+      ["repository", "filterRepository"], ["origin", "filterOrigin"]]) {
+      if (wanted[key] && agent[field] !== wanted[key]) return false;
+    }
+    const task = (wanted.filterTask || "").toLowerCase();
+    return !task || String(agent.task_id).toLowerCase().includes(task);
+  }
+
   function startBoard() {
     const table = document.getElementById("agents");
     const body = document.getElementById("agent-rows");
@@ -195,6 +208,7 @@
       for (const agent of Object.values(agents)) {
         let row = body.querySelector(`tr[data-agent-id="${agent.id}"]`);
         if (!row) {
+          if (!listed(table, agent)) continue;
           row = template.content.firstElementChild.cloneNode(true);
           body.prepend(row);
         }

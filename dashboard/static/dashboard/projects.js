@@ -330,7 +330,7 @@
     stream.connect();
   }
 
-  window.flotilla = Object.assign(window.flotilla || {}, { layoutGraph });
+  window.flotilla = Object.assign(window.flotilla || {}, { layoutGraph, TaskGraph });
 
   document.addEventListener("DOMContentLoaded", () => {
     if (document.body.dataset.page === "projects") startBoard();

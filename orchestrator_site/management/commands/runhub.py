@@ -1,11 +1,20 @@
-"""Start a hub on one machine: daphne (web) and the django-q2 cluster (worker)."""
+"""Start a hub on one machine: daphne (web), and the node supervisor with its helpers (worker).
 
+Every process runhub starts stays in runhub's process group and receives
+SIGTERM when runhub dies, so killing the group (a process manager's stop, an
+operator's ``kill -9 -PGID``) or runhub alone leaves nothing of the node
+running. The supervisor's sandboxes die with it (bwrap ``--die-with-parent``).
+"""
+
+import contextlib
+import ctypes
 import io
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from django.conf import settings
 from django.core.management import call_command
@@ -13,10 +22,17 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import connection
 
 ROLES = ("all", "web", "worker")
+# A stop waits this long past the supervisor's own FLOTILLA_NODE_STOP_S for
+# the children to exit by themselves, then kills what is left.
+STOP_GRACE_S = 1.0
+_PR_SET_PDEATHSIG = 1
 
 
 class Command(BaseCommand):
-    help = "Start the hub: the web server and the worker cluster; Ctrl-C stops both."
+    help = (
+        "Start the hub: the web server, the node supervisor that runs agents, and the "
+        "django-q2 cluster for short jobs; Ctrl-C stops them all."
+    )
 
     def add_arguments(self, parser) -> None:  # noqa: ANN001
         parser.add_argument("--host", default="127.0.0.1")
@@ -50,6 +66,7 @@ class Command(BaseCommand):
                 ]
             )
         if role in ("all", "worker"):
+            children["supervisor"] = self._start([sys.executable, "manage.py", "supervise"])
             children["worker"] = self._start([sys.executable, "manage.py", "qcluster"])
             if connection.vendor == "postgresql":
                 # Kills of this node's agents issued by web processes on other
@@ -69,9 +86,9 @@ class Command(BaseCommand):
         self._supervise(children)
 
     def _start(self, argv: list[str]) -> subprocess.Popen:
-        # Each child leads its own process group, so stopping it also stops
-        # whatever it started (daphne's and django-q2's own subprocesses).
-        return subprocess.Popen(argv, cwd=settings.BASE_DIR, start_new_session=True)
+        # The child stays in this process group, so a kill of the group reaches
+        # it and everything it starts, and it gets SIGTERM should runhub die alone.
+        return subprocess.Popen(argv, cwd=settings.BASE_DIR, preexec_fn=_terminate_with_parent)
 
     def _supervise(self, children: dict[str, subprocess.Popen]) -> None:
         stopping = False
@@ -97,13 +114,44 @@ class Command(BaseCommand):
         self.stdout.write("hub stopped")
 
     def _stop(self, children: dict[str, subprocess.Popen]) -> None:
+        """SIGTERM every child, wait up to STOP_GRACE_S, then SIGKILL whatever of theirs is left."""
         for child in children.values():
             if child.poll() is None:
-                os.killpg(child.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
+                child.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + settings.FLOTILLA_NODE_STOP_S + STOP_GRACE_S
         for child in children.values():
             try:
                 child.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                os.killpg(child.pid, signal.SIGKILL)
+                for pid in [child.pid, *_descendants(child.pid)]:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
                 child.wait()
+
+
+def _terminate_with_parent() -> None:
+    """In the child before exec: SIGTERM when runhub dies, however it dies."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() == 1:
+        os.kill(os.getpid(), signal.SIGTERM)  # runhub died before the prctl took hold
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (the django-q2 cluster's workers, say)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        parent = int(stat[stat.rindex(")") + 2 :].split()[1])
+        children.setdefault(parent, []).append(int(entry.name))
+    found, pending = [], [pid]
+    while pending:
+        for child in children.get(pending.pop(), []):
+            found.append(child)
+            pending.append(child)
+    return found

@@ -1,39 +1,30 @@
-"""Docker sandbox: one hardened container per agent. The only module that imports ``docker``.
+"""Docker sandbox: one hardened container per agent.
 
-The image is built locally (``manage.py sandbox_image``) from an almost empty
-root: the host's system directories are bound read-only when a container
-starts, as the bubblewrap sandbox does, so no registry is ever needed.
+The image is built locally (``manage.py sandbox_image``, image.py) from an
+almost empty root: the host's system directories are bound read-only when a
+container starts, as the bubblewrap sandbox does, so no registry is ever needed.
 
 A container is named after its agent and labelled with the agent id and the
 hub's node name, so a kill and the reconciler find it from any process.
 """
 
 import collections
-import contextlib
-import hashlib
-import io
-import json
 import logging
-import os
-import signal
 import subprocess
-import tarfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import docker
-import docker.errors
-import docker.utils
 from django.conf import settings
-from docker.types import Mount
 
 from agents.sandboxes import warmpool
 from agents.sandboxes.base import (
+    AGENT_HOME,
     AGENT_LABEL,
+    EGRESS_SOCKET,
     ETC_FILES,
+    MODEL_SOCKET,
     SYSTEM_DIRS,
     WORKSPACE,
     ExecResult,
@@ -43,9 +34,14 @@ from agents.sandboxes.base import (
     SandboxHandle,
     SandboxSpec,
     SandboxUnavailable,
+    agent_clis_dir,
+    sandbox_command,
+    sandbox_environment,
     sandbox_search_path,
     sandbox_toolchain,
 )
+from agents.sandboxes.cgroups import cgroup_procs_file_of, cgroup_procs_kill, cgroup_session_kill
+from agents.sandboxes.docker import engine
 from agents.sandboxes.warmpool import WarmPoolError, WarmSlot
 
 logger = logging.getLogger(__name__)
@@ -53,44 +49,25 @@ logger = logging.getLogger(__name__)
 LABEL_AGENT = "flotilla.agent_id"
 LABEL_HUB = "flotilla.hub"
 LABEL_POOL = "flotilla.pool"
-LABEL_LAYOUT = "flotilla.layout"
 NAME_PREFIX = "flotilla-agent-"
 POOL_NAME_PREFIX = "flotilla-pool-"
 
-_EMPTY_DIRS = ("usr", "etc", "tmp", "proc", "dev", "sys", "workspace")
-# Docker places its init at /sbin/docker-init, so /sbin stays a real (empty)
-# directory even where the host's is a link into the read-only /usr.
 _MAX_LINE = 2000
 _FLUSH_EVERY_S = 0.2
-
-_clients: dict[int, docker.APIClient] = {}
-_clients_lock = threading.Lock()
-
-
-def _engine_error(error: Exception) -> SandboxUnavailable:
-    return SandboxUnavailable(
-        f"the Docker engine is not reachable ({type(error).__name__}: {error}); "
-        "start it (scripts/docker-up) or choose another sandbox"
-    )
-
-
-def docker_api() -> docker.APIClient:
-    """One client per process: a forked worker must not share its parent's connections."""
-    pid = os.getpid()
-    with _clients_lock:
-        client = _clients.get(pid)
-        if client is None:
-            try:
-                client = docker.from_env(timeout=settings.FLOTILLA_DOCKER_TIMEOUT_S).api
-                client.ping()
-            except Exception as error:  # the SDK raises several unrelated types here
-                raise _engine_error(error) from None
-            _clients[pid] = client
-    return client
 
 
 def container_name(agent_id: str) -> str:
     return f"{NAME_PREFIX}{agent_id}"
+
+
+def hub_label(node: str) -> str:
+    """The ``flotilla.hub`` label of this hub's containers on ``node``.
+
+    The node name alone is not enough: two hubs on one machine (one Docker
+    engine) both default to the host name, and each would sweep away the
+    other's containers. The hub's own id (kept in its DATA_DIR) tells them apart.
+    """
+    return f"{node}/{settings.FLOTILLA_HUB_UID}"
 
 
 def docker_handle(agent_id: str) -> SandboxHandle:
@@ -102,7 +79,7 @@ class DockerSandbox(Sandbox):
     name = "docker"
 
     def __init__(self) -> None:
-        self.api = docker_api()
+        self.api = engine.docker_api()
 
     def start(self, spec: SandboxSpec) -> SandboxHandle:
         uid = settings.FLOTILLA_SANDBOX_UID
@@ -119,22 +96,30 @@ class DockerSandbox(Sandbox):
             "uid": uid,
             "workspace": str(spec.workspace),
         }
+        if spec.egress_socket:
+            handle["egress_socket"] = spec.egress_socket
+        if spec.model_socket:
+            handle["model_socket"] = spec.model_socket
+        if spec.home:
+            # Each exec's environment (sandbox_environment) carries the spec's, as
+            # bwrap's does: without it an exec's HOME would be /tmp, not the home.
+            handle.update(home=spec.home, env=dict(spec.env))
         config = self._container_config(spec, name, uid)
         try:
             created = self._create(handle, config)
             self.api.start(created["Id"])
             state = self.api.inspect_container(created["Id"])["State"]
-        except docker.errors.ImageNotFound:
+        except engine.ImageNotFound:
             raise SandboxUnavailable(
                 f"the sandbox image {settings.FLOTILLA_DOCKER_IMAGE} is missing: "
                 "build it with `python manage.py sandbox_image`"
             ) from None
-        except docker.errors.APIError as error:
+        except engine.APIError as error:
             self.remove(handle)
             raise SandboxError(f"cannot start the sandbox container: {error.explanation}") from None
         except Exception as error:
-            raise _engine_error(error) from None
-        handle["cgroup_procs"] = _cgroup_procs_file(state["Pid"])
+            raise engine.engine_error(error) from None
+        handle["cgroup_procs"] = cgroup_procs_file_of(state["Pid"])
         return handle
 
     def _start_warm(self, spec: SandboxSpec, uid: int) -> SandboxHandle | None:
@@ -179,9 +164,9 @@ class DockerSandbox(Sandbox):
             try:
                 self.api.rename(container_id, name)
                 return True
-            except docker.errors.NotFound:
+            except engine.NotFound:
                 return False
-            except docker.errors.APIError as error:
+            except engine.APIError as error:
                 if error.status_code != 409:
                     raise SandboxError(f"cannot claim a warm container: {error}") from None
             # The name is taken: a retried agent found the container of its previous attempt.
@@ -195,7 +180,7 @@ class DockerSandbox(Sandbox):
     def _create(self, handle: SandboxHandle, config: dict[str, Any]) -> dict[str, Any]:
         try:
             return self.api.create_container(**config)
-        except docker.errors.APIError as error:
+        except engine.APIError as error:
             if error.status_code != 409:
                 raise
         # The name is taken: a retried agent found the container of its previous attempt.
@@ -205,16 +190,28 @@ class DockerSandbox(Sandbox):
     def _container_config(
         self, spec: SandboxSpec, name: str, uid: int, *, slot: WarmSlot | None = None
     ) -> dict[str, Any]:
-        labels = {LABEL_HUB: settings.FLOTILLA_NODE_NAME}
+        labels = {LABEL_HUB: hub_label(settings.FLOTILLA_NODE_NAME)}
         environment = {"PATH": sandbox_search_path(), "HOME": "/tmp", "LANG": "C.UTF-8"}
         if slot is not None:
             # A pool container: the worktree is mounted onto the slot directory
             # when a spawn claims it, and reaches /workspace through propagation.
-            slot_mount = Mount(WORKSPACE, str(slot.workspace), type="bind", propagation="rslave")
+            slot_mount = engine.Mount(
+                WORKSPACE, str(slot.workspace), type="bind", propagation="rslave"
+            )
             mounts = [*system_mounts(), slot_mount]
             labels[LABEL_POOL] = str(slot.path)
         else:
             mounts = [*system_mounts(), *workspace_mounts(spec.workspace)]
+            if spec.egress_socket:
+                mounts.append(
+                    engine.Mount(EGRESS_SOCKET, spec.egress_socket, type="bind", read_only=True)
+                )
+            if spec.model_socket:
+                mounts.append(
+                    engine.Mount(MODEL_SOCKET, spec.model_socket, type="bind", read_only=True)
+                )
+            if spec.home:
+                mounts.append(engine.Mount(AGENT_HOME, spec.home, type="bind"))
             labels[LABEL_AGENT] = spec.agent_id
             environment.update({AGENT_LABEL: spec.agent_id, **spec.env})
         memory = spec.memory_mb * 1024 * 1024
@@ -228,8 +225,12 @@ class DockerSandbox(Sandbox):
             mem_limit=memory,
             memswap_limit=memory,
             nano_cpus=int(spec.cpus * 1e9),
-            network_mode="bridge" if spec.network else "none",
+            # Never a network of its own, whatever the mode: egress goes through
+            # the hub's proxy over the socket mounted above, which alone decides
+            # what may be reached (DESIGN.md, "Network policy").
+            network_mode="none",
             init=True,
+            ulimits=_file_size_limit(spec.max_file_bytes),
         )
         return {
             "image": settings.FLOTILLA_DOCKER_IMAGE,
@@ -254,24 +255,23 @@ class DockerSandbox(Sandbox):
         started = time.monotonic()
         uid = handle["uid"]
         try:
-            argv = ["/bin/sh", "-c", command]
             exec_id = self.api.exec_create(
                 handle["container"],
-                argv,
+                sandbox_command(handle, command),
                 user=f"{uid}:{uid}",
                 workdir=WORKSPACE,
-                environment=handle.get("env"),
+                environment=sandbox_environment(handle),
             )["Id"]
             stream = self.api.exec_start(exec_id, stream=True)
-        except docker.errors.NotFound:
+        except engine.NotFound:
             raise SandboxError("the sandbox container is gone (was the agent killed?)") from None
-        except docker.errors.APIError as error:
+        except engine.APIError as error:
             raise SandboxError(f"cannot run in the sandbox: {error.explanation}") from None
         output = _Output(stream)
         timed_out, exit_code = self._wait(exec_id, output, started + timeout_s, on_output)
         # Whatever the command left behind (a daemon holding its output open,
         # or all of it on a timeout) must not run on into the next step.
-        _kill_session(handle, self._exec_pid(exec_id))
+        cgroup_session_kill(handle.get("cgroup_procs", ""), self._exec_pid(exec_id))
         output.reader.join(timeout=5)
         output.flush(on_output)
         if not timed_out and exit_code is None:
@@ -312,7 +312,7 @@ class DockerSandbox(Sandbox):
     def _exec_info(self, exec_id: str) -> dict[str, Any] | None:
         try:
             return self.api.exec_inspect(exec_id)
-        except docker.errors.APIError:
+        except engine.APIError:
             return None
 
     def _exec_pid(self, exec_id: str) -> int:
@@ -334,7 +334,7 @@ class DockerSandbox(Sandbox):
         # SIGKILL from the host to every process in the container's cgroup
         # takes microseconds; the engine's own kill waits on its bookkeeping.
         # The container itself goes in ``remove``, which also kills.
-        if not _kill_cgroup(handle.get("cgroup_procs", "")):
+        if not cgroup_procs_kill(handle.get("cgroup_procs", "")):
             self.remove(handle)
 
     def remove(self, handle: SandboxHandle) -> None:
@@ -347,9 +347,9 @@ class DockerSandbox(Sandbox):
     def _remove_container(self, handle: SandboxHandle) -> None:
         try:
             self.api.remove_container(handle["container"], force=True, v=True)
-        except docker.errors.NotFound:
+        except engine.NotFound:
             pass
-        except docker.errors.APIError as error:
+        except engine.APIError as error:
             if error.status_code != 409:  # 409: a removal is already in progress
                 raise SandboxError(f"cannot remove the sandbox container: {error}") from None
             _wait_gone(self.api, handle["container"])
@@ -361,13 +361,13 @@ class DockerSandbox(Sandbox):
         self, *, node: str | None = None, running_only: bool = False
     ) -> dict[str, str]:
         """Agent id → container name, for the agent containers of a hub (by default all)."""
-        hub = node or settings.FLOTILLA_NODE_NAME
+        hub = hub_label(node or settings.FLOTILLA_NODE_NAME)
         try:
             containers = self.api.containers(
                 all=not running_only, filters={"label": f"{LABEL_HUB}={hub}"}
             )
         except Exception as error:
-            raise _engine_error(error) from None
+            raise engine.engine_error(error) from None
         found: dict[str, str] = {}
         for container in containers:
             name = container["Names"][0].lstrip("/") if container.get("Names") else ""
@@ -379,13 +379,13 @@ class DockerSandbox(Sandbox):
         return found
 
 
-def workspace_mounts(workspace: Path) -> list[Mount]:
-    mounts = [Mount(WORKSPACE, str(workspace), type="bind")]
+def workspace_mounts(workspace: Path) -> list[engine.Mount]:
+    mounts = [engine.Mount(WORKSPACE, str(workspace), type="bind")]
     git_file = Path(workspace) / ".git"
     if git_file.exists():
         # The worktree's .git file points the hub's git at its metadata;
         # the agent may read it but never redirect it.
-        mounts.append(Mount(f"{WORKSPACE}/.git", str(git_file), type="bind", read_only=True))
+        mounts.append(engine.Mount(f"{WORKSPACE}/.git", str(git_file), type="bind", read_only=True))
     return mounts
 
 
@@ -409,21 +409,17 @@ def workspace_chown(workspace: Path, uid: int) -> None:
         raise SandboxError(f"cannot hand the worktree to the sandbox user: {chown.stderr}")
 
 
-def system_mounts() -> list[Mount]:
+def system_mounts() -> list[engine.Mount]:
     """The host's system directories, read-only, at the same places."""
-    mounts = [Mount("/usr", "/usr", type="bind", read_only=True)]
+    mounts = [engine.Mount("/usr", "/usr", type="bind", read_only=True)]
     for directory in SYSTEM_DIRS:
         path = Path(directory)
         if path.is_dir() and not path.is_symlink() and directory != "/sbin":
-            mounts.append(Mount(directory, directory, type="bind", read_only=True))
-    toolchain = sandbox_toolchain()
-    for extra in (
-        *ETC_FILES,
-        *settings.FLOTILLA_SANDBOX_RO_BINDS,
-        *([toolchain] if toolchain else []),
-    ):
+            mounts.append(engine.Mount(directory, directory, type="bind", read_only=True))
+    tools = [path for path in (sandbox_toolchain(), agent_clis_dir()) if path]
+    for extra in (*ETC_FILES, *settings.FLOTILLA_SANDBOX_RO_BINDS, *tools):
         if Path(extra).exists():
-            mounts.append(Mount(str(extra), str(extra), type="bind", read_only=True))
+            mounts.append(engine.Mount(str(extra), str(extra), type="bind", read_only=True))
     return mounts
 
 
@@ -446,6 +442,10 @@ class _Output:
             for chunk in self.stream:
                 buffered += chunk
                 *lines, buffered = buffered.split(b"\n")
+                # Output with no newline must not pile up in the worker.
+                if len(buffered) > _MAX_LINE:
+                    lines.append(buffered)
+                    buffered = b""
                 self._add(lines)
         except Exception as error:  # the connection drops when the container is removed
             logger.debug("sandbox output stream ended: %s", error)
@@ -465,97 +465,38 @@ class _Output:
             on_output(batch)
 
 
-def _cgroup_procs_file(pid: int) -> str:
-    """The cgroup.procs file listing every process of the container whose init is ``pid``."""
-    try:
-        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
-    except OSError:
-        return ""
-    root = Path(settings.FLOTILLA_CGROUP_ROOT)
-    for line in lines:
-        _, controllers, path = line.split(":", 2)
-        if "pids" in controllers.split(","):
-            return str(root / "pids" / path.lstrip("/") / "cgroup.procs")
-    for line in lines:
-        if line.startswith("0::"):
-            return str(root / line[3:].lstrip("/") / "cgroup.procs")
-    return ""
+def _file_size_limit(max_file_bytes: int) -> list[engine.Ulimit]:
+    if not max_file_bytes:
+        return []
+    return [engine.Ulimit(name="fsize", soft=max_file_bytes, hard=max_file_bytes)]
 
 
-def _kill_session(handle: SandboxHandle, session_pid: int, rounds: int = 50) -> None:
-    """SIGKILL every container process in the session (or group) an exec started.
-
-    Only processes listed in the container's own cgroup are considered, so a
-    recycled host pid can never be hit.
-    """
-    procs_file = handle.get("cgroup_procs")
-    if not session_pid or not procs_file:
-        return
-    for _ in range(rounds):
-        try:
-            members = [int(pid) for pid in Path(procs_file).read_text().split()]
-        except OSError:
-            return
-        targets = [pid for pid in members if session_pid in _group_and_session(pid)]
-        if not targets:
-            return
-        for pid in targets:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.005)
-
-
-def _kill_cgroup(procs_file: str, rounds: int = 50) -> bool:
-    """SIGKILL every process listed in ``procs_file``; True once none is left."""
-    if not procs_file:
-        return False
-    for _ in range(rounds):
-        try:
-            members = [int(pid) for pid in Path(procs_file).read_text().split()]
-        except OSError:
-            return True  # the cgroup is gone with its container
-        if not members:
-            return True
-        for pid in members:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.002)
-    return False
-
-
-def _group_and_session(pid: int) -> tuple[int, int]:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return (0, 0)
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return int(fields[2]), int(fields[3])
-
-
-def _wait_gone(api: docker.APIClient, name: str, wait_s: float = 5.0) -> None:
+def _wait_gone(api: engine.APIClient, name: str, wait_s: float = 5.0) -> None:
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         try:
             api.inspect_container(name)
-        except docker.errors.NotFound:
+        except engine.NotFound:
             return
         time.sleep(0.02)
 
 
-# --- the warm pool -----------------------------------------------------------
-# FLOTILLA_DOCKER_WARM_POOL started containers wait for spawns (docs/docker-and-reconciler.md).
-
-_POOL_START_THREADS = 4
+# --- claiming from the warm pool ------------------------------------------------
+# FLOTILLA_DOCKER_WARM_POOL started containers wait for spawns (docs/docker-and-reconciler.md);
+# pool.py fills and sweeps the pool.
 
 
 def pool_fits(spec: SandboxSpec) -> bool:
     """Whether a pool container (made with the default limits, no network) can serve ``spec``."""
     return (
         settings.FLOTILLA_DOCKER_WARM_POOL > 0
-        and not spec.network
+        and not spec.egress_socket
+        and not spec.model_socket
+        and not spec.home
         and spec.memory_mb == settings.FLOTILLA_SANDBOX_MEMORY_MB
         and spec.pids == settings.FLOTILLA_SANDBOX_PIDS
         and spec.cpus == settings.FLOTILLA_SANDBOX_CPUS
+        and spec.max_file_bytes == settings.FLOTILLA_MAX_WORKTREE_MB << 20
     )
 
 
@@ -564,211 +505,3 @@ def docker_pool_refill_enqueue() -> None:
     from django_q.tasks import async_task
 
     async_task("agents.tasks.docker_pool_refill", task_name="docker-pool-refill", group="pool")
-
-
-def docker_pool_refill(*, node: str, size: int | None = None) -> dict[str, list[str]]:
-    """Bring the node's ready, unclaimed pool containers to ``size`` (default: the setting).
-
-    Dead or half-made unclaimed slots are removed first. Claimed slots are
-    their agents' (and, once those are gone, the reconciler's).
-    """
-    target = settings.FLOTILLA_DOCKER_WARM_POOL if size is None else size
-    report: dict[str, list[str]] = {"started": [], "removed": []}
-    if target == 0 and not warmpool.pool_root(node).exists():
-        return report  # the pool is off and was never on: no engine call
-    api = docker_api()
-    with warmpool.pool_lock(node):
-        _pool_prune(api, node, report)
-        ready = [slot for slot in warmpool.slots(node) if slot.claimant() is None]
-        for _ in range(len(ready) - target):
-            slot = warmpool.slot_claim(
-                node=node, claimant=warmpool.MAINTENANCE_CLAIM, candidates=ready
-            )
-            if slot is None:
-                break  # spawns took the surplus
-            _pool_slot_remove(api, slot)
-            report["removed"].append(slot.name)
-        missing = target - len(ready)
-        if missing > 0:
-            warmpool.pool_root_share(node)
-            with ThreadPoolExecutor(max_workers=min(missing, _POOL_START_THREADS)) as threads:
-                report["started"] = list(
-                    threads.map(lambda _: _pool_slot_start(api, node), range(missing))
-                )
-        if target == 0:
-            warmpool.pool_root_unshare(node)
-    return report
-
-
-def docker_pool_drain(*, node: str) -> dict[str, list[str]]:
-    """Remove every unclaimed pool container and its slot (a hub that stops, a test)."""
-    return docker_pool_refill(node=node, size=0)
-
-
-def docker_pool_claims(*, node: str) -> dict[str, str]:
-    """Slot path → claimant of every claimed slot; the reconciler lists these before live agents."""
-    return {
-        str(slot.path): claimant
-        for slot in warmpool.slots(node)
-        if (claimant := slot.claimant()) is not None
-    }
-
-
-def docker_pool_sweep(*, node: str, claims: dict[str, str], live: set[str]) -> list[str]:
-    """Release the slots claimed by agents that are no longer live; returns "slot:agent" items."""
-    released: list[str] = []
-    stale = {path: claimant for path, claimant in claims.items() if claimant not in live}
-    if not stale:
-        return released
-    api = docker_api()
-    with warmpool.pool_lock(node):
-        for path, claimant in stale.items():
-            slot = WarmSlot(Path(path))
-            if slot.claimant() != claimant:
-                continue  # released meanwhile
-            _pool_slot_remove(api, slot)
-            released.append(f"{slot.name}:{claimant}")
-    return released
-
-
-def _pool_slot_start(api: docker.APIClient, node: str) -> str:
-    slot = warmpool.slot_create(node)
-    name = f"{POOL_NAME_PREFIX}{slot.name}"
-    uid = settings.FLOTILLA_SANDBOX_UID
-    spec = SandboxSpec(
-        agent_id="",
-        workspace=slot.workspace,
-        memory_mb=settings.FLOTILLA_SANDBOX_MEMORY_MB,
-        pids=settings.FLOTILLA_SANDBOX_PIDS,
-        cpus=settings.FLOTILLA_SANDBOX_CPUS,
-    )
-    config = DockerSandbox()._container_config(spec, name, uid, slot=slot)
-    try:
-        created = api.create_container(**config)
-        api.start(created["Id"])
-        pid = api.inspect_container(created["Id"])["State"]["Pid"]
-    except Exception as error:  # the SDK raises several unrelated types here
-        _pool_slot_remove(api, slot, container=name)
-        if isinstance(error, docker.errors.ImageNotFound):
-            raise SandboxUnavailable(
-                f"the sandbox image {settings.FLOTILLA_DOCKER_IMAGE} is "
-                "missing: build it with `python manage.py sandbox_image`"
-            ) from None
-        raise SandboxError(f"cannot start a warm pool container: {error}") from None
-    warmpool.slot_ready(
-        slot, container_id=created["Id"], name=name, cgroup_procs=_cgroup_procs_file(pid)
-    )
-    return slot.name
-
-
-def _pool_slot_remove(api: docker.APIClient, slot: WarmSlot, container: str = "") -> None:
-    """Remove the slot's container (by id: it may carry an agent's name by now), then the slot."""
-    target = container or (slot.container() or {}).get("id", "")
-    try:
-        if target:
-            with contextlib.suppress(docker.errors.NotFound):
-                api.remove_container(target, force=True, v=True)
-    finally:
-        warmpool.slot_release(slot)
-
-
-def _pool_prune(api: docker.APIClient, node: str, report: dict[str, list[str]]) -> None:
-    """Remove unclaimed slots whose container is not running, and pool containers with no slot."""
-    try:
-        listed = api.containers(all=True, filters={"label": [f"{LABEL_HUB}={node}", LABEL_POOL]})
-    except Exception as error:
-        raise _engine_error(error) from None
-    running = {container["Id"] for container in listed if container.get("State") == "running"}
-    by_slot = {container["Labels"].get(LABEL_POOL): container for container in listed}
-    for slot in warmpool.slots(node):
-        found = by_slot.pop(str(slot.path), None)
-        if slot.claimant() is not None:
-            continue
-        record = slot.container()
-        if record is not None:
-            if record["id"] in running:
-                continue
-            # A spawn may be claiming it right now: take it through a claim too.
-            if not warmpool.slot_claim(
-                node=node, claimant=warmpool.MAINTENANCE_CLAIM, candidates=[slot]
-            ):
-                continue
-        # Without a record, a refill died half-way through making it (refills hold the lock).
-        _pool_slot_remove(api, slot, container=found["Id"] if found else "")
-        report["removed"].append(slot.name)
-    for container in by_slot.values():
-        name = (container.get("Names") or [""])[0].lstrip("/")
-        if name.startswith(POOL_NAME_PREFIX):  # an agent's container is its agent's business
-            with contextlib.suppress(docker.errors.NotFound):
-                api.remove_container(container["Id"], force=True, v=True)
-            report["removed"].append(name)
-
-
-# --- the sandbox image ------------------------------------------------------
-
-
-def image_layout() -> list[tuple[str, str]]:
-    """What the image holds: symlinks mirroring the host's, and empty mount points."""
-    entries = [(name, "dir") for name in _EMPTY_DIRS]
-    for directory in SYSTEM_DIRS:
-        path = Path(directory)
-        if path.is_symlink() and directory != "/sbin":
-            entries.append((directory.lstrip("/"), f"symlink:{os.readlink(path)}"))
-        elif path.is_dir():
-            entries.append((directory.lstrip("/"), "dir"))
-    return entries
-
-
-def _image_tar(layout: list[tuple[str, str]]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as archive:
-        for name, kind in layout:
-            info = tarfile.TarInfo(name)
-            if kind.startswith("symlink:"):
-                info.type, info.linkname = tarfile.SYMTYPE, kind.removeprefix("symlink:")
-            else:
-                info.type, info.mode = tarfile.DIRTYPE, 0o1777 if name == "tmp" else 0o755
-            archive.addfile(info)
-    return buffer.getvalue()
-
-
-def docker_image_build(*, rebuild: bool = False) -> tuple[str, bool]:
-    """Build the sandbox image unless an identical one exists; (image, whether built)."""
-    api = docker_api()
-    image = settings.FLOTILLA_DOCKER_IMAGE
-    layout = image_layout()
-    digest = hashlib.sha256(json.dumps(layout).encode()).hexdigest()[:16]
-    try:
-        existing = api.inspect_image(image)
-    except docker.errors.ImageNotFound:
-        existing = None
-    labels = (existing or {}).get("Config", {}).get("Labels") or {}
-    if not rebuild and labels.get(LABEL_LAYOUT) == digest:
-        return image, False
-    repository, tag = docker.utils.parse_repository_tag(image)
-    uid = settings.FLOTILLA_SANDBOX_UID
-    changes = [
-        f"LABEL {LABEL_LAYOUT}={digest}",
-        f"WORKDIR {WORKSPACE}",
-        f"USER {uid}:{uid}",
-        'CMD ["/bin/sleep", "infinity"]',
-    ]
-    try:
-        api.import_image_from_data(
-            _image_tar(layout), repository=repository, tag=tag or "latest", changes=changes
-        )
-    except docker.errors.APIError as error:
-        raise SandboxError(f"cannot build the sandbox image {image}: {error.explanation}") from None
-    if existing and api.inspect_image(image)["Id"] != existing["Id"]:
-        # The replaced image is untagged now; a container still using it keeps it.
-        with contextlib.suppress(docker.errors.APIError):
-            api.remove_image(existing["Id"])
-    return image, True
-
-
-def docker_image_exists() -> bool:
-    try:
-        docker_api().inspect_image(settings.FLOTILLA_DOCKER_IMAGE)
-    except docker.errors.ImageNotFound:
-        return False
-    return True
