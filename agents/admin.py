@@ -47,7 +47,7 @@ class AgentAdmin(admin.ModelAdmin):
 
     # Higher layers contribute actions by dotted path (the kill switch adds
     # "kill selected agents"), so this app never imports them.
-    def get_actions(self, request):  # noqa: ANN001, ANN201 - Django's signature
+    def get_actions(self, request):
         actions = super().get_actions(request)
         for path in settings.FLOTILLA_AGENT_ADMIN_ACTIONS:
             action = import_string(path)
@@ -58,7 +58,7 @@ class AgentAdmin(admin.ModelAdmin):
             )
         return actions
 
-    def has_add_permission(self, request) -> bool:  # noqa: ANN001
+    def has_add_permission(self, request) -> bool:
         return False
 
 
@@ -70,8 +70,8 @@ class AgentEventAdmin(admin.ModelAdmin):
     readonly_fields = ["id", "agent", "kind", "data", "created_at"]
     list_select_related = ["agent"]
 
-    def has_add_permission(self, request) -> bool:  # noqa: ANN001
+    def has_add_permission(self, request) -> bool:
         return False
 
-    def has_change_permission(self, request, obj=None) -> bool:  # noqa: ANN001
+    def has_change_permission(self, request, obj=None) -> bool:
         return False

@@ -69,7 +69,7 @@ def patch_keep(*, context: RunContext, why: str) -> None:
             diff = f"# only the committed work: {refusal}\n{committed}"
         text = patch_render(agent=agent, base=base, why=why, diff=diff)
         _write(patch_path(agent_id=str(agent.id), attempt=agent.attempt), text)
-    except Exception:  # noqa: BLE001 - keeping the patch must never change how the run ends
+    except Exception:
         logger.exception("agent %s: its patch could not be kept", agent.id)
 
 

@@ -26,9 +26,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.throwaway_hub import throwaway_hub  # noqa: E402
-from tests.launcher import Hub, make_remote, wait_until  # noqa: E402
-from tests.messages_server import (  # noqa: E402
+from bench.throwaway_hub import throwaway_hub
+from tests.launcher import Hub, make_remote, wait_until
+from tests.messages_server import (
     MessagesServer,
     conversation,
     text_reply,

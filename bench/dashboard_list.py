@@ -73,7 +73,7 @@ def _measure(client, path: str, runs: int) -> dict:
     # Counted with a wrapper: Django empties its own query log at each request's start.
     queries: list[tuple[str, float]] = []
 
-    def timed(execute, sql, params, many, context):  # noqa: ANN001 - Django's signature
+    def timed(execute, sql, params, many, context):
         started = time.perf_counter()
         try:
             return execute(sql, params, many, context)

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.throwaway_hub import throwaway_hub  # noqa: E402
-from tests.launcher import make_remote  # noqa: E402
+from bench.throwaway_hub import throwaway_hub
+from tests.launcher import make_remote
 
 
 def containers_left(node_filter: str) -> int:

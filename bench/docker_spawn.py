@@ -23,8 +23,8 @@ from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.throwaway_hub import throwaway_hub  # noqa: E402
-from tests.launcher import Hub, make_remote  # noqa: E402
+from bench.throwaway_hub import throwaway_hub
+from tests.launcher import Hub, make_remote
 
 IMAGE = "flotilla-sandbox:latest"
 

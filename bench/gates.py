@@ -115,7 +115,7 @@ def main() -> None:
     print(json.dumps(result, indent=2))
 
 
-def run_rounds(rounds, sandbox, handle, diff, agent_id, gate_env, GateContext, config_text):  # noqa: N803
+def run_rounds(rounds, sandbox, handle, diff, agent_id, gate_env, GateContext, config_text):
     from gates.services import gates_run
 
     commands = ["ruff check .", "python -m pytest -q"]

@@ -12,8 +12,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.throwaway_hub import throwaway_hub  # noqa: E402
-from tests.launcher import Hub, make_remote  # noqa: E402
+from bench.throwaway_hub import throwaway_hub
+from tests.launcher import Hub, make_remote
 
 # Each hub has its own branch below this one (flotilla/hub-<id>/agent-<id>).
 CGROUPS = Path("/sys/fs/cgroup/freezer/flotilla")

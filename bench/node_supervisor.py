@@ -25,10 +25,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.cli_agents import sampled  # noqa: E402
-from bench.killall import running, sandbox_pids  # noqa: E402
-from bench.throwaway_hub import throwaway_hub  # noqa: E402
-from tests.launcher import Hub, make_remote  # noqa: E402
+from bench.cli_agents import sampled
+from bench.killall import running, sandbox_pids
+from bench.throwaway_hub import throwaway_hub
+from tests.launcher import Hub, make_remote
 
 
 def percentile(values: list[float], fraction: float) -> float:

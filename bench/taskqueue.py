@@ -23,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.throwaway_hub import throwaway_hub  # noqa: E402
-from tests.launcher import Hub  # noqa: E402
+from bench.throwaway_hub import throwaway_hub
+from tests.launcher import Hub
 
 
 def noop() -> None:

@@ -11,7 +11,7 @@ from federation.models import InboundMessage, InstanceKey, Peer, RemoteAgent
 from federation.services import PEER_ACTIONS, peer_transition
 
 
-def _peer_action(action: str):  # noqa: ANN202 - an admin action
+def _peer_action(action: str):
     def run(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet) -> None:
         actor = f"user:{request.user.get_username()}"
         done, refused = 0, []
@@ -77,7 +77,7 @@ class PeerAdmin(admin.ModelAdmin):
             ((key["key_id"], key["fingerprint"]) for key in key_fingerprints(peer.keys)),
         )
 
-    def has_add_permission(self, request) -> bool:  # noqa: ANN001
+    def has_add_permission(self, request) -> bool:
         return False
 
 
@@ -91,7 +91,7 @@ class InstanceKeyAdmin(admin.ModelAdmin):
     def fingerprint(self, key: InstanceKey) -> str:
         return signing.key_fingerprint(key.public_key)
 
-    def has_add_permission(self, request) -> bool:  # noqa: ANN001
+    def has_add_permission(self, request) -> bool:
         return False
 
 

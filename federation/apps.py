@@ -15,14 +15,14 @@ class FederationConfig(AppConfig):
         post_migrate.connect(_after_migrate, sender=self, dispatch_uid="federation.setup")
 
 
-def _agent_event_saved(sender, instance, created, **kwargs) -> None:  # noqa: ANN001
+def _agent_event_saved(sender, instance, created, **kwargs) -> None:
     if created and not kwargs.get("raw"):
         from federation.relay import relay_event_recorded
 
         relay_event_recorded(agent_id=instance.agent_id)
 
 
-def _after_migrate(sender, **kwargs) -> None:  # noqa: ANN001
+def _after_migrate(sender, **kwargs) -> None:
     """A new hub gets its signing key and its housekeeping schedules right after migrate."""
     from django_q.models import Schedule
 

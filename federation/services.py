@@ -155,7 +155,7 @@ def _json_object(body: bytes) -> dict[str, Any]:
     return data
 
 
-def key_lookup_in(keys: list[dict[str, Any]]):  # noqa: ANN201 - a KeyLookup
+def key_lookup_in(keys: list[dict[str, Any]]):
     """A key lookup over a list of published keys (pinned ones, or an identity document's)."""
 
     def lookup(key_id: str) -> Ed25519PublicKey:
@@ -178,7 +178,7 @@ def _pinned_key_lookup(key_id: str, peer: Peer | None) -> Ed25519PublicKey:
     return key_lookup_in(peer.keys)(key_id)
 
 
-def _connect_key_lookup(document: dict[str, Any], sender_peer, used: dict[str, str]):  # noqa: ANN001, ANN202
+def _connect_key_lookup(document: dict[str, Any], sender_peer, used: dict[str, str]):
     """The key a connect is signed with: one its body publishes, else one recorded for its sender.
 
     Verifying proves only that the sender holds that key. Whether the key is

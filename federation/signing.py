@@ -120,7 +120,7 @@ def key_fingerprint(raw_b64url: str) -> str:
 
 
 class _OneKey(HTTPSignatureKeyResolver):
-    def __init__(self, private_key=None, lookup=None) -> None:  # noqa: ANN001
+    def __init__(self, private_key=None, lookup=None) -> None:
         self.private_key = private_key
         self.lookup = lookup
 

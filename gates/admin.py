@@ -20,11 +20,11 @@ class GateRunAdmin(admin.ModelAdmin):
     search_fields = ("agent_id", "summary")
     readonly_fields = [field.name for field in GateRun._meta.fields]
 
-    def has_add_permission(self, request) -> bool:  # noqa: ANN001 - Django's signature
+    def has_add_permission(self, request) -> bool:
         return False
 
-    def has_change_permission(self, request, obj=None) -> bool:  # noqa: ANN001
+    def has_change_permission(self, request, obj=None) -> bool:
         return False
 
-    def has_delete_permission(self, request, obj=None) -> bool:  # noqa: ANN001
+    def has_delete_permission(self, request, obj=None) -> bool:
         return False

@@ -25,8 +25,8 @@ class HubHaltAdmin(admin.ModelAdmin):
     list_display = ["halted", "reason", "actor", "changed_at"]
     readonly_fields = ["halted", "reason", "actor", "changed_at"]
 
-    def has_add_permission(self, request) -> bool:  # noqa: ANN001
+    def has_add_permission(self, request) -> bool:
         return False
 
-    def has_delete_permission(self, request, obj=None) -> bool:  # noqa: ANN001
+    def has_delete_permission(self, request, obj=None) -> bool:
         return False

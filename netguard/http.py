@@ -76,14 +76,14 @@ class _VettedHTTPSConnectionPool(HTTPSConnectionPool):
 
 
 class _VettedAdapter(HTTPAdapter):
-    def init_poolmanager(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+    def init_poolmanager(self, *args, **kwargs) -> None:
         super().init_poolmanager(*args, **kwargs)
         self.poolmanager.pool_classes_by_scheme = {
             "http": _VettedHTTPConnectionPool,
             "https": _VettedHTTPSConnectionPool,
         }
 
-    def proxy_manager_for(self, proxy: str, **proxy_kwargs):  # noqa: ANN003, ANN201
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs):
         raise OutboundRefused("the hub's outbound requests go through no proxy")
 
 

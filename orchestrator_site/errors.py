@@ -78,7 +78,7 @@ def _is_machine_path(path: str) -> bool:
     return path.startswith(("/api/", "/federation/"))
 
 
-def not_found(request, exception=None):  # noqa: ANN001 - Django's handler signature
+def not_found(request, exception=None):
     if _is_machine_path(request.path):
         return JsonResponse(
             error_body("not_found", f"No such endpoint: {request.path}"), status=404
@@ -88,7 +88,7 @@ def not_found(request, exception=None):  # noqa: ANN001 - Django's handler signa
     return page_not_found(request, exception)
 
 
-def server_error(request):  # noqa: ANN001 - Django's handler signature
+def server_error(request):
     if _is_machine_path(request.path):
         body = error_body("internal_error", "The hub hit an unexpected error; it was logged.")
         return JsonResponse(body, status=500)
@@ -97,7 +97,7 @@ def server_error(request):  # noqa: ANN001 - Django's handler signature
     return html_server_error(request)
 
 
-def bad_request(request, exception=None):  # noqa: ANN001 - Django's handler signature
+def bad_request(request, exception=None):
     if _is_machine_path(request.path):
         return JsonResponse(error_body("bad_request", "The request is malformed."), status=400)
     from django.views.defaults import bad_request as html_bad_request

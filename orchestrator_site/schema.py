@@ -45,7 +45,7 @@ _GET_ERRORS = ("400", "401", "403", "404")
 
 
 class ViewScopedAutoSchema(AutoSchema):
-    def get_serializer_name(self, serializer, direction: str) -> str:  # noqa: ANN001
+    def get_serializer_name(self, serializer, direction: str) -> str:
         serializer_class = type(serializer)
         owner, _, name = serializer_class.__qualname__.rpartition(".")
         if not owner or "<locals>" in owner:
@@ -75,7 +75,7 @@ class ViewScopedAutoSchema(AutoSchema):
             )
         return responses
 
-    def _get_paginator(self):  # noqa: ANN202
+    def _get_paginator(self):
         # List views nest their paginator as ``Pagination`` (house style), where
         # drf-spectacular only looks for ``pagination_class``; without this the
         # schema promised a bare array for answers that are {count, next, previous, results}.
@@ -92,7 +92,7 @@ class FederationSignatureScheme(OpenApiAuthenticationExtension):
     target_class = "federation.authentication.FederationSignatureAuthentication"
     name = "federationSignature"
 
-    def get_security_definition(self, auto_schema):  # noqa: ANN001
+    def get_security_definition(self, auto_schema):
         return {
             "type": "apiKey",
             "in": "header",
@@ -113,7 +113,7 @@ class MetricsTokenScheme(OpenApiAuthenticationExtension):
     target_class = "orchestrator_site.metrics.MetricsTokenAuthentication"
     name = "metricsBearer"
 
-    def get_security_definition(self, auto_schema):  # noqa: ANN001
+    def get_security_definition(self, auto_schema):
         return {"type": "http", "scheme": "bearer"}
 
 
@@ -139,7 +139,7 @@ _LINK_SOURCES: dict[tuple[str, str, str], dict[str, str]] = {
 }
 
 
-def add_object_links(result: dict, generator, request, public: bool) -> dict:  # noqa: ANN001
+def add_object_links(result: dict, generator, request, public: bool) -> dict:
     """drf-spectacular post-processing hook: the links of ``_LINK_SOURCES``."""
     operations = [
         (path, method, operation)

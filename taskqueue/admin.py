@@ -7,7 +7,7 @@ from taskqueue.models import Project, Task, TaskAttempt
 from taskqueue.services import project_cancel, project_pause, project_resume, task_retry
 
 
-def _each(request: HttpRequest, items: QuerySet, action, label: str) -> None:  # noqa: ANN001
+def _each(request: HttpRequest, items: QuerySet, action, label: str) -> None:
     done = 0
     for item in items:
         try:

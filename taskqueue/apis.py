@@ -58,7 +58,7 @@ class TaskOutputSerializer(serializers.Serializer):
     started_at = serializers.DateTimeField(allow_null=True)
     finished_at = serializers.DateTimeField(allow_null=True)
 
-    def get_agent_id(self, task) -> str | None:  # noqa: ANN001
+    def get_agent_id(self, task) -> str | None:
         attempt = task.last_attempt
         return str(attempt.agent_id) if attempt and attempt.agent_id else None
 

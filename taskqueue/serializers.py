@@ -91,7 +91,7 @@ class ProjectInputSerializer(serializers.Serializer):
         return ProjectSpec(tasks=tasks, **data)
 
 
-def errors_flatten(detail, prefix: str = "") -> dict[str, list[str]]:  # noqa: ANN001
+def errors_flatten(detail, prefix: str = "") -> dict[str, list[str]]:
     """Serializer errors as ``{"tasks[2].key": [...]}``, the shape the API answers with."""
     if isinstance(detail, dict):
         flat: dict[str, list[str]] = {}

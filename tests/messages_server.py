@@ -309,10 +309,10 @@ def _handler_class(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
         # would wait for the client's delayed ACK (about 40 ms) each time.
         disable_nagle_algorithm = True
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: Any) -> None:
             pass
 
-        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        def do_POST(self) -> None:
             length = int(self.headers.get("content-length") or 0)
             raw = self.rfile.read(length)
             try:

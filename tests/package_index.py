@@ -64,7 +64,7 @@ class PackageIndex:
         index = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            def do_GET(self) -> None:
                 status, body, kind = index.answer(self.path)
                 self.send_response(status)
                 self.send_header("Content-Type", kind)

@@ -118,7 +118,7 @@ def hub(staff_user, remote_repo, guarded, monkeypatch, settings):
     settings.FLOTILLA_NODE_POOL = "unserved"
     peer_register_inbound(document=PEER_DOCUMENT, key_id="fuzzed#1")
 
-    def getaddrinfo(host, port, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+    def getaddrinfo(host, port, *args, **kwargs):
         return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (UNREACHABLE, port or 0))]
 
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
@@ -159,10 +159,10 @@ def test_linked_requests_get_no_server_error_or_an_answer_outside_the_schema(hub
             # replayed (to shrink it) meets what it met the first time.
             hub.reset()
 
-        def get_call_kwargs(self, case):  # noqa: ANN001, ANN201
+        def get_call_kwargs(self, case):
             return {"headers": hub.headers}
 
-        def validate_response(self, response, case, additional_checks=None, **kwargs):  # noqa: ANN001, ANN003, ANN201
+        def validate_response(self, response, case, additional_checks=None, **kwargs):
             case.validate_response(response, checks=CHECKS, transport_kwargs=kwargs)
 
     LinkedRequests.run(

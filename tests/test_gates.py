@@ -619,7 +619,7 @@ class Coordinator:
             def log_message(self, *args):
                 pass
 
-            def do_POST(self):  # noqa: N802
+            def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["content-length"])))
                 coordinator.requests.append((self.path, body))
                 status, answer = coordinator.answers.pop(0)

@@ -25,7 +25,7 @@ def test_racing_dispatch_passes_start_every_task_exactly_once(hub):
     def dispatch() -> None:
         try:
             dispatcher.project_dispatch(project_id=project.id)
-        except BaseException as error:  # noqa: BLE001 - reported below
+        except BaseException as error:
             errors.append(error)
         finally:
             connection.close()

@@ -25,7 +25,7 @@ class Receiver:
             def log_message(self, *args) -> None:
                 pass
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 receiver.received.append(
                     {"headers": dict(self.headers), "body": body, "at": time.monotonic()}

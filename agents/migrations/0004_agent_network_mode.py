@@ -8,12 +8,12 @@ becomes "off".
 from django.db import migrations, models
 
 
-def network_to_mode(apps, schema_editor) -> None:  # noqa: ANN001 - Django's signature
+def network_to_mode(apps, schema_editor) -> None:
     agent = apps.get_model("agents", "Agent")
     agent.objects.filter(network=True).update(network_mode="on")
 
 
-def mode_to_network(apps, schema_editor) -> None:  # noqa: ANN001 - Django's signature
+def mode_to_network(apps, schema_editor) -> None:
     agent = apps.get_model("agents", "Agent")
     agent.objects.exclude(network_mode="off").update(network=True)
 

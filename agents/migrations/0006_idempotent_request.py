@@ -5,7 +5,7 @@ from django.db import migrations, models
 PRUNE_SCHEDULE = "flotilla-idempotency-prune"
 
 
-def create_prune_schedule(apps, schema_editor):  # noqa: ANN001 - migration signature
+def create_prune_schedule(apps, schema_editor):
     apps.get_model("django_q", "Schedule").objects.update_or_create(
         name=PRUNE_SCHEDULE,
         defaults={
@@ -16,7 +16,7 @@ def create_prune_schedule(apps, schema_editor):  # noqa: ANN001 - migration sign
     )
 
 
-def delete_prune_schedule(apps, schema_editor):  # noqa: ANN001 - migration signature
+def delete_prune_schedule(apps, schema_editor):
     apps.get_model("django_q", "Schedule").objects.filter(name=PRUNE_SCHEDULE).delete()
 
 

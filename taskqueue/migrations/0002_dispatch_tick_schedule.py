@@ -5,7 +5,7 @@ from django.db import migrations
 SCHEDULE_NAME = "flotilla-projects-tick"
 
 
-def create_tick(apps, schema_editor):  # noqa: ANN001 - migration signature
+def create_tick(apps, schema_editor):
     Schedule = apps.get_model("django_q", "Schedule")
     Schedule.objects.update_or_create(
         name=SCHEDULE_NAME,
@@ -18,7 +18,7 @@ def create_tick(apps, schema_editor):  # noqa: ANN001 - migration signature
     )
 
 
-def delete_tick(apps, schema_editor):  # noqa: ANN001 - migration signature
+def delete_tick(apps, schema_editor):
     apps.get_model("django_q", "Schedule").objects.filter(name=SCHEDULE_NAME).delete()
 
 

@@ -42,10 +42,10 @@ class OriginServer:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            def do_GET(self) -> None:
                 self._answer(origin.name.encode())
 
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            def do_POST(self) -> None:
                 if self.headers.get("Transfer-Encoding") == "chunked":
                     self._answer(self._read_chunks())
                     return

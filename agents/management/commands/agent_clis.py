@@ -13,7 +13,7 @@ class Command(BaseCommand):
         "these versions are installed."
     )
 
-    def add_arguments(self, parser) -> None:  # noqa: ANN001 - Django's signature
+    def add_arguments(self, parser) -> None:
         parser.add_argument("--force", action="store_true", help="reinstall even if up to date")
 
     def handle(self, *args, **options) -> None:

@@ -15,7 +15,7 @@ class Command(BaseCommand):
         "report, and make sure the django-q2 schedule that repeats this exists."
     )
 
-    def add_arguments(self, parser) -> None:  # noqa: ANN001
+    def add_arguments(self, parser) -> None:
         parser.add_argument(
             "--no-schedule",
             action="store_true",

@@ -13,7 +13,7 @@ class Command(BaseCommand):
         "identical image exists."
     )
 
-    def add_arguments(self, parser) -> None:  # noqa: ANN001
+    def add_arguments(self, parser) -> None:
         parser.add_argument("--rebuild", action="store_true", help="build even if it exists")
 
     def handle(self, *args, **options) -> None:

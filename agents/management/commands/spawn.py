@@ -12,7 +12,7 @@ from agents.workspace import repository_problem, repository_scheme
 class Command(BaseCommand):
     help = "Spawn a script agent on a repository; prints the new agent's id."
 
-    def add_arguments(self, parser) -> None:  # noqa: ANN001
+    def add_arguments(self, parser) -> None:
         parser.add_argument("repository", help="path or URL of a git repository")
         parser.add_argument("script", help="shell command to run in the sandbox")
         parser.add_argument("--branch", default="main")

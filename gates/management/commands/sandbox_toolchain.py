@@ -6,7 +6,7 @@ from gates.toolchain import ToolchainError, toolchain_ensure
 class Command(BaseCommand):
     help = "Build the virtualenv of gate tools (ruff, pytest, coverage) that sandboxes run."
 
-    def add_arguments(self, parser) -> None:  # noqa: ANN001 - Django's signature
+    def add_arguments(self, parser) -> None:
         parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
 
     def handle(self, *args, **options) -> None:

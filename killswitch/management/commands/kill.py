@@ -9,7 +9,7 @@ from killswitch.services import agent_kill
 class Command(BaseCommand):
     help = "Kill one agent now: its processes, sandbox and worktree (unpushed work is kept)."
 
-    def add_arguments(self, parser) -> None:  # noqa: ANN001
+    def add_arguments(self, parser) -> None:
         parser.add_argument("agent_id")
         parser.add_argument("--reason", required=True)
 

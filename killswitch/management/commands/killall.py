@@ -10,7 +10,7 @@ from killswitch.services import agent_kill_all, hub_halt
 class Command(BaseCommand):
     help = "Kill every live agent on this hub; --halt also refuses new spawns until released."
 
-    def add_arguments(self, parser) -> None:  # noqa: ANN001
+    def add_arguments(self, parser) -> None:
         parser.add_argument("--reason", required=True)
         parser.add_argument("--halt", action="store_true", help="halt the hub first")
 

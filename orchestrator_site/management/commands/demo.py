@@ -75,7 +75,7 @@ DEMO_AGENTS = [
 class Command(BaseCommand):
     help = "Create sample repositories, an admin user with an API token, and demo agents."
 
-    def add_arguments(self, parser) -> None:  # noqa: ANN001
+    def add_arguments(self, parser) -> None:
         parser.add_argument("--no-agents", action="store_true", help="only the repository and user")
         parser.add_argument(
             "--with-setup",

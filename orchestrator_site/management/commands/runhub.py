@@ -34,7 +34,7 @@ class Command(BaseCommand):
         "django-q2 cluster for short jobs; Ctrl-C stops them all."
     )
 
-    def add_arguments(self, parser) -> None:  # noqa: ANN001
+    def add_arguments(self, parser) -> None:
         parser.add_argument("--host", default="127.0.0.1")
         parser.add_argument("--port", type=int, default=8000)
         parser.add_argument(
