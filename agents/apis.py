@@ -1,6 +1,7 @@
 """REST endpoints for agents: parse, call one service, shape the answer."""
 
 import re
+from typing import Any
 
 from django.conf import settings
 from django.http import HttpResponse
@@ -22,6 +23,7 @@ from agents.errors import AgentNotFound
 from agents.idempotency import idempotent
 from agents.limits import limit_problem
 from agents.models import Agent, AgentState, AgentType, NetworkMode, Runtime
+from agents.retries import agent_retry
 from agents.runtimes import runtime_for, runtime_unavailable
 from agents.sandboxes import sandbox_backend
 from agents.sandboxes.base import SandboxUnavailable
@@ -58,7 +60,7 @@ def principal(request: Request) -> str:
     return viewer_principal(request.user)
 
 
-class AgentUsageSerializer(serializers.Serializer):
+class AgentUsageSerializer(serializers.Serializer[Agent]):
     """What a Claude agent has spent so far, against its budget (null: no limit)."""
 
     input_tokens = serializers.IntegerField()
@@ -72,7 +74,7 @@ class AgentUsageSerializer(serializers.Serializer):
         return (agent.options or {}).get("budget_usd")
 
 
-class AgentOutputSerializer(serializers.Serializer):
+class AgentOutputSerializer(serializers.Serializer[Agent]):
     id = serializers.UUIDField()
     task_id = serializers.CharField()
     state = serializers.CharField()
@@ -94,7 +96,7 @@ class AgentOutputSerializer(serializers.Serializer):
     usage = AgentUsageSerializer(source="*")
 
 
-class SpawnContextSerializer(serializers.Serializer):
+class SpawnContextSerializer(serializers.Serializer[dict[str, Any]]):
     repository = serializers.CharField(max_length=1000)
     branch = serializers.CharField(max_length=250, default="main")
     work_items = serializers.ListField(
@@ -117,7 +119,7 @@ class SpawnContextSerializer(serializers.Serializer):
         return value
 
 
-class SpawnGatesSerializer(serializers.Serializer):
+class SpawnGatesSerializer(serializers.Serializer[dict[str, Any]]):
     """Gate commands for this spawn; they override the repository's ``.flotilla.toml``."""
 
     lint = serializers.CharField(max_length=2000, required=False, allow_blank=True)
@@ -135,7 +137,7 @@ class SpawnGatesSerializer(serializers.Serializer):
         "description": "off (the default), allowlist or on; true means on, false off.",
     }
 )
-class NetworkModeField(serializers.Field):
+class NetworkModeField(serializers.Field[str, object, str, Any]):
     """A network mode; JSON ``true`` and ``false`` are read as ``on`` and ``off``."""
 
     default_error_messages = {"invalid": "must be off, allowlist or on (or true / false)"}
@@ -167,7 +169,7 @@ class WithinMaximum:
             raise serializers.ValidationError(problem)
 
 
-class SpawnOptionsSerializer(serializers.Serializer):
+class SpawnOptionsSerializer(serializers.Serializer[dict[str, Any]]):
     sandbox = serializers.ChoiceField(
         choices=list(settings.FLOTILLA_SANDBOX_BACKENDS), required=False
     )
@@ -226,7 +228,7 @@ class SpawnOptionsSerializer(serializers.Serializer):
         return value
 
 
-def spawn_request_from(data: dict, *, origin: str = "local") -> SpawnRequest:
+def spawn_request_from(data: dict[str, Any], *, origin: str = "local") -> SpawnRequest:
     """The service's request for a validated spawn body (the REST API's or a peer's)."""
     context, options = data["context"], data.get("options") or {}
     extra = {
@@ -257,7 +259,7 @@ def spawn_request_from(data: dict, *, origin: str = "local") -> SpawnRequest:
 
 
 class AgentSpawnApi(APIView):
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(serializers.Serializer[dict[str, Any]]):
         task_id = serializers.RegexField(
             r"^[A-Za-z0-9._-]{1,100}$",
             max_length=100,
@@ -266,7 +268,7 @@ class AgentSpawnApi(APIView):
         agent_type = serializers.ChoiceField(choices=AgentType.choices, default=AgentType.WORKER)
         runtime = serializers.ChoiceField(choices=Runtime.choices)
         script = serializers.CharField(max_length=100_000, required=False, allow_blank=True)
-        context = SpawnContextSerializer()
+        context = SpawnContextSerializer()  # type: ignore[assignment]  # a field, not the stubs' serializer context
         options = SpawnOptionsSerializer(required=False)
 
         def validate_runtime(self, value: str) -> str:
@@ -276,7 +278,7 @@ class AgentSpawnApi(APIView):
                 raise serializers.ValidationError(problem)
             return value
 
-        def validate(self, data: dict) -> dict:
+        def validate(self, data: dict[str, Any]) -> dict[str, Any]:
             if data["runtime"] == Runtime.SCRIPT and not data.get("script", "").strip():
                 raise serializers.ValidationError({"script": ["a script agent needs a script"]})
             # A model needs a price in its runtime's table (Anthropic's or OpenAI's).
@@ -286,7 +288,7 @@ class AgentSpawnApi(APIView):
                 raise serializers.ValidationError({"options": {"model": [problem]}})
             return data
 
-    class OutputSerializer(serializers.Serializer):
+    class OutputSerializer(serializers.Serializer[Agent]):
         agent_id = serializers.UUIDField(source="id")
         state = serializers.CharField()
         status = serializers.CharField(source="state")
@@ -311,7 +313,7 @@ class AgentListApi(APIView):
         default_limit = 100
         max_limit = 1000
 
-    class FilterSerializer(serializers.Serializer):
+    class FilterSerializer(serializers.Serializer[dict[str, Any]]):
         state = serializers.ChoiceField(choices=AgentState.choices, required=False)
         task_id = serializers.CharField(max_length=100, required=False)
 
@@ -326,7 +328,9 @@ class AgentListApi(APIView):
         paginator = self.Pagination()
         agents = agent_list(agents=agents_visible_to(request.user), **filters.validated_data)
         page = paginator.paginate_queryset(agents, request, view=self)
-        return paginator.get_paginated_response(AgentOutputSerializer(page, many=True).data)
+        # The stubs type a serializer's instance as one object, even with many=True.
+        rows = AgentOutputSerializer(page, many=True).data  # type: ignore[arg-type]
+        return paginator.get_paginated_response(rows)
 
 
 class AgentCollectionApi(AgentListApi, AgentSpawnApi):
@@ -347,14 +351,14 @@ class AgentEventsApi(APIView):
     ``after=next_after`` while ``has_more``, and so gets every event once.
     """
 
-    class FilterSerializer(serializers.Serializer):
+    class FilterSerializer(serializers.Serializer[dict[str, Any]]):
         after = serializers.IntegerField(min_value=0, max_value=2**63 - 1, default=0)
         limit = serializers.IntegerField(min_value=1, max_value=1000, default=500)
 
-    class EventSerializer(serializers.Serializer):
+    class EventSerializer(serializers.Serializer[Any]):
         id = serializers.IntegerField()
         kind = serializers.CharField()
-        data = serializers.JSONField()
+        data = serializers.JSONField()  # type: ignore[assignment]  # a field named data, not Serializer.data
         created_at = serializers.DateTimeField()
 
     @extend_schema(
@@ -394,11 +398,11 @@ class AgentEventsApi(APIView):
 class AgentResumeApi(APIView):
     """Raise a paused agent's budget and let it continue where it stopped."""
 
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(serializers.Serializer[dict[str, Any]]):
         budget_usd = serializers.DecimalField(max_digits=10, decimal_places=2, min_value=0)
         reason = serializers.CharField(max_length=1000, required=False, allow_blank=True)
 
-    class OutputSerializer(serializers.Serializer):
+    class OutputSerializer(serializers.Serializer[Any]):
         agent_id = serializers.UUIDField(source="id")
         state = serializers.CharField()
         budget_usd = serializers.CharField(source="options.budget_usd")
@@ -420,6 +424,39 @@ class AgentResumeApi(APIView):
         return Response(self.OutputSerializer(agent).data, status=status.HTTP_202_ACCEPTED)
 
 
+class AgentRetryApi(APIView):
+    """Start a new agent with the spec of a failed or killed one (docs/api.md, "Retrying an agent").
+
+    The new agent is the caller's; it records ``options.retry_of``. Any other
+    state, and an agent a peer hub asked for or runs, is refused with 409
+    ``not_retryable``.
+    """
+
+    class InputSerializer(serializers.Serializer[dict[str, Any]]):
+        reason = serializers.CharField(max_length=1000, required=False, allow_blank=True)
+
+    class OutputSerializer(serializers.Serializer[Any]):
+        agent_id = serializers.UUIDField(source="id")
+        state = serializers.CharField()
+        status = serializers.CharField(source="state")
+        retry_of = serializers.CharField(source="options.retry_of")
+
+    @extend_schema(
+        request=InputSerializer, responses={202: OutputSerializer}, operation_id="agents_retry"
+    )
+    @idempotent
+    def post(self, request: Request, agent_id: str) -> Response:
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        agent = agent_visible_get(viewer=request.user, agent_id=agent_id)
+        retry = agent_retry(
+            agent_id=agent.id,
+            requested_by=principal(request),
+            reason=serializer.validated_data.get("reason", ""),
+        )
+        return Response(self.OutputSerializer(retry).data, status=status.HTTP_202_ACCEPTED)
+
+
 class AgentPatchApi(APIView):
     """The agent's work as a patch against its base, with why its run ended (docs/api.md).
 
@@ -427,7 +464,7 @@ class AgentPatchApi(APIView):
     every line that holds a secret the scan found replaced.
     """
 
-    class FilterSerializer(serializers.Serializer):
+    class FilterSerializer(serializers.Serializer[dict[str, Any]]):
         attempt = serializers.IntegerField(min_value=0, max_value=32767, required=False)
 
     @extend_schema(

@@ -28,7 +28,7 @@ import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -106,7 +106,7 @@ def request_fingerprint(data: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _expired_before() -> Any:
+def _expired_before() -> datetime:
     return timezone.now() - timedelta(seconds=settings.FLOTILLA_IDEMPOTENCY_TTL_S)
 
 
@@ -199,11 +199,13 @@ def _keep_or_release(claim_id: int, response: Response) -> None:
     idempotent_request_answer(claim_id=claim_id, status=response.status_code, body=body)
 
 
-def idempotent(view_method: Callable[..., Response]) -> Callable[..., Any]:
+def idempotent(view_method: Callable[..., Response]) -> Callable[..., HttpResponse | Response]:
     """Make a POST handler of an ``APIView`` honour ``Idempotency-Key`` (and document it)."""
 
     @functools.wraps(view_method)
-    def handler(view: APIView, request: Request, *args: Any, **kwargs: Any) -> Any:
+    def handler(
+        view: APIView, request: Request, *args: Any, **kwargs: Any
+    ) -> HttpResponse | Response:
         key = idempotency_key_parse(request.headers.get(HEADER))
         if key is None:
             return view_method(view, request, *args, **kwargs)

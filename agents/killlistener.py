@@ -93,7 +93,11 @@ class NodeKillListener:
                 .filter(**{f"sandbox_handle__{KILL_ROUTED}": True})
                 .values_list("id", "finished_at")
             )
-            found = [(str(agent_id), finished) for agent_id, finished in killed]
+            # finished_at__gte leaves out rows without a finish time; the
+            # check only tells the type checker so.
+            found = [
+                (str(agent_id), finished) for agent_id, finished in killed if finished is not None
+            ]
         except DatabaseError:
             connections.close_all()
             raise

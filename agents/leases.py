@@ -7,7 +7,7 @@ pause). The row says who holds it (``node``, ``supervisor_pid`` and
 conditional update, so two nodes claiming at once never both win an agent.
 """
 
-from typing import Any
+import uuid
 
 from django.conf import settings
 from django.db import transaction
@@ -31,7 +31,7 @@ def agents_claim(*, node: str, limit: int, pool: str = "") -> list[Agent]:
     """
     if limit <= 0:
         return []
-    claimed: list[Any] = []
+    claimed: list[uuid.UUID] = []
     holder = {
         "node": node,
         "heartbeat_at": Now(),
@@ -82,7 +82,7 @@ def agents_claim_resumes(*, node: str, limit: int) -> list[Agent]:
     return list(Agent.objects.filter(id__in=claimed))
 
 
-def agents_heartbeat(*, node: str, agent_ids: list[Any]) -> set[str]:
+def agents_heartbeat(*, node: str, agent_ids: list[uuid.UUID]) -> set[str]:
     """Renew the lease of the agents this process runs; the ids it no longer holds.
 
     An agent is no longer held when it was killed or finished by another

@@ -6,6 +6,7 @@ row and the other sees a count of zero. The winner appends the event in the
 same transaction.
 """
 
+import uuid
 from typing import Any
 
 from django.db import models, transaction
@@ -34,7 +35,7 @@ ALLOWED_PREDECESSORS: dict[str, frozenset[str]] = {
     AgentState.KILLED: LIVE_STATES,
 }
 
-_PROGRESS = {
+_PROGRESS: dict[str, int] = {
     AgentState.SPAWNING: 5,
     AgentState.RUNNING: 10,
     AgentState.GATING: 80,
@@ -45,7 +46,7 @@ _PROGRESS = {
 
 def agent_transition(
     *,
-    agent_id: Any,
+    agent_id: uuid.UUID,
     to: AgentState,
     reason: str = "",
     only_from: frozenset[str] | None = None,
@@ -90,7 +91,9 @@ def agent_transition(
     return won
 
 
-def agents_finish(*, agent_ids: list[Any], to: AgentState, reason: str, **fields: Any) -> dict:
+def agents_finish(
+    *, agent_ids: list[uuid.UUID], to: AgentState, reason: str, **fields: Any
+) -> dict[str, str]:
     """Move every live agent of ``agent_ids`` to the final state ``to`` at once.
 
     The many-agent form of ``agent_transition`` for a kill-all: the live rows
@@ -122,7 +125,7 @@ def agents_finish(*, agent_ids: list[Any], to: AgentState, reason: str, **fields
     return {str(agent_id): state for agent_id, state in previous.items()}
 
 
-def agent_finished_send(*, agent_id: Any, state: str) -> None:
+def agent_finished_send(*, agent_id: uuid.UUID, state: str) -> None:
     """Tell subscribers (projects, federation) once the final state is committed."""
     transaction.on_commit(
         lambda: agent_finished.send(sender=Agent, agent_id=str(agent_id), state=state)

@@ -14,6 +14,8 @@ from typing import Any
 
 from django.conf import settings
 
+from agents.models import Agent
+
 # The limits a spawn may ask for, each with the setting of its maximum and of its default.
 MAXIMA = {
     "memory_mb": "FLOTILLA_MAX_MEMORY_MB",
@@ -51,7 +53,8 @@ class Limits:
 
 def limit_maximum(name: str) -> float:
     """The operator's maximum for a spawn limit, read now (settings may change at run time)."""
-    return getattr(settings, MAXIMA[name])
+    maximum: float = getattr(settings, MAXIMA[name])
+    return maximum
 
 
 def limit_problem(name: str, value: float) -> str | None:
@@ -62,7 +65,7 @@ def limit_problem(name: str, value: float) -> str | None:
     return f"at most {_number(maximum)} ({MAXIMA[name]})"
 
 
-def agent_limits(agent: Any) -> Limits:
+def agent_limits(agent: Agent) -> Limits:
     """What ``agent`` asked for (or the default), never above a maximum."""
     options = agent.options or {}
     requested = {

@@ -16,7 +16,7 @@ routed, so it is never executed twice. See docs/scaling.md.
 
 import json
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 from django.conf import settings
@@ -30,6 +30,12 @@ CHANNEL = "flotilla_node_kill"
 KILL_ROUTED = "kill_routed"
 
 
+class KillRouter(Protocol):
+    """``FLOTILLA_NODE_KILL_ROUTER``: routes a final agent's kill to its node, or says False."""
+
+    def __call__(self, *, agent: Agent) -> bool: ...
+
+
 def node_is_local(node: str) -> bool:
     """True when ``node`` is this process's node (or no node ran the agent yet)."""
     return not node or node == settings.FLOTILLA_NODE_NAME
@@ -40,7 +46,8 @@ def node_kill_request(*, agent: Agent) -> bool:
 
     False when the request could not be routed; the caller then kills here.
     """
-    return import_string(settings.FLOTILLA_NODE_KILL_ROUTER)(agent=agent)
+    router: KillRouter = import_string(settings.FLOTILLA_NODE_KILL_ROUTER)
+    return router(agent=agent)
 
 
 def notify_node(*, agent: Agent) -> bool:

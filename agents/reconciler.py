@@ -22,7 +22,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from django.conf import settings
 from django.db.models.functions import Now
@@ -41,6 +41,9 @@ from agents.services import (
     retry_backoff_s,
 )
 from audit.services import audit_record
+
+if TYPE_CHECKING:
+    from agents.sandboxes.docker import DockerSandbox
 
 logger = logging.getLogger(__name__)
 
@@ -187,11 +190,12 @@ def _recover(agent: Agent, report: ReconcileReport, *, reason: str) -> None:
 
 def _docker_containers(node: str, report: ReconcileReport) -> dict[str, str]:
     try:
-        backend = sandbox_backend("docker")
+        # The backend named "docker" is DockerSandbox (settings.FLOTILLA_SANDBOX_BACKENDS).
+        backend = cast("DockerSandbox", sandbox_backend("docker"))
     except SandboxUnavailable:
         return {}  # no engine, so no container either
     try:
-        return backend.containers_by_agent(node=node)  # type: ignore[attr-defined]
+        return backend.containers_by_agent(node=node)
     except SandboxError as error:
         report.errors.append(f"docker: {error}")
         return {}
@@ -284,11 +288,17 @@ def _worktrees(report: ReconcileReport) -> dict[Path, str]:
                 found[path] = repository
         except workspace.WorkspaceError as error:
             report.errors.append(f"worktree list of {repository}: {error}")
-    return {path: repo for path, repo in found.items() if _WORKTREE_DIR.match(path.name)}
+    return {path: repo for path, repo in found.items() if _worktree_agent_id(path)}
+
+
+def _worktree_agent_id(path: Path) -> str | None:
+    """The agent a worktree directory belongs to, by its name; None for a foreign directory."""
+    match = _WORKTREE_DIR.match(path.name)
+    return match.group(1) if match else None
 
 
 def _sweep_worktrees(worktrees: dict[Path, str], live: set[str], report: ReconcileReport) -> None:
-    ids = {path: _WORKTREE_DIR.match(path.name).group(1) for path in worktrees}  # type: ignore[union-attr]
+    ids = {path: agent_id for path in worktrees if (agent_id := _worktree_agent_id(path))}
     stale = {path: agent_id for path, agent_id in ids.items() if agent_id not in live}
     agents = {str(agent.id): agent for agent in Agent.objects.filter(id__in=set(stale.values()))}
     for path, agent_id in stale.items():
@@ -329,7 +339,7 @@ def _is_uuid(value: str) -> bool:
     return True
 
 
-def _audit(action: str, agent_id: Any, reason: str, data: dict[str, Any]) -> None:
+def _audit(action: str, agent_id: uuid.UUID | str, reason: str, data: dict[str, Any]) -> None:
     audit_record(actor=ACTOR, action=action, target=f"agent:{agent_id}", reason=reason, data=data)
 
 

@@ -27,7 +27,7 @@ from agents.reconnect import database_retrying
 from agents.runtimes import runtime_for
 from agents.runtimes.base import RunContext, RunOutcome
 from agents.sandboxes import sandbox_backend
-from agents.sandboxes.base import SandboxError, SandboxSpec
+from agents.sandboxes.base import SandboxError, SandboxHandle, SandboxSpec
 from agents.selectors import agent_output_bytes
 from agents.services import (
     agent_cleanup,
@@ -62,7 +62,7 @@ class AgentRun:
     # guarded by it, so a run whose agent another node took over writes nothing.
     lease: int = -1
     # The sandbox this run started, as it started it (never re-read from the row).
-    handle: dict[str, Any] = field(default_factory=dict)
+    handle: SandboxHandle = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.lease < 0:

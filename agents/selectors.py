@@ -8,6 +8,7 @@ own unscoped reads, for services and background work.
 """
 
 import re
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -87,15 +88,20 @@ def agents_visible_to(viewer: Viewer) -> QuerySet[Agent]:
     return agents_owned_by(viewer_owner(viewer))
 
 
-def agent_visible_get(*, viewer: Viewer, agent_id: Any) -> Agent:
-    """The agent, if ``viewer`` may see it; otherwise ``AgentNotFound``, as if it did not exist."""
+def agent_visible_get(*, viewer: Viewer, agent_id: uuid.UUID | str) -> Agent:
+    """The agent, if ``viewer`` may see it; otherwise ``AgentNotFound``, as if it did not exist.
+
+    ``agent_id`` may be the text a URL or a peer's request carries: one that is
+    no UUID is not found either.
+    """
     try:
         return agents_visible_to(viewer).get(id=agent_id)
     except (Agent.DoesNotExist, ValidationError, ValueError):
         raise AgentNotFound(f"no agent with id {agent_id}") from None
 
 
-def agent_get(*, agent_id: Any) -> Agent:
+def agent_get(*, agent_id: uuid.UUID | str) -> Agent:
+    """The agent, or ``AgentNotFound``; ``agent_id`` may be text (a command line, a signal)."""
     try:
         return Agent.objects.get(id=agent_id)
     except (Agent.DoesNotExist, ValidationError, ValueError):
@@ -117,11 +123,13 @@ def agent_list(
     return agents
 
 
-def live_agent_ids() -> list[Any]:
+def live_agent_ids() -> list[uuid.UUID]:
     return list(Agent.objects.filter(state__in=LIVE_STATES).values_list("id", flat=True))
 
 
-def agent_events_after(*, agent_id: Any, after: int = 0, limit: int = 500) -> QuerySet[AgentEvent]:
+def agent_events_after(
+    *, agent_id: uuid.UUID, after: int = 0, limit: int = 500
+) -> QuerySet[AgentEvent]:
     return AgentEvent.objects.filter(agent_id=agent_id, id__gt=after).order_by("id")[:limit]
 
 
@@ -129,7 +137,7 @@ def agent_events_range(
     *,
     after: int,
     until: int | None = None,
-    agent_id: Any = None,
+    agent_id: uuid.UUID | None = None,
     kinds: list[str] | None = None,
     limit: int = 1000,
 ) -> QuerySet[AgentEvent]:
@@ -141,7 +149,7 @@ def _events_between(
     *,
     after: int,
     until: int | None,
-    agent_id: Any,
+    agent_id: uuid.UUID | None,
     kinds: list[str] | None,
     agents: QuerySet[Agent] | None = None,
 ) -> QuerySet[AgentEvent]:
@@ -192,7 +200,7 @@ def agent_events_page(
     after: int,
     max_bytes: int,
     until: int | None = None,
-    agent_id: Any = None,
+    agent_id: uuid.UUID | None = None,
     kinds: list[str] | None = None,
     limit: int = 1000,
     agents: QuerySet[Agent] | None = None,
@@ -221,7 +229,7 @@ def agent_events_page(
     )
 
 
-def agent_output_bytes(*, agent_id: Any) -> int:
+def agent_output_bytes(*, agent_id: uuid.UUID) -> int:
     """How many bytes of output the agent has stored so far (earlier runs included)."""
     stored = AgentEvent.objects.filter(agent_id=agent_id, kind=AgentEventKind.OUTPUT).aggregate(
         total=Sum(JsonBytes("data"))

@@ -2,6 +2,7 @@
 
 import dataclasses
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
@@ -191,7 +192,7 @@ def agent_register_remote(
 
 
 def agent_mirror_state(
-    *, agent_id: Any, state: str, data: dict[str, Any] | None = None, **fields: Any
+    *, agent_id: uuid.UUID, state: str, data: dict[str, Any] | None = None, **fields: Any
 ) -> bool:
     """Copy a state that the hub running a remote agent reported, with its event.
 
@@ -282,7 +283,9 @@ def retry_backoff_s(*, attempt: int) -> float:
     return float(min(delay, settings.FLOTILLA_RETRY_BACKOFF_MAX_S))
 
 
-def agent_resume(*, agent_id: Any, budget_usd: Decimal, actor: str, reason: str = "") -> Agent:
+def agent_resume(
+    *, agent_id: uuid.UUID, budget_usd: Decimal, actor: str, reason: str = ""
+) -> Agent:
     """Raise a paused agent's budget and hand it back to a worker, which continues its conversation.
 
     The agent stays ``paused`` until a worker takes it (``paused → running``),
@@ -326,7 +329,7 @@ def agent_resume(*, agent_id: Any, budget_usd: Decimal, actor: str, reason: str 
     return agent
 
 
-def agent_event_append(*, agent_id: Any, kind: str, data: dict[str, Any]) -> AgentEvent:
+def agent_event_append(*, agent_id: uuid.UUID, kind: str, data: dict[str, Any]) -> AgentEvent:
     return AgentEvent.objects.create(agent_id=agent_id, kind=kind, data=data)
 
 
@@ -343,7 +346,7 @@ class Termination:
 
 
 def agent_terminate(
-    *, agent_id: Any, reason: str, to: AgentState = AgentState.KILLED
+    *, agent_id: uuid.UUID, reason: str, to: AgentState = AgentState.KILLED
 ) -> Termination:
     """Stop an agent now (see ``agent_stop``), then remove its sandbox and worktree."""
     stopped = agent_stop(agent_id=agent_id, reason=reason, to=to)
@@ -352,7 +355,9 @@ def agent_terminate(
     return agent_stopped_cleanup(termination=stopped)
 
 
-def agent_stop(*, agent_id: Any, reason: str, to: AgentState = AgentState.KILLED) -> Termination:
+def agent_stop(
+    *, agent_id: uuid.UUID, reason: str, to: AgentState = AgentState.KILLED
+) -> Termination:
     """Mark the agent final and kill every process of its sandbox; no cleanup yet.
 
     Marking comes first, so a run that finishes at the same moment loses its
@@ -367,7 +372,7 @@ def agent_stop(*, agent_id: Any, reason: str, to: AgentState = AgentState.KILLED
 
 
 def agent_stop_many(
-    *, agent_ids: list[Any], reason: str, to: AgentState = AgentState.KILLED
+    *, agent_ids: list[uuid.UUID], reason: str, to: AgentState = AgentState.KILLED
 ) -> dict[str, Termination | str]:
     """``agent_stop`` for many agents: all marked in one transaction, then all killed at once.
 
@@ -420,7 +425,7 @@ def _sandboxes_kill(backend: str, handles: list[dict[str, Any]]) -> list[str]:
     return []
 
 
-def _stop_mark(*, agent_id: Any, reason: str, to: AgentState) -> tuple[Agent, str, bool]:
+def _stop_mark(*, agent_id: uuid.UUID, reason: str, to: AgentState) -> tuple[Agent, str, bool]:
     """Move the agent to its final state; (agent, state it had, whether this call won)."""
     agent = Agent.objects.filter(id=agent_id).first()
     if agent is None:

@@ -12,7 +12,10 @@ a thread of this one process over its sandbox's own processes, and every
 FLOTILLA_NODE_HEARTBEAT_S the supervisor renews the lease of all it holds.
 A lease older than FLOTILLA_NODE_LEASE_S belongs to a lost node: every
 supervisor recovers such agents (agents.reconciler.agents_recover_lapsed).
-On SIGTERM the node hands its running agents back to the queue.
+On SIGTERM the node hands its running agents back to the queue. The node
+also runs FLOTILLA_NODE_TIMERS every FLOTILLA_NODE_POLL_S in a thread of their
+own (the projects' backoff and not-before times), so nothing sleeps in a
+django-q2 worker waiting for a time.
 """
 
 import contextlib
@@ -29,6 +32,7 @@ import psycopg
 from django.conf import settings
 from django.db import Error as DatabaseError
 from django.db import connection, connections
+from django.utils.module_loading import import_string
 
 from agents.leases import agent_hand_back, agents_claim, agents_claim_resumes, agents_heartbeat
 from agents.models import Agent
@@ -36,7 +40,7 @@ from agents.noderouting import postgres_conninfo
 from agents.reconciler import agents_recover_lapsed
 from agents.runner import AgentRun, agent_run
 from agents.sandboxes import sandbox_backend
-from agents.sandboxes.base import SandboxError
+from agents.sandboxes.base import SandboxError, SandboxHandle
 from agents.wakeup import CHANNEL, wake_socket_dir
 
 logger = logging.getLogger(__name__)
@@ -52,6 +56,8 @@ class SupervisorConfig:
     poll_s: float
     # How long a stopping node waits for its runs to hand their agents back.
     stop_s: float = 3.0
+    # Dotted paths of what the node runs every poll_s (FLOTILLA_NODE_TIMERS).
+    timers: tuple[str, ...] = ()
 
     @classmethod
     def from_settings(cls) -> "SupervisorConfig":
@@ -63,6 +69,7 @@ class SupervisorConfig:
             heartbeat_s=settings.FLOTILLA_NODE_HEARTBEAT_S,
             poll_s=settings.FLOTILLA_NODE_POLL_S,
             stop_s=settings.FLOTILLA_NODE_STOP_S,
+            timers=tuple(settings.FLOTILLA_NODE_TIMERS),
         )
 
 
@@ -80,6 +87,9 @@ class NodeSupervisor:
         """Claim and run agents until ``stop()``; then hand back what still runs."""
         waker = threading.Thread(target=self._listen, name="supervisor-wake", daemon=True)
         waker.start()
+        if self.config.timers:
+            timers = threading.Thread(target=self._time, name="supervisor-timers", daemon=True)
+            timers.start()
         ready()
         next_beat = 0.0
         while not self._stop.is_set():
@@ -107,6 +117,23 @@ class NodeSupervisor:
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
+
+    def _time(self) -> None:
+        """Run the node's timers every poll_s, in a thread of their own.
+
+        A timer may do slow work (a project pass builds branches with git), so
+        it never delays a claim; one that fails is logged and runs again next
+        time.
+        """
+        timers = [import_string(path) for path in self.config.timers]
+        while not self._stop.wait(self.config.poll_s):
+            for timer in timers:
+                try:
+                    timer()
+                except Exception:
+                    logger.exception("node %s: timer %s failed", self.config.node, timer)
+                finally:
+                    connections.close_all()
 
     def _fill(self) -> None:
         """Claim as many agents as there are free slots: resumes first, then the queue."""
@@ -156,7 +183,7 @@ class NodeSupervisor:
     def _beat(self) -> None:
         """Renew every held lease, let go of agents held no more, recover lapsed ones."""
         with self._lock:
-            held = list(self.runs)
+            held = [run.agent.id for run, _ in self.runs.values()]
         for agent_id in agents_heartbeat(node=self.config.node, agent_ids=held):
             self._let_go(agent_id)
         report = agents_recover_lapsed(lease_s=self.config.lease_s, pool=self.config.pool)
@@ -259,7 +286,7 @@ class NodeSupervisor:
                     path.unlink()
 
 
-def _sandbox_kill(handle: dict) -> None:
+def _sandbox_kill(handle: SandboxHandle) -> None:
     if not handle:
         return
     try:

@@ -3,8 +3,10 @@
 Agent runs are not among them: node supervisors claim agents (agents/supervisor.py).
 """
 
+from typing import Any
 
-def agents_reconcile() -> dict:
+
+def agents_reconcile() -> dict[str, Any]:
     """The reconciler schedule: one pass over the node whose worker runs it."""
     from django.conf import settings
 
@@ -13,7 +15,7 @@ def agents_reconcile() -> dict:
     return reconcile(node=settings.FLOTILLA_NODE_NAME).as_dict()
 
 
-def docker_pool_refill() -> dict:
+def docker_pool_refill() -> dict[str, list[str]]:
     """Top the docker warm pool of the node whose worker runs this up to its size."""
     from django.conf import settings
 

@@ -1,4 +1,4 @@
-"""The agent page's report: usage and cost, the gate table, the network connections.
+"""The agent page's report: usage and cost, the gate table, the network connections, retry.
 
 Everything here is read from rows the hub wrote (``Agent`` and its
 ``gate`` and ``network`` events) and shaped for the template. The gates
@@ -6,10 +6,14 @@ already removed every secret they found from their reports; a finding
 carries only a masked form of it, and that is all the page shows.
 """
 
-from typing import Any
+from typing import Any, Literal
 
 from agents.models import Agent, AgentEventKind
+from agents.retries import RETRYABLE_STATES, agent_retry_problem
 from agents.selectors import agent_events_range
+from agents.services import REMOTE_SANDBOX
+from dashboard.charts import usage_charts
+from dashboard.selectors import agent_usage_turns
 
 # Rows the page shows per table; an agent with more says how many it left out.
 MAX_GATE_ROWS = 200
@@ -28,6 +32,28 @@ def agent_usage(agent: Agent) -> dict[str, Any]:
     }
 
 
+def agent_usage_series(agent: Agent) -> dict[str, Any] | None:
+    """The agent's cost and tokens per model turn over its run, as charts; None without any."""
+    return usage_charts(
+        turns=agent_usage_turns(agent_id=agent.id),
+        started_at=agent.started_at,
+        finished_at=agent.finished_at,
+    )
+
+
+# The states the page's Retry button shows in, as the page's script reads them.
+RETRY_STATES = " ".join(sorted(RETRYABLE_STATES))
+
+
+def agent_retry_offer(agent: Agent) -> Literal["now", "later", ""]:
+    """Whether the page offers Retry: ``now``; ``later``, once a live agent fails or is
+    killed (the button waits hidden); or not at all (``agents.retries`` says why)."""
+    if agent_retry_problem(agent) is None:
+        return "now"
+    local = agent.origin == "local" and agent.sandbox_backend != REMOTE_SANDBOX
+    return "later" if local and not agent.is_final else ""
+
+
 def _finding(finding: Any) -> dict[str, Any]:
     """A secret-scan finding as shown: where, what kind, and only the masked value."""
     finding = finding if isinstance(finding, dict) else {}
@@ -40,7 +66,9 @@ def _finding(finding: Any) -> dict[str, Any]:
 
 
 def _gate_row(data: dict[str, Any], created_at: Any) -> dict[str, Any]:
-    details = data.get("details") if isinstance(data.get("details"), dict) else {}
+    details = data.get("details")
+    if not isinstance(details, dict):
+        details = {}
     failing = details.get("failing_tests") or []
     findings = details.get("findings") or []
     return {

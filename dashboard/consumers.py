@@ -40,7 +40,8 @@ CLOSE_NOT_FOUND = 4404
 SEEN_MAX = 10_000
 
 
-class EventStreamConsumer(WebsocketConsumer):
+# Channels ships no type hints, so its consumers are Any to mypy.
+class EventStreamConsumer(WebsocketConsumer):  # type: ignore[misc]
     """Base: subclasses say which group they follow and which events they replay."""
 
     group = ""
@@ -76,7 +77,7 @@ class EventStreamConsumer(WebsocketConsumer):
         if text_data == "ping":
             self.send(text_data='{"type":"pong"}')
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         # A sync consumer's base_send is wrapped for threads; keep the raw one
         # for the fast path below, which runs on the event loop.
         self._loop_send = send
@@ -201,7 +202,7 @@ class AgentDetailConsumer(EventStreamConsumer):
         return True
 
 
-class StateStreamConsumer(WebsocketConsumer):
+class StateStreamConsumer(WebsocketConsumer):  # type: ignore[misc]
     """A watched topic of ``watch.py``: a full snapshot first, then the rows that change."""
 
     topic = ""

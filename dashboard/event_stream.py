@@ -35,7 +35,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from channels.layers import get_channel_layer
 from django.conf import settings
@@ -44,6 +44,7 @@ from django.core.handlers.asgi import ASGIRequest
 from django.db import DatabaseError, close_old_connections
 from django.urls import path
 from rest_framework import exceptions
+from rest_framework.authentication import BaseAuthentication
 from rest_framework.request import Request
 from rest_framework.settings import api_settings
 
@@ -65,7 +66,9 @@ _DATABASE = ThreadPoolExecutor(max_workers=4, thread_name_prefix="event-stream-d
 
 
 class StreamRefused(Exception):
-    def __init__(self, status: int, code: str, message: str, headers: dict | None = None) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
         self.headers = headers or {}
@@ -127,14 +130,18 @@ def stream_start(*, scope: dict[str, Any]) -> StreamStart:
 
 def _authenticate(request: ASGIRequest) -> Any:
     """The REST API's authentication classes, exactly as every API view runs them."""
-    authenticators = [auth() for auth in api_settings.DEFAULT_AUTHENTICATION_CLASSES]
+    # api_settings has imported the dotted paths; the stubs type them as the setting's strings.
+    classes = cast(list[type[BaseAuthentication]], api_settings.DEFAULT_AUTHENTICATION_CLASSES)
+    authenticators = [auth() for auth in classes]
+    # As in DRF's views, the authenticators see DRF's request (which authenticates lazily).
+    api_request = Request(request, authenticators=authenticators)
     challenge = next(
-        (header for auth in authenticators if (header := auth.authenticate_header(request))),
+        (header for auth in authenticators if (header := auth.authenticate_header(api_request))),
         None,
     )
     headers = {"WWW-Authenticate": challenge} if challenge else {}
     try:
-        user = Request(request, authenticators=authenticators).user
+        user = api_request.user
     except exceptions.APIException as error:
         raise StreamRefused(401, error.default_code, str(error.detail), headers) from None
     if user is None or not user.is_authenticated:
@@ -213,7 +220,7 @@ def batch_render(message: dict[str, Any]) -> Rendered:
 class EventStream:
     """One client's stream: the table up to the relay's watermark, then the relay's batches."""
 
-    def __init__(self, *, send: Callable[[dict], Any], start: StreamStart) -> None:
+    def __init__(self, *, send: Callable[[dict[str, Any]], Any], start: StreamStart) -> None:
         self.send = send
         self.agent_id = start.agent_id
         self.final_event_id = start.final_event_id
@@ -222,7 +229,7 @@ class EventStream:
         self.finished = False
         self.last_write = time.monotonic()
 
-    async def run(self, disconnected: asyncio.Future) -> None:
+    async def run(self, disconnected: asyncio.Future[None]) -> None:
         await self._write(f"retry: {RETRY_MS}\n\n".encode())
         if self.final_event_id is not None:
             await self.replay(until=self.final_event_id)
@@ -294,7 +301,7 @@ class EventStream:
         await self.send({"type": "http.response.body", "body": body, "more_body": True})
 
 
-async def _refuse(send: Callable[[dict], Any], refusal: StreamRefused) -> None:
+async def _refuse(send: Callable[[dict[str, Any]], Any], refusal: StreamRefused) -> None:
     body = json.dumps({"error": {"code": refusal.code, "message": refusal.message}}).encode()
     headers = [(b"content-type", b"application/json")]
     headers += [(name.lower().encode(), value.encode()) for name, value in refusal.headers.items()]
@@ -317,7 +324,9 @@ async def _disconnect(receive: Callable[[], Any]) -> None:
         pass
 
 
-async def agent_event_stream(scope: dict[str, Any], receive: Callable, send: Callable) -> None:
+async def agent_event_stream(
+    scope: dict[str, Any], receive: Callable[[], Any], send: Callable[[dict[str, Any]], Any]
+) -> None:
     """The ASGI application of the stream endpoint."""
     if not await _request_read(receive):
         return
@@ -361,5 +370,6 @@ async def agent_event_stream(scope: dict[str, Any], receive: Callable, send: Cal
 
 # Routed ahead of Django by orchestrator_site/asgi.py.
 http_urlpatterns = [
-    path("api/v1/agents/<str:agent_id>/events/stream", agent_event_stream),
+    # Channels' URLRouter routes to an ASGI application; Django's stubs expect a view.
+    path("api/v1/agents/<str:agent_id>/events/stream", agent_event_stream),  # type: ignore[arg-type]
 ]

@@ -45,16 +45,18 @@ def agent_group(agent_id: Any) -> str:
     return f"dashboard.agent.{str(agent_id).replace('-', '')}"
 
 
-def frame_text(*, events: list[dict], agents: dict[str, dict], last_id: int) -> str:
+def frame_text(
+    *, events: list[dict[str, Any]], agents: dict[str, dict[str, Any]], last_id: int
+) -> str:
     return json.dumps(
         {"type": "batch", "events": events, "agents": agents, "last_id": last_id},
         separators=(",", ":"),
     )
 
 
-def frame_chunks(events: list[dict], max_bytes: int) -> list[list[dict]]:
+def frame_chunks(events: list[dict[str, Any]], max_bytes: int) -> list[list[dict[str, Any]]]:
     """``events`` in runs whose JSON stays within ``max_bytes``; an event larger goes alone."""
-    chunks: list[list[dict]] = [[]]
+    chunks: list[list[dict[str, Any]]] = [[]]
     size = 0
     for event in events:
         event_size = len(json.dumps(event, separators=(",", ":")))
@@ -89,8 +91,8 @@ class EventRelay:
         self.frame_bytes = frame_bytes
         self.watermark = 0
         self.ticks = 0
-        self._task: asyncio.Task | None = None
-        self._starting: asyncio.Future | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._starting: asyncio.Future[None] | None = None
         self._gap: tuple[int, float] | None = None
         self._group_last: OrderedDict[str, int] = OrderedDict()
         # One thread, hence one database connection, for every tail query.
@@ -134,8 +136,8 @@ class EventRelay:
             full = len(batch.events) == self.batch_size and len(ready) == len(batch.events)
             await asyncio.sleep(0 if full else self.interval_s)
 
-    def _gap_free_prefix(self, events: list[dict], now: float) -> list[dict]:
-        ready: list[dict] = []
+    def _gap_free_prefix(self, events: list[dict[str, Any]], now: float) -> list[dict[str, Any]]:
+        ready: list[dict[str, Any]] = []
         expected = self.watermark + 1
         for event in events:
             if event["id"] != expected and not self._gap_expired(expected, now):
@@ -152,12 +154,14 @@ class EventRelay:
             self._gap = (missing_id, now)
         return now - self._gap[1] >= self.gap_wait_s
 
-    async def _publish(self, layer: Any, events: list[dict], agents: dict[str, dict]) -> None:
+    async def _publish(
+        self, layer: Any, events: list[dict[str, Any]], agents: dict[str, dict[str, Any]]
+    ) -> None:
         previous, last_id = self.watermark, events[-1]["id"]
         # The watermark moves before any send: a consumer that joins its group
         # and then reads the watermark either replays this batch or receives it.
         self.watermark = last_id
-        by_agent: dict[str, list[dict]] = {}
+        by_agent: dict[str, list[dict[str, Any]]] = {}
         for event in events:
             by_agent.setdefault(event["agent_id"], []).append(event)
         board = [event for event in events if event["kind"] in BOARD_KINDS]
@@ -176,7 +180,13 @@ class EventRelay:
             await self._send(layer, agent_group(agent_id), agent_events, summary, previous, last_id)
 
     async def _send(
-        self, layer: Any, group: str, events: list[dict], agents: dict, previous: int, last_id: int
+        self,
+        layer: Any,
+        group: str,
+        events: list[dict[str, Any]],
+        agents: dict[str, dict[str, Any]],
+        previous: int,
+        last_id: int,
     ) -> None:
         text = frame_text(events=events, agents=agents, last_id=last_id)
         if len(text) <= self.frame_bytes:

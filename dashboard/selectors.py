@@ -1,15 +1,19 @@
 """Reads the dashboard needs, shaped as the JSON the pages and the relay share."""
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
 from importlib import metadata
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.db.models import Count, QuerySet
 
-from agents.models import Agent
+from agents.models import Agent, AgentEvent, AgentEventKind
 from agents.selectors import (
     agent_event_last_id,
     agent_events_page,
@@ -54,6 +58,8 @@ _SUMMARY_FIELDS = (
 _EVENT_FIELDS = ("id", "agent_id", "kind", "data", "created_at")
 # Agents per page of the agents list.
 AGENTS_PAGE_SIZE = 50
+# What a watched topic holds (dashboard/watch.py): section → row id → row.
+Snapshot = dict[str, dict[str, Any]]
 
 
 def _iso(value: Any) -> str | None:
@@ -132,6 +138,94 @@ def event_page(
     )
     rows = [event_payload(row) for row in page.events.values(*_EVENT_FIELDS)]
     return rows, page.next_after if page.has_more else until
+
+
+# The model turns the usage chart reads at most (a run may take 10,000 turns).
+MAX_USAGE_TURNS = 20_000
+# The retries an agent's page links to.
+MAX_RETRIES_LISTED = 20
+
+
+@dataclass(frozen=True)
+class UsageTurn:
+    """What one model reply used and cost, and when the hub recorded it."""
+
+    at: datetime
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int
+    cache_write_tokens: int
+    cost_usd: Decimal
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def _cost(value: Any) -> Decimal:
+    try:
+        cost = Decimal(str(value))
+    except (InvalidOperation, ValueError):
+        return Decimal(0)
+    return cost if cost.is_finite() and cost > 0 else Decimal(0)
+
+
+def agent_usage_turns(*, agent_id: Any, limit: int = MAX_USAGE_TURNS) -> list[UsageTurn]:
+    """The agent's model turns in order, each with its usage and cost.
+
+    Every runtime that talks to a model records a ``transcript`` event per
+    reply with ``usage`` (``Usage.as_dict()``) and ``cost_usd``: the claude
+    runtime per assistant turn, the CLI runtimes per call through the model
+    gateway. A CLI's own closing report carries usage but no cost and is
+    not a turn. Only those two keys are read, not the transcript's text.
+    """
+    rows = (
+        AgentEvent.objects.filter(
+            agent_id=agent_id, kind=AgentEventKind.TRANSCRIPT, data__has_key="cost_usd"
+        )
+        .order_by("id")
+        .values_list("created_at", "data__usage", "data__cost_usd")[:limit]
+    )
+    turns = []
+    for at, usage, cost in rows:
+        usage = usage if isinstance(usage, dict) else {}
+        turns.append(
+            UsageTurn(
+                at=at,
+                input_tokens=_count(usage.get("input_tokens")),
+                output_tokens=_count(usage.get("output_tokens")),
+                cache_read_tokens=_count(usage.get("cache_read_input_tokens")),
+                cache_write_tokens=_count(usage.get("cache_creation_input_tokens")),
+                cost_usd=_cost(cost),
+            )
+        )
+    return turns
+
+
+def agent_retry_links(*, agents: QuerySet[Agent], agent: Agent) -> dict[str, Any]:
+    """Where ``agent`` came from (``options.retry_of``) and the retries of it, among ``agents``.
+
+    ``agents`` is what the viewer may see (``agents_owned_by``); a retry keeps
+    its agent's task id, so the lookup of retries stays on the task id index.
+    """
+    retry_of = str((agent.options or {}).get("retry_of") or "")
+    try:
+        origin = agents.filter(id=retry_of).values("id", "state").first() if retry_of else None
+    except ValidationError:
+        origin = None  # not an agent id: nothing to link to
+    retries = (
+        agents.filter(task_id=agent.task_id, options__retry_of=str(agent.id))
+        .order_by("created_at", "id")
+        .values("id", "state")[:MAX_RETRIES_LISTED]
+    )
+    return {
+        "retry_of": _agent_link(origin) if origin else None,
+        "retries": [_agent_link(row) for row in retries],
+    }
+
+
+def _agent_link(row: Mapping[str, Any]) -> dict[str, str]:
+    return {"id": str(row["id"]), "state": row["state"]}
 
 
 def board_agents(*, owner: str | None, filters: dict[str, Any]) -> dict[str, Any]:
@@ -255,14 +349,14 @@ def _live_project(live: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def projects_live_snapshots(*, project_ids: Iterable[int]) -> dict[int, dict[str, dict]]:
+def projects_live_snapshots(*, project_ids: Iterable[int]) -> dict[int, Snapshot]:
     """Per project, what its page shows live: ``{"project": {id: row}, "tasks": {key: row}}``.
 
     A project that no longer exists has empty sections. Three queries in all.
     """
     ids = list(project_ids)
     live = projects_live(project_ids=ids)
-    snapshots: dict[int, dict[str, dict]] = {}
+    snapshots: dict[int, Snapshot] = {}
     for project_id in ids:
         if project_id not in live:
             snapshots[project_id] = {"project": {}, "tasks": {}}
@@ -275,7 +369,7 @@ def projects_live_snapshots(*, project_ids: Iterable[int]) -> dict[int, dict[str
     return snapshots
 
 
-def projects_board_snapshot(*, owner: str | None) -> dict[str, dict]:
+def projects_board_snapshot(*, owner: str | None) -> Snapshot:
     return {"projects": {str(row["id"]): row for row in board_projects(owner=owner)}}
 
 
@@ -293,7 +387,7 @@ def project_page(*, project: Project) -> dict[str, Any]:
             "key": task.key,
             "title": task.title,
             "state": task.state,
-            "depends_on": task.dependency_keys,  # type: ignore[attr-defined]
+            "depends_on": task.dependency_keys,
             "priority": task.priority,
             "attempts": task.attempts,
             "error": (task.error or "")[:300],

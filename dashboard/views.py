@@ -6,7 +6,7 @@ Django's CSRF token and, for hub-wide actions, a staff account; the
 kill-switch services do the work and the audit.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import wraps
 from typing import Any
 
@@ -29,11 +29,19 @@ from agents.selectors import (
     viewer_owner,
     viewer_principal,
 )
-from dashboard.agent_report import agent_gate_rows, agent_network, agent_usage
+from dashboard.agent_report import (
+    RETRY_STATES,
+    agent_gate_rows,
+    agent_network,
+    agent_retry_offer,
+    agent_usage,
+    agent_usage_series,
+)
 from dashboard.charts import activity_charts
 from dashboard.diffs import agent_diff_page, kept_patch_page
 from dashboard.forms import agent_filters
 from dashboard.selectors import (
+    agent_retry_links,
     agent_summary,
     board_agents,
     board_peers,
@@ -141,11 +149,15 @@ def agent_detail(request: HttpRequest, agent_id: str) -> HttpResponse:
         request,
         agent=agent_summary(agent),
         usage=agent_usage(agent),
+        usage_series=agent_usage_series(agent),
         gates=agent_gate_rows(agent=agent),
         gate_verdict=(agent.result or {}).get("gates"),
         network=agent_network(agent=agent),
         pushed_commit=(agent.result or {}).get("pushed_commit"),
         kept_patches=agent_patch_attempts(agent=agent),
+        retry_offer=agent_retry_offer(agent),
+        retry_states=RETRY_STATES,
+        retry_links=agent_retry_links(agents=agents_visible_to(request.user), agent=agent),
         nav="agents",
     )
     return render(request, "dashboard/agent_detail.html", context)
@@ -245,7 +257,7 @@ def agent_kill_action(request: HttpRequest, agent_id: str) -> HttpResponse:
     return JsonResponse(body, status=200 if termination.terminated else 409)
 
 
-def _hub_action_done(request: HttpRequest, body: dict[str, Any], message: str) -> HttpResponse:
+def _hub_action_done(request: HttpRequest, body: Mapping[str, Any], message: str) -> HttpResponse:
     if _wants_json(request):
         return JsonResponse(body)
     messages.success(request, message)

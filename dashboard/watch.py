@@ -62,7 +62,9 @@ def topic_group(topic: str) -> str:
     return f"dashboard.watch.{topic}"
 
 
-def frame_text(*, kind: str, topic: str, version: int, sections: Snapshot, removed: dict) -> str:
+def frame_text(
+    *, kind: str, topic: str, version: int, sections: Snapshot, removed: dict[str, list[str]]
+) -> str:
     frame = {"type": kind, "topic": topic, "version": version, "sections": sections}
     if removed:
         frame["removed"] = removed
@@ -108,7 +110,7 @@ class StateWatch:
         self._versions: dict[str, int] = {}
         # Which read each snapshot came from: an older read never overwrites a newer one.
         self._read_of: dict[str, int] = {}
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         # One thread, hence one database connection, for every poll.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dashboard-watch")
 

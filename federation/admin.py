@@ -1,3 +1,6 @@
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
@@ -10,9 +13,23 @@ from federation.errors import FederationError
 from federation.models import InboundMessage, InstanceKey, Peer, RemoteAgent
 from federation.services import PEER_ACTIONS, peer_transition
 
+# Django's admin classes are generic only in the stubs; subscripting them at
+# run time would fail, so the parametrised bases exist for the type checker.
+if TYPE_CHECKING:
+    _PeerAdminBase = admin.ModelAdmin[Peer]
+    _InstanceKeyAdminBase = admin.ModelAdmin[InstanceKey]
+    _InboundMessageAdminBase = admin.ModelAdmin[InboundMessage]
+    _RemoteAgentAdminBase = admin.ModelAdmin[RemoteAgent]
+else:
+    _PeerAdminBase = _InstanceKeyAdminBase = admin.ModelAdmin
+    _InboundMessageAdminBase = _RemoteAgentAdminBase = admin.ModelAdmin
 
-def _peer_action(action: str):
-    def run(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet) -> None:
+_PeerAction = Callable[[_PeerAdminBase, HttpRequest, QuerySet[Peer]], None]
+
+
+def _peer_action(action: str) -> _PeerAction:
+    @admin.action(description=f"{action.title()} selected peers", permissions=("change",))
+    def run(modeladmin: _PeerAdminBase, request: HttpRequest, queryset: QuerySet[Peer]) -> None:
         actor = f"user:{request.user.get_username()}"
         done, refused = 0, []
         for peer in queryset:
@@ -31,13 +48,11 @@ def _peer_action(action: str):
         )
 
     run.__name__ = f"peer_{action}"
-    run.short_description = f"{action.title()} selected peers"
-    run.allowed_permissions = ("change",)
     return run
 
 
 @admin.register(Peer)
-class PeerAdmin(admin.ModelAdmin):
+class PeerAdmin(_PeerAdminBase):
     # The fingerprints are on the list the accept action runs from: an admin
     # compares them with the peer's operator before accepting.
     list_display = [
@@ -77,12 +92,12 @@ class PeerAdmin(admin.ModelAdmin):
             ((key["key_id"], key["fingerprint"]) for key in key_fingerprints(peer.keys)),
         )
 
-    def has_add_permission(self, request) -> bool:
+    def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
 
 @admin.register(InstanceKey)
-class InstanceKeyAdmin(admin.ModelAdmin):
+class InstanceKeyAdmin(_InstanceKeyAdminBase):
     list_display = ["version", "fingerprint", "created_at", "expires_at"]
     exclude = ["private_key_encrypted"]
     readonly_fields = ["version", "public_key", "fingerprint", "created_at", "expires_at"]
@@ -91,12 +106,12 @@ class InstanceKeyAdmin(admin.ModelAdmin):
     def fingerprint(self, key: InstanceKey) -> str:
         return signing.key_fingerprint(key.public_key)
 
-    def has_add_permission(self, request) -> bool:
+    def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
 
 @admin.register(InboundMessage)
-class InboundMessageAdmin(admin.ModelAdmin):
+class InboundMessageAdmin(_InboundMessageAdminBase):
     list_display = ["message_id", "peer", "command", "response_status", "created_at"]
     list_filter = ["command", "response_status"]
     readonly_fields = [
@@ -111,6 +126,6 @@ class InboundMessageAdmin(admin.ModelAdmin):
 
 
 @admin.register(RemoteAgent)
-class RemoteAgentAdmin(admin.ModelAdmin):
+class RemoteAgentAdmin(_RemoteAgentAdminBase):
     list_display = ["agent", "peer", "remote_agent_id", "last_event_id"]
     readonly_fields = ["agent", "peer", "remote_agent_id", "last_event_id"]

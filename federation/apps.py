@@ -1,5 +1,10 @@
+from typing import TYPE_CHECKING, Any
+
 from django.apps import AppConfig
 from django.db.models.signals import post_migrate, post_save
+
+if TYPE_CHECKING:
+    from agents.models import AgentEvent
 
 
 class FederationConfig(AppConfig):
@@ -15,14 +20,16 @@ class FederationConfig(AppConfig):
         post_migrate.connect(_after_migrate, sender=self, dispatch_uid="federation.setup")
 
 
-def _agent_event_saved(sender, instance, created, **kwargs) -> None:
+def _agent_event_saved(
+    sender: type["AgentEvent"], instance: "AgentEvent", created: bool, **kwargs: Any
+) -> None:
     if created and not kwargs.get("raw"):
         from federation.relay import relay_event_recorded
 
         relay_event_recorded(agent_id=instance.agent_id)
 
 
-def _after_migrate(sender, **kwargs) -> None:
+def _after_migrate(sender: AppConfig, **kwargs: Any) -> None:
     """A new hub gets its signing key and its housekeeping schedules right after migrate."""
     from django_q.models import Schedule
 

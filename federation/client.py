@@ -7,7 +7,6 @@ is down or stuck yields ``PeerUnreachable`` quickly instead of a hang.
 import json
 import threading
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import requests
@@ -15,6 +14,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from federation import signing
+from federation.documents import PublishedKey
 from federation.errors import PeerAnswerInvalid, PeerCommandFailed, PeerUnreachable, PeerUrlInvalid
 from federation.identity import identity_document, signing_key
 from federation.models import Peer
@@ -30,7 +30,8 @@ def _session() -> requests.Session:
     # A peer's URL is not the hub's own choice, so it goes through the outbound guard.
     if not hasattr(_local, "session"):
         _local.session = outbound_session()
-    return _local.session
+    session: requests.Session = _local.session
+    return session
 
 
 def _timeouts() -> tuple[float, float]:
@@ -45,7 +46,7 @@ def _exchange(
     method: str,
     url: str,
     body: bytes | None,
-    key_lookup: Callable[[str], Any] | None,
+    key_lookup: signing.KeyLookup | None,
     sign_version: int | None = None,
 ) -> tuple[int, dict[str, Any], requests.Response]:
     try:
@@ -120,7 +121,7 @@ def identity_fetch(*, url: str) -> dict[str, Any]:
 def connect_send(
     *,
     url: str,
-    keys: list[dict[str, Any]],
+    keys: list[PublishedKey],
     sign_version: int | None = None,
 ) -> dict[str, Any]:
     """Introduce this hub to ``url``; the answer must be signed with one of ``keys``."""

@@ -38,7 +38,7 @@ from killswitch.services import agent_kill
 COMMANDS = ("agent.spawn", "agent.status", "agent.kill", "agent.kill_all")
 
 
-class EnvelopeSerializer(serializers.Serializer):
+class EnvelopeSerializer(serializers.Serializer[dict[str, Any]]):
     message_id = serializers.CharField(max_length=200)
     instance_id = serializers.CharField(max_length=100)
     command = serializers.CharField(max_length=50)
@@ -46,10 +46,11 @@ class EnvelopeSerializer(serializers.Serializer):
     timestamp = serializers.CharField(max_length=64)
 
 
-def _valid(serializer: serializers.Serializer) -> dict[str, Any]:
+def _valid(serializer: serializers.Serializer[Any]) -> dict[str, Any]:
     if not serializer.is_valid():
         raise MessageMalformed("the message is not valid", fields=_fields(serializer.errors))
-    return serializer.validated_data
+    data: dict[str, Any] = serializer.validated_data
+    return data
 
 
 def _fields(errors: Any) -> dict[str, list[str]]:
@@ -161,7 +162,7 @@ def _stored_response(peer: Peer, message_id: str, fingerprint: str) -> tuple[int
     record = InboundMessage.objects.get(peer=peer, message_id=message_id)
     if record.body_sha256 != fingerprint:
         raise MessageConflict(f"message {message_id} was already sent with another body")
-    if record.response_status is None:
+    if record.response_status is None or record.response_body is None:
         raise MessageConflict(f"message {message_id} is still being processed")
     return record.response_status, record.response_body
 
@@ -187,7 +188,7 @@ def _spawn(*, peer: Peer, payload: dict[str, Any]) -> dict[str, Any]:
     return agent_snapshot(agent)
 
 
-def agent_snapshot(agent: Any) -> dict[str, Any]:
+def agent_snapshot(agent: Agent) -> dict[str, Any]:
     return {
         "agent_id": str(agent.id),
         "state": agent.state,
@@ -201,7 +202,7 @@ def agent_snapshot(agent: Any) -> dict[str, Any]:
     }
 
 
-class _AgentPayload(serializers.Serializer):
+class _AgentPayload(serializers.Serializer[dict[str, Any]]):
     agent_id = serializers.UUIDField()
     reason = serializers.CharField(max_length=2000, required=False, default="killed by peer")
 
@@ -211,7 +212,7 @@ def _peer_agents(peer: Peer) -> QuerySet[Agent]:
     return agents_visible_to(PeerPrincipal(peer=peer, instance_id=peer.instance_id))
 
 
-def _own_agent(peer: Peer, payload: dict[str, Any]) -> tuple[Any, str]:
+def _own_agent(peer: Peer, payload: dict[str, Any]) -> tuple[Agent, str]:
     data = _valid(_AgentPayload(data=payload))
     # Another hub's agents, and ours, are not this peer's business, not even their existence.
     viewer = PeerPrincipal(peer=peer, instance_id=peer.instance_id)
@@ -234,7 +235,7 @@ def _kill(*, peer: Peer, payload: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-class _ReasonPayload(serializers.Serializer):
+class _ReasonPayload(serializers.Serializer[dict[str, Any]]):
     reason = serializers.CharField(max_length=2000, required=False, default="killed by peer")
 
 

@@ -10,7 +10,7 @@ import ipaddress
 import re
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, TypedDict
 from urllib.parse import urlsplit
 
 from django.utils import timezone
@@ -22,7 +22,26 @@ from netguard.outbound import url_refusal
 INSTANCE_ID = re.compile(r"^[A-Za-z0-9._~-]{1,100}$")
 MAX_URL_LENGTH = 500
 _HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
-KEY_FIELDS = ("key_id", "alg", "public_key", "created", "expires")
+
+
+class PublishedKey(TypedDict):
+    """One key of an identity document, as a hub publishes it and a peer pins it."""
+
+    key_id: str
+    alg: str | None
+    public_key: str
+    created: str | None
+    expires: str | None
+
+
+class PeerIdentity(TypedDict):
+    """The parts of an identity document a hub keeps of a peer (``identity_validate``)."""
+
+    instance_id: str
+    name: str
+    url: str
+    keys: list[PublishedKey]
+    capabilities: list[str]
 
 
 def peer_url_problem(url: Any) -> str | None:
@@ -62,7 +81,7 @@ def _host_is_valid(host: str) -> bool:
         return len(host) <= 253 and all(_HOST_LABEL.match(label) for label in labels)
 
 
-def identity_validate(document: Mapping[str, Any]) -> dict[str, Any]:
+def identity_validate(document: Mapping[str, Any]) -> PeerIdentity:
     """The parts of an identity document we keep, checked; raises MessageMalformed."""
     instance_id = document.get("instance_id")
     if not isinstance(instance_id, str) or not INSTANCE_ID.match(instance_id):
@@ -76,7 +95,7 @@ def identity_validate(document: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "instance_id": instance_id,
         "name": name[:200] if isinstance(name, str) and name else instance_id,
-        "url": url.rstrip("/"),
+        "url": str(url).rstrip("/"),  # a str: peer_url_problem refuses anything else
         "keys": _keys_validate(instance_id, document.get("keys")),
         "capabilities": [c for c in capabilities if isinstance(c, str)][:50]
         if isinstance(capabilities, list)
@@ -84,10 +103,10 @@ def identity_validate(document: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _keys_validate(instance_id: str, keys: Any) -> list[dict[str, Any]]:
+def _keys_validate(instance_id: str, keys: Any) -> list[PublishedKey]:
     if not isinstance(keys, list) or not 1 <= len(keys) <= 20:
         raise MessageMalformed("keys must list 1 to 20 keys")
-    pinned = []
+    pinned: list[PublishedKey] = []
     for key in keys:
         if (
             not isinstance(key, dict)
@@ -104,7 +123,15 @@ def _keys_validate(instance_id: str, keys: Any) -> list[dict[str, Any]]:
             signing.public_key_load(str(key.get("public_key")))
         except ValueError:
             raise MessageMalformed(f"key {key['key_id']} is not an ed25519 public key") from None
-        pinned.append({name: key.get(name) for name in KEY_FIELDS})
+        pinned.append(
+            PublishedKey(
+                key_id=key["key_id"],
+                alg=key.get("alg"),
+                public_key=key["public_key"],  # a missing key failed to load above
+                created=key.get("created"),
+                expires=key.get("expires"),
+            )
+        )
     return pinned
 
 
@@ -134,7 +161,7 @@ def key_is_current(key: Mapping[str, Any], now: datetime | None = None) -> bool:
         return False
 
 
-def published_key(keys: list[dict[str, Any]], key_id: str) -> str:
+def published_key(keys: list[PublishedKey], key_id: str) -> str:
     """The public key a validated document publishes as ``key_id`` ("" if none)."""
     return next((str(key["public_key"]) for key in keys if key["key_id"] == key_id), "")
 

@@ -10,6 +10,7 @@ import base64
 import functools
 import time
 from datetime import timedelta
+from typing import TypedDict
 
 from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import hashes, serialization
@@ -17,9 +18,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
+from federation.documents import PublishedKey
 from federation.errors import IdentityUnavailable
 from federation.models import InstanceKey
 from federation.signing import ALGORITHM, public_key_text
@@ -60,7 +62,17 @@ def _decrypt(token: str, secret: str) -> Ed25519PrivateKey:
     return Ed25519PrivateKey.from_private_bytes(raw)
 
 
-def _valid_keys():
+class IdentityDocument(TypedDict):
+    """What ``/federation/v1/identity`` publishes, and a connect's body carries."""
+
+    instance_id: str
+    name: str
+    url: str
+    capabilities: list[str]
+    keys: list[PublishedKey]
+
+
+def _valid_keys() -> QuerySet[InstanceKey]:
     return InstanceKey.objects.filter(Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now()))
 
 
@@ -80,7 +92,7 @@ def instance_key_ensure() -> InstanceKey:
             )
     except IntegrityError:
         # Another process created it first; theirs is as good as ours.
-        return _valid_keys().order_by("-version").first()
+        return _valid_keys().latest("version")
 
 
 _current: dict[str, tuple[float, str, Ed25519PrivateKey]] = {}
@@ -127,25 +139,25 @@ def instance_key_rotate(*, grace_days: int) -> tuple[InstanceKey, list[InstanceK
     return new, retiring
 
 
-def identity_keys() -> list[dict]:
+def identity_keys() -> list[PublishedKey]:
     instance_key_ensure()
     return [
-        {
-            "key_id": key_id_for(key.version),
-            "alg": ALGORITHM,
-            "public_key": key.public_key,
-            "created": key.created_at.isoformat(),
-            "expires": key.expires_at.isoformat() if key.expires_at else None,
-        }
+        PublishedKey(
+            key_id=key_id_for(key.version),
+            alg=ALGORITHM,
+            public_key=key.public_key,
+            created=key.created_at.isoformat(),
+            expires=key.expires_at.isoformat() if key.expires_at else None,
+        )
         for key in _valid_keys().order_by("version")
     ]
 
 
-def identity_document() -> dict:
-    return {
-        "instance_id": settings.FLOTILLA_INSTANCE_ID,
-        "name": settings.FLOTILLA_INSTANCE_NAME,
-        "url": settings.FLOTILLA_FEDERATION_URL,
-        "capabilities": CAPABILITIES,
-        "keys": identity_keys(),
-    }
+def identity_document() -> IdentityDocument:
+    return IdentityDocument(
+        instance_id=settings.FLOTILLA_INSTANCE_ID,
+        name=settings.FLOTILLA_INSTANCE_NAME,
+        url=settings.FLOTILLA_FEDERATION_URL,
+        capabilities=CAPABILITIES,
+        keys=identity_keys(),
+    )

@@ -24,6 +24,7 @@ from django_q.models import Schedule
 from django_q.tasks import async_task, schedule
 from rest_framework import serializers
 
+from agents.models import AgentEvent
 from agents.selectors import agent_events_after, agent_events_page, agent_get, agent_list
 from agents.services import agent_event_append, agent_mirror_state
 from federation.client import events_send
@@ -45,7 +46,7 @@ _origins: dict[str, str] = {}
 # --- spoke side -----------------------------------------------------------
 
 
-def _origin_of(agent_id: Any) -> str:
+def _origin_of(agent_id: uuid.UUID) -> str:
     key = str(agent_id)
     if key not in _origins:
         origin = agent_list().filter(id=agent_id).values_list("origin", flat=True).first()
@@ -57,7 +58,7 @@ def _origin_of(agent_id: Any) -> str:
     return _origins[key]
 
 
-def relay_event_recorded(*, agent_id: Any) -> None:
+def relay_event_recorded(*, agent_id: uuid.UUID) -> None:
     """An event was written: make sure a push to the agent's origin hub is on its way."""
     origin = _origin_of(agent_id)
     if origin == "local":
@@ -70,7 +71,7 @@ def relay_event_recorded(*, agent_id: Any) -> None:
         transaction.on_commit(lambda: relay_enqueue(agent_id=agent_id))
 
 
-def relay_enqueue(*, agent_id: Any, attempt: int = 0) -> None:
+def relay_enqueue(*, agent_id: uuid.UUID, attempt: int = 0) -> None:
     async_task(
         "federation.tasks.agent_events_push",
         str(agent_id),
@@ -80,7 +81,7 @@ def relay_enqueue(*, agent_id: Any, attempt: int = 0) -> None:
     )
 
 
-def relay_push(*, agent_id: Any, attempt: int = 0) -> None:
+def relay_push(*, agent_id: uuid.UUID, attempt: int = 0) -> None:
     """Push every unacknowledged event of one agent, batch by batch."""
     while True:
         relay = EventRelay.objects.select_related("peer").filter(agent_id=agent_id).first()
@@ -115,7 +116,7 @@ def relay_push(*, agent_id: Any, attempt: int = 0) -> None:
         attempt = 0
 
 
-def _events_body(agent_id: Any, events: list) -> dict[str, Any]:
+def _events_body(agent_id: uuid.UUID, events: list[AgentEvent]) -> dict[str, Any]:
     return {
         "message_id": str(uuid.uuid4()),
         "instance_id": settings.FLOTILLA_INSTANCE_ID,
@@ -170,7 +171,7 @@ def _deliver(peer: Peer, body: dict[str, Any]) -> str:
     return ""
 
 
-def _retry_later(agent_id: Any, attempt: int, error: str) -> None:
+def _retry_later(agent_id: uuid.UUID, attempt: int, error: str) -> None:
     EventRelay.objects.filter(agent_id=agent_id).update(attempts=attempt + 1, last_error=error)
     if attempt >= len(_BACKOFF_S):
         logger.warning("giving up pushing events of agent %s: %s", agent_id, error)
@@ -189,19 +190,21 @@ def _retry_later(agent_id: Any, attempt: int, error: str) -> None:
 # --- hub side -------------------------------------------------------------
 
 
-class _EventSerializer(serializers.Serializer):
+class _EventSerializer(serializers.Serializer[dict[str, Any]]):
     id = serializers.IntegerField(min_value=1)
     kind = serializers.RegexField(r"^[a-z_]{1,20}$")
-    data = serializers.DictField()
+    # The stubs see the ``data`` property; DRF's metaclass takes a declared field out of the class.
+    data = serializers.DictField()  # type: ignore[assignment]
     created_at = serializers.CharField(max_length=64, required=False)
 
 
-class EventsSerializer(serializers.Serializer):
+class EventsSerializer(serializers.Serializer[dict[str, Any]]):
     message_id = serializers.CharField(max_length=200)
     instance_id = serializers.CharField(max_length=100)
     agent_id = serializers.UUIDField()
     agent = serializers.DictField()
-    events = _EventSerializer(many=True, max_length=1000)
+    # many=True makes a ListSerializer, which takes max_length; the stubs do not model it.
+    events = _EventSerializer(many=True, max_length=1000)  # type: ignore[call-arg]
     timestamp = serializers.CharField(max_length=64)
 
 
@@ -236,7 +239,7 @@ def events_receive(*, peer: Peer, body: dict[str, Any]) -> dict[str, Any]:
     return {"accepted": accepted, "last_event_id": last}
 
 
-def _mirror(agent_id: Any, event: dict[str, Any], snapshot: dict[str, Any]) -> None:
+def _mirror(agent_id: uuid.UUID, event: dict[str, Any], snapshot: dict[str, Any]) -> None:
     marker = {"remote_event_id": event["id"]}
     to = event["data"].get("to")
     if event["kind"] != "state" or to not in _STATES:

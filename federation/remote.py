@@ -5,6 +5,7 @@ from typing import Any
 
 from django.db import transaction
 
+from agents.models import Agent
 from agents.services import REMOTE_SANDBOX, SpawnRequest, agent_register_remote, spawn_guards_check
 from audit.services import audit_record
 from federation.client import command_send, connect_send, identity_fetch
@@ -42,7 +43,7 @@ def spawn_request_from(spawn: dict[str, Any]) -> SpawnRequest:
     )
 
 
-def remote_agent_spawn(*, peer_id: Any, spawn: dict[str, Any], requested_by: str) -> Any:
+def remote_agent_spawn(*, peer_id: uuid.UUID, spawn: dict[str, Any], requested_by: str) -> Agent:
     """Ask a peer to run an agent and record it here as a remote agent; returns the local row."""
     peer = peer_get(peer_id=peer_id)
     if peer.state != PeerState.ACTIVE:
@@ -74,14 +75,15 @@ def remote_agent_spawn(*, peer_id: Any, spawn: dict[str, Any], requested_by: str
 
 def remote_agent_kill(*, handle: dict[str, Any], reason: str) -> dict[str, Any]:
     """Send agent.kill for the remote agent a sandbox handle names."""
-    peer = Peer.objects.filter(id=handle.get("peer_id")).first()
+    peer_id = handle.get("peer_id")
+    peer = Peer.objects.filter(id=peer_id).first() if peer_id is not None else None
     if peer is None:
-        raise PeerStateConflict(f"the peer {handle.get('peer_id')} of this agent is gone")
+        raise PeerStateConflict(f"the peer {peer_id} of this agent is gone")
     payload = {"agent_id": handle["remote_agent_id"], "reason": reason}
     return command_send(peer=peer, command="agent.kill", payload=payload)
 
 
-def remote_agent_status(*, peer: Peer, remote_agent_id: Any) -> dict[str, Any]:
+def remote_agent_status(*, peer: Peer, remote_agent_id: uuid.UUID) -> dict[str, Any]:
     return command_send(
         peer=peer, command="agent.status", payload={"agent_id": str(remote_agent_id)}
     )

@@ -1,6 +1,6 @@
 """Reads of federation."""
 
-from typing import Any
+import uuid
 
 from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
@@ -9,7 +9,8 @@ from federation.errors import PeerNotFound
 from federation.models import Peer, PeerState, RemoteAgent
 
 
-def peer_get(*, peer_id: Any) -> Peer:
+def peer_get(*, peer_id: uuid.UUID | str) -> Peer:
+    """The peer, or ``PeerNotFound``; ``peer_id`` may be text an operator typed."""
     try:
         return Peer.objects.get(id=peer_id)
     except (Peer.DoesNotExist, ValidationError, ValueError, TypeError):
@@ -25,5 +26,5 @@ def peer_active_list() -> QuerySet[Peer]:
     return Peer.objects.filter(state=PeerState.ACTIVE)
 
 
-def remote_agent_get(*, agent_id: Any) -> RemoteAgent | None:
+def remote_agent_get(*, agent_id: uuid.UUID) -> RemoteAgent | None:
     return RemoteAgent.objects.select_related("peer").filter(agent_id=agent_id).first()

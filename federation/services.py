@@ -8,7 +8,8 @@ and every refusal is audited here.
 
 import json
 import re
-from collections.abc import Mapping
+import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,6 +22,7 @@ from django.utils import timezone
 from audit.services import audit_record
 from federation import signing
 from federation.documents import (
+    PeerIdentity,
     identity_validate,
     key_fingerprints,
     key_is_current,
@@ -103,11 +105,12 @@ def _admit(request: InboundRequest, connect: bool, context: dict[str, Any]) -> V
             peers[instance_id] = Peer.objects.filter(instance_id=instance_id).first()
         return peers[instance_id]
 
+    def pinned_lookup(key_id: str) -> Ed25519PublicKey:
+        return _pinned_key_lookup(key_id, sender_peer(key_id))
+
     used: dict[str, str] = {}
     lookup = (
-        _connect_key_lookup(document, sender_peer, used)
-        if connect
-        else lambda key_id: _pinned_key_lookup(key_id, sender_peer(key_id))
+        _connect_key_lookup(document, sender_peer, used) if document is not None else pinned_lookup
     )
     try:
         verified = signing.request_verify(
@@ -155,8 +158,11 @@ def _json_object(body: bytes) -> dict[str, Any]:
     return data
 
 
-def key_lookup_in(keys: list[dict[str, Any]]):
-    """A key lookup over a list of published keys (pinned ones, or an identity document's)."""
+def key_lookup_in(keys: object) -> signing.KeyLookup:
+    """A key lookup over a list of published keys (pinned ones, or an identity document's).
+
+    The list comes from JSON a peer sent: anything that is not a list knows no key.
+    """
 
     def lookup(key_id: str) -> Ed25519PublicKey:
         for key in keys if isinstance(keys, list) else []:
@@ -178,7 +184,9 @@ def _pinned_key_lookup(key_id: str, peer: Peer | None) -> Ed25519PublicKey:
     return key_lookup_in(peer.keys)(key_id)
 
 
-def _connect_key_lookup(document: dict[str, Any], sender_peer, used: dict[str, str]):
+def _connect_key_lookup(
+    document: dict[str, Any], sender_peer: Callable[[str], Peer | None], used: dict[str, str]
+) -> signing.KeyLookup:
     """The key a connect is signed with: one its body publishes, else one recorded for its sender.
 
     Verifying proves only that the sender holds that key. Whether the key is
@@ -301,7 +309,7 @@ def peer_register_inbound(
 
 
 def _connect_apply(
-    peer: Peer | None, identity: dict[str, Any], key_id: str, public_key: str
+    peer: Peer | None, identity: PeerIdentity, key_id: str, public_key: str
 ) -> tuple[Peer, str]:
     """The peer after a connect, and the audit action ("" when nothing changed)."""
     if peer is None:
@@ -335,7 +343,7 @@ def _signed_by_recorded_key(peer: Peer | None, key_id: str, public_key: str) -> 
     return key_is_recorded(peer.keys, key_id=key_id, public_key=public_key)
 
 
-def _peer_update(peer: Peer, identity: dict[str, Any], *, state: str) -> None:
+def _peer_update(peer: Peer, identity: PeerIdentity, *, state: str) -> None:
     for name, value in identity.items():
         setattr(peer, name, value)
     peer.state = state
@@ -344,35 +352,33 @@ def _peer_update(peer: Peer, identity: dict[str, Any], *, state: str) -> None:
 
 def peer_record_outbound(*, identity: Mapping[str, Any], actor: str) -> Peer:
     """Trust a hub the operator asked to connect to: its keys are pinned now, it is ACTIVE."""
-    identity = identity_validate(identity)
-    if identity["instance_id"] == settings.FLOTILLA_INSTANCE_ID:
+    valid = identity_validate(identity)
+    if valid["instance_id"] == settings.FLOTILLA_INSTANCE_ID:
         raise MessageMalformed("a hub cannot peer with itself")
     with transaction.atomic():
-        peer = Peer.objects.select_for_update().filter(instance_id=identity["instance_id"]).first()
+        peer = Peer.objects.select_for_update().filter(instance_id=valid["instance_id"]).first()
         if peer is None:
             peer = Peer.objects.create(
-                **identity, state=PeerState.ACTIVE, initiated_here=True, **_peer_defaults()
+                **valid, state=PeerState.ACTIVE, initiated_here=True, **_peer_defaults()
             )
-        elif (
-            peer.state in (PeerState.ACTIVE, PeerState.SUSPENDED) and peer.keys != identity["keys"]
-        ):
+        elif peer.state in (PeerState.ACTIVE, PeerState.SUSPENDED) and peer.keys != valid["keys"]:
             pinned = {key["key_id"] for key in peer.keys}
-            if not pinned & {key["key_id"] for key in identity["keys"]}:
+            if not pinned & {key["key_id"] for key in valid["keys"]}:
                 raise PeerStateConflict(
                     "this peer's keys are pinned and the new ones differ; "
                     "disconnect it before reconnecting"
                 )
         else:
-            _peer_update(peer, identity, state=PeerState.ACTIVE)
+            _peer_update(peer, valid, state=PeerState.ACTIVE)
             Peer.objects.filter(id=peer.id).update(initiated_here=True)
     audit_record(
         actor=actor,
         action="peer.connect",
         target=f"peer:{peer.id}",
         data={
-            "url": identity["url"],
+            "url": valid["url"],
             "instance_id": peer.instance_id,
-            "keys": [key["key_id"] for key in identity["keys"]],
+            "keys": [key["key_id"] for key in valid["keys"]],
         },
     )
     return peer
@@ -390,8 +396,11 @@ _TRANSITIONS = {
 PEER_ACTIONS = tuple(_TRANSITIONS)
 
 
-def peer_transition(*, peer_id: Any, action: str, actor: str, reason: str = "") -> Peer:
-    """accept, reject, suspend or disconnect a peer: one conditional update, audited."""
+def peer_transition(*, peer_id: uuid.UUID | str, action: str, actor: str, reason: str = "") -> Peer:
+    """accept, reject, suspend or disconnect a peer: one conditional update, audited.
+
+    ``peer_id`` may be the text an operator typed: one that names no peer is ``PeerNotFound``.
+    """
     to, allowed = _TRANSITIONS[action]
     peer = peer_get(peer_id=peer_id)
     if not Peer.objects.filter(id=peer.id, state__in=allowed).update(state=to):

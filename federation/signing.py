@@ -10,21 +10,18 @@ import base64
 import hashlib
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from http_message_signatures import (
-    HTTPMessageSigner,
-    HTTPMessageVerifier,
-    HTTPSignatureKeyResolver,
-    algorithms,
-)
+from http_message_signatures import algorithms
 from http_message_signatures.exceptions import HTTPMessageSignaturesException
-from http_message_signatures.http_sfv import Dictionary, InnerList
-from http_message_signatures.structures import CaseInsensitiveDict
+from http_message_signatures.http_sfv.dictionary import Dictionary
+from http_message_signatures.http_sfv.item import InnerList
+from http_message_signatures.resolvers import HTTPSignatureKeyResolver
+from http_message_signatures.signatures import HTTPMessageSigner, HTTPMessageVerifier
+from requests.structures import CaseInsensitiveDict
 
 _DAYS = timedelta(days=3650)
 LABEL = "sig1"
@@ -35,6 +32,8 @@ RESPONSE_COMPONENTS = ("@status", "content-type", "content-digest")
 MAX_AGE_S = 300
 MAX_AHEAD_S = 60
 NONCE_MIN_BYTES = 16
+# The library re-exports its algorithms without ``__all__``; mypy's strict mode sees no ED25519.
+_ED25519 = algorithms.ED25519  # type: ignore[attr-defined]
 
 
 class SignatureRejected(Exception):
@@ -55,7 +54,7 @@ class HttpMessage:
     """The parts of a request a signature covers, as the library reads them."""
 
     url: str
-    headers: Any
+    headers: MutableMapping[str, str]
     method: str = "POST"
 
 
@@ -63,7 +62,7 @@ class HttpMessage:
 class _Response:
     # The library decides "response" by the presence of ``status_code``.
     status_code: int
-    headers: Any
+    headers: MutableMapping[str, str]
     url: str = ""
 
 
@@ -119,13 +118,20 @@ def key_fingerprint(raw_b64url: str) -> str:
     return f"SHA256:{b64url(hashlib.sha256(raw).digest())}"
 
 
-class _OneKey(HTTPSignatureKeyResolver):
-    def __init__(self, private_key=None, lookup=None) -> None:
+KeyLookup = Callable[[str], Ed25519PublicKey]
+
+
+class _SigningKey(HTTPSignatureKeyResolver):
+    def __init__(self, private_key: Ed25519PrivateKey) -> None:
         self.private_key = private_key
-        self.lookup = lookup
 
     def resolve_private_key(self, key_id: str) -> Ed25519PrivateKey:
         return self.private_key
+
+
+class _VerifyingKey(HTTPSignatureKeyResolver):
+    def __init__(self, lookup: KeyLookup) -> None:
+        self.lookup = lookup
 
     def resolve_public_key(self, key_id: str) -> Ed25519PublicKey:
         return self.lookup(key_id)
@@ -139,12 +145,11 @@ def _sign(
     key_id: str,
     private_key: Ed25519PrivateKey,
     created: int | None,
-) -> dict[str, str]:
+) -> None:
+    """Add Content-Type, Content-Digest, Signature-Input and Signature to ``message.headers``."""
     message.headers.setdefault("Content-Type", "application/json")
     message.headers["Content-Digest"] = content_digest(body)
-    signer = HTTPMessageSigner(
-        signature_algorithm=algorithms.ED25519, key_resolver=_OneKey(private_key=private_key)
-    )
+    signer = HTTPMessageSigner(signature_algorithm=_ED25519, key_resolver=_SigningKey(private_key))
     stamp = int(time.time()) if created is None else created
     signer.sign(
         message,
@@ -155,7 +160,6 @@ def _sign(
         tag=TAG,
         covered_component_ids=components,
     )
-    return message.headers
 
 
 def request_sign(
@@ -169,10 +173,12 @@ def request_sign(
     headers: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """Headers (Content-Type, Content-Digest, Signature-Input, Signature) for a request."""
-    message = HttpMessage(url=url, headers=dict(headers or {}), method=method.upper())
-    return _sign(
+    signed = dict(headers or {})
+    message = HttpMessage(url=url, headers=signed, method=method.upper())
+    _sign(
         message, body, REQUEST_COMPONENTS, key_id=key_id, private_key=private_key, created=created
     )
+    return signed
 
 
 def response_sign(
@@ -183,13 +189,10 @@ def response_sign(
     private_key: Ed25519PrivateKey,
     headers: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    message = _Response(status_code=status, headers=dict(headers or {}))
-    return _sign(
-        message, body, RESPONSE_COMPONENTS, key_id=key_id, private_key=private_key, created=None
-    )
-
-
-KeyLookup = Callable[[str], Ed25519PublicKey]
+    signed = dict(headers or {})
+    message = _Response(status_code=status, headers=signed)
+    _sign(message, body, RESPONSE_COMPONENTS, key_id=key_id, private_key=private_key, created=None)
+    return signed
 
 
 def request_verify(
@@ -284,7 +287,7 @@ def _verify(
     _digest_check(message.headers, body, key_id)
     public_key = key_lookup(key_id)
     verifier = HTTPMessageVerifier(
-        signature_algorithm=algorithms.ED25519, key_resolver=_OneKey(lookup=lambda _: public_key)
+        signature_algorithm=_ED25519, key_resolver=_VerifyingKey(lambda _: public_key)
     )
     # The window was checked above against ``now``; the library's own check
     # uses the wall clock, so it is widened to never disagree with ours.

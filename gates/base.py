@@ -33,10 +33,15 @@ class CommandOutcome(Protocol):
     comparison needs all of them, where a tail would hide a finding.
     """
 
-    exit_code: int | None
-    timed_out: bool
-    output_tail: str
-    duration_s: float
+    # Read-only properties, so that a frozen dataclass has this shape too.
+    @property
+    def exit_code(self) -> int | None: ...
+    @property
+    def timed_out(self) -> bool: ...
+    @property
+    def output_tail(self) -> str: ...
+    @property
+    def duration_s(self) -> float: ...
 
 
 RunCommand = Callable[[str, float], CommandOutcome]

@@ -207,8 +207,11 @@ def gate_config_parse(*, text: str | None, overrides: dict[str, Any] | None = No
     return GateConfig(**found)
 
 
-def _gate_table(gate: str, table: dict[str, Any], where: str, into: dict[str, Any]) -> str:
-    """Read a gate's table into ``into``; its command (the earlier one when it names none)."""
+def _gate_table(gate: str, table: dict[str, Any], where: str, into: dict[str, Any]) -> object:
+    """Read a gate's table into ``into``; its command (the earlier one when it names none).
+
+    The command is as the table gives it: the caller checks that it is a string.
+    """
     allowed = _COVERAGE_KEYS if gate == "coverage" else _TABLE_KEYS
     if gate not in BASELINE_GATES:
         allowed = allowed - {"baseline"}

@@ -83,7 +83,8 @@ def _llm_error(error: Exception) -> LlmError:
 def _message_dict(message: Any) -> dict[str, Any]:
     if not hasattr(message, "model_dump"):
         raise LlmError(f"the Messages API sent an unreadable reply: {str(message)[:200]!r}")
-    return message.model_dump(mode="json")
+    dumped: dict[str, Any] = message.model_dump(mode="json")
+    return dumped
 
 
 class LlmCancelled(LlmError):

@@ -11,4 +11,5 @@ def gate_get(name: str) -> Gate:
     path = settings.FLOTILLA_GATES.get(name)
     if path is None:
         raise GateConfigError(f"no gate named {name!r} is registered in FLOTILLA_GATES")
-    return import_string(path)()
+    gate_class: type[Gate] = import_string(path)
+    return gate_class()

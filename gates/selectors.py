@@ -14,7 +14,7 @@ def gate_runs_for_agent(*, agent_id: Any, stage: str | None = None) -> QuerySet[
     return runs.order_by("id")
 
 
-def tests_coverage_run_get(*, agent_id: Any, tree: str) -> GateRun | None:
+def tests_coverage_run_get(*, agent_id: str, tree: str) -> GateRun | None:
     """The agent's last passing tests gate that measured coverage on ``tree``, if any."""
     return (
         GateRun.objects.filter(

@@ -1,5 +1,7 @@
 """REST endpoints of the kill switch."""
 
+from typing import Any
+
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.permissions import IsAdminUser
@@ -10,15 +12,22 @@ from rest_framework.views import APIView
 from agents.apis import principal
 from agents.selectors import agent_get, agent_visible_get
 from killswitch.errors import AgentAlreadyFinal
-from killswitch.services import agent_kill, agent_kill_all, hub_halt, hub_release
+from killswitch.models import HubHalt
+from killswitch.services import (
+    KillAllSummary,
+    agent_kill,
+    agent_kill_all,
+    hub_halt,
+    hub_release,
+)
 
 
-class ReasonSerializer(serializers.Serializer):
+class ReasonSerializer(serializers.Serializer[dict[str, Any]]):
     reason = serializers.CharField(max_length=2000)
 
 
 class AgentKillApi(APIView):
-    class OutputSerializer(serializers.Serializer):
+    class OutputSerializer(serializers.Serializer[dict[str, Any]]):
         agent_id = serializers.CharField()
         killed = serializers.BooleanField(source="terminated")
         previous_state = serializers.CharField()
@@ -49,11 +58,12 @@ class AgentKillApi(APIView):
 class AgentKillAllApi(APIView):
     permission_classes = [IsAdminUser]
 
-    class OutputSerializer(serializers.Serializer):
+    class OutputSerializer(serializers.Serializer[KillAllSummary]):
         total = serializers.IntegerField()
         killed = serializers.IntegerField()
         failed = serializers.IntegerField()
-        errors = serializers.ListField(child=serializers.DictField())
+        # The stubs see the ``errors`` property; DRF's metaclass takes a declared field out.
+        errors = serializers.ListField(child=serializers.DictField())  # type: ignore[assignment]
 
     @extend_schema(
         request=ReasonSerializer, responses={200: OutputSerializer}, operation_id="agents_kill_all"
@@ -67,7 +77,7 @@ class AgentKillAllApi(APIView):
         return Response(self.OutputSerializer(summary).data)
 
 
-class HaltOutputSerializer(serializers.Serializer):
+class HaltOutputSerializer(serializers.Serializer[HubHalt]):
     halted = serializers.BooleanField()
     reason = serializers.CharField()
     actor = serializers.CharField()
@@ -92,7 +102,7 @@ class HubHaltApi(APIView):
 class HubReleaseApi(APIView):
     permission_classes = [IsAdminUser]
 
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(serializers.Serializer[dict[str, Any]]):
         reason = serializers.CharField(max_length=2000, required=False, default="")
 
     @extend_schema(

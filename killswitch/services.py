@@ -1,8 +1,9 @@
 """Operator kills: one agent or all of them, with who, why, when and how fast."""
 
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
-from typing import Any
+from typing import TypedDict
 
 from django.db import connections
 
@@ -23,14 +24,31 @@ from killswitch.models import HubHalt
 _CLEANUP_THREADS = 16
 
 
-def agent_kill(*, agent_id: Any, reason: str, actor: str) -> Termination:
+class KillError(TypedDict):
+    """An agent a kill-all could not stop, and why."""
+
+    agent_id: str
+    error: str
+
+
+class KillAllSummary(TypedDict):
+    """What a kill-all did: live agents found, killed, and those it could not stop."""
+
+    total: int
+    killed: int
+    failed: int
+    errors: list[KillError]
+
+
+def agent_kill(*, agent_id: uuid.UUID | str, reason: str, actor: str) -> Termination:
+    """Kill one agent; ``agent_id`` may be the text an operator typed."""
     agent = agent_get(agent_id=agent_id)
     termination = agent_terminate(agent_id=agent.id, reason=f"killed by {actor}: {reason}")
     _audit_kill(termination, reason=reason, actor=actor)
     return termination
 
 
-def agent_kill_all(*, reason: str, actor: str) -> dict[str, Any]:
+def agent_kill_all(*, reason: str, actor: str) -> KillAllSummary:
     """Kill every live agent: first every process everywhere, then the cleanup."""
     ids = live_agent_ids()
     stops = _stop_all(ids, reason, actor)
@@ -44,7 +62,7 @@ def agent_kill_all(*, reason: str, actor: str) -> dict[str, Any]:
     with ThreadPoolExecutor(max_workers=max(1, min(len(local), _CLEANUP_THREADS))) as pool:
         killed += pool.map(lambda stop: _cleanup_one(stop, reason, actor), local)
     errors = [stop for stop in stops if isinstance(stop, dict)]
-    summary = {"total": len(ids), "killed": len(killed), "failed": len(errors), "errors": errors}
+    summary = KillAllSummary(total=len(ids), killed=len(killed), failed=len(errors), errors=errors)
     audit_record(
         actor=actor,
         action="agent.kill_all",
@@ -55,13 +73,13 @@ def agent_kill_all(*, reason: str, actor: str) -> dict[str, Any]:
     return summary
 
 
-def _stop_all(ids: list[Any], reason: str, actor: str) -> list[Termination | dict[str, str]]:
+def _stop_all(ids: list[uuid.UUID], reason: str, actor: str) -> list[Termination | KillError]:
     try:
         outcome = agent_stop_many(agent_ids=ids, reason=f"killed by {actor}: {reason}")
     except AgentError as error:
-        return [{"agent_id": str(agent_id), "error": str(error)} for agent_id in ids]
+        return [KillError(agent_id=str(agent_id), error=str(error)) for agent_id in ids]
     return [
-        result if isinstance(result, Termination) else {"agent_id": agent_id, "error": result}
+        result if isinstance(result, Termination) else KillError(agent_id=agent_id, error=result)
         for agent_id, result in outcome.items()
     ]
 

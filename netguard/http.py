@@ -10,6 +10,7 @@ environment: a proxy would make the connection, and the check, elsewhere.
 """
 
 import socket
+from typing import Any, NoReturn
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -25,21 +26,15 @@ __all__ = ["OutboundRefused", "outbound_session"]
 MAX_REDIRECTS = 5
 
 
-class _VettedConnectionMixin:
+class _VettedHTTPConnection(HTTPConnection):
     """Resolve and vet the host, then connect to a vetted address only."""
-
-    host: str
-    port: int
-    timeout: float | None
-    source_address: tuple[str, int] | None
-    socket_options: list | None
 
     def _new_conn(self) -> socket.socket:
         try:
             addresses = host_resolve(self.host, self.port)
         except socket.gaierror as error:
-            raise NameResolutionError(self.host, self, error) from error  # type: ignore[arg-type]
-        failure: Exception = NewConnectionError(self, f"{self.host} has no address")  # type: ignore[arg-type]
+            raise NameResolutionError(self.host, self, error) from error
+        failure: Exception = NewConnectionError(self, f"{self.host} has no address")
         for address in addresses:
             try:
                 return connection.create_connection(
@@ -53,18 +48,12 @@ class _VettedConnectionMixin:
                     self, f"Connection to {self.host} timed out. (connect timeout={self.timeout})"
                 )
             except OSError as error:
-                failure = NewConnectionError(  # type: ignore[arg-type]
-                    self, f"Failed to establish a new connection: {error}"
-                )
+                failure = NewConnectionError(self, f"Failed to establish a new connection: {error}")
         raise failure
 
 
-class _VettedHTTPConnection(_VettedConnectionMixin, HTTPConnection):
-    pass
-
-
-class _VettedHTTPSConnection(_VettedConnectionMixin, HTTPSConnection):
-    pass
+class _VettedHTTPSConnection(_VettedHTTPConnection, HTTPSConnection):
+    """TLS over a vetted connection: ``_new_conn`` comes first in the MRO."""
 
 
 class _VettedHTTPConnectionPool(HTTPConnectionPool):
@@ -76,14 +65,16 @@ class _VettedHTTPSConnectionPool(HTTPSConnectionPool):
 
 
 class _VettedAdapter(HTTPAdapter):
-    def init_poolmanager(self, *args, **kwargs) -> None:
-        super().init_poolmanager(*args, **kwargs)
+    def init_poolmanager(
+        self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any
+    ) -> None:
+        super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
         self.poolmanager.pool_classes_by_scheme = {
             "http": _VettedHTTPConnectionPool,
             "https": _VettedHTTPSConnectionPool,
         }
 
-    def proxy_manager_for(self, proxy: str, **proxy_kwargs):
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> NoReturn:
         raise OutboundRefused("the hub's outbound requests go through no proxy")
 
 

@@ -18,7 +18,9 @@ application = ProtocolTypeRouter(
     {
         # Event streams are served before Django's handler, which would hold a
         # thread for each open stream (dashboard/event_stream.py); the rest is Django.
-        "http": URLRouter([*event_streams, re_path(r"", django_asgi_app)]),
+        # django-stubs types re_path's view as a Django view; channels' URLRouter
+        # routes to ASGI applications with the same function.
+        "http": URLRouter([*event_streams, re_path(r"", django_asgi_app)]),  # type: ignore[arg-type]
         # Browsers send the session cookie with a WebSocket from any page, so
         # only our own origins (ALLOWED_HOSTS) may open one.
         "websocket": AllowedHostsOriginValidator(

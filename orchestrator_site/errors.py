@@ -1,11 +1,11 @@
 """The one place where errors become JSON: ``{"error": {"code", "message", "fields"}}``."""
 
 import logging
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.db import DatabaseError, DataError, ProgrammingError
-from django.http import JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
@@ -13,8 +13,18 @@ from rest_framework.views import exception_handler
 logger = logging.getLogger(__name__)
 
 
-def error_body(code: str, message: str, fields: dict[str, list[str]] | None = None) -> dict:
-    error: dict[str, Any] = {"code": code, "message": message}
+class ErrorDetail(TypedDict):
+    code: str
+    message: str
+    fields: NotRequired[dict[str, list[str]]]
+
+
+class ErrorBody(TypedDict):
+    error: ErrorDetail
+
+
+def error_body(code: str, message: str, fields: dict[str, list[str]] | None = None) -> ErrorBody:
+    error: ErrorDetail = {"code": code, "message": message}
     if fields:
         error["fields"] = fields
     return {"error": error}
@@ -37,7 +47,7 @@ def _flatten(detail: Any, prefix: str = "") -> dict[str, list[str]]:
     return {prefix or "non_field_errors": [str(detail)]}
 
 
-def api_exception_handler(exc: Exception, context: dict) -> Response:
+def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     if hasattr(exc, "http_status") and hasattr(exc, "code"):
         body = error_body(exc.code, str(exc), getattr(exc, "fields", None))
         # A refusal that says when to come back (a rate) says it in Retry-After.
@@ -78,7 +88,7 @@ def _is_machine_path(path: str) -> bool:
     return path.startswith(("/api/", "/federation/"))
 
 
-def not_found(request, exception=None):
+def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     if _is_machine_path(request.path):
         return JsonResponse(
             error_body("not_found", f"No such endpoint: {request.path}"), status=404
@@ -88,7 +98,7 @@ def not_found(request, exception=None):
     return page_not_found(request, exception)
 
 
-def server_error(request):
+def server_error(request: HttpRequest) -> HttpResponse:
     if _is_machine_path(request.path):
         body = error_body("internal_error", "The hub hit an unexpected error; it was logged.")
         return JsonResponse(body, status=500)
@@ -97,7 +107,7 @@ def server_error(request):
     return html_server_error(request)
 
 
-def bad_request(request, exception=None):
+def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
     if _is_machine_path(request.path):
         return JsonResponse(error_body("bad_request", "The request is malformed."), status=400)
     from django.views.defaults import bad_request as html_bad_request

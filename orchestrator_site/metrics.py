@@ -13,6 +13,7 @@ See docs/scaling.md.
 import hmac
 from collections.abc import Iterator
 from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db.models import Count, DurationField, ExpressionWrapper, F, FloatField, Q, Sum
@@ -22,6 +23,7 @@ from django.http import HttpResponse
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from rest_framework import authentication, exceptions, permissions
 from rest_framework.request import Request
@@ -36,7 +38,7 @@ KILL_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
 
 class FlotillaCollector(Collector):
-    def collect(self) -> Iterator:
+    def collect(self) -> Iterator[Metric]:
         yield self._agents()
         yield self._spawn_latency()
         yield self._kill_latency()
@@ -130,7 +132,7 @@ class FlotillaCollector(Collector):
 
 
 def _histogram(
-    name: str, documentation: str, bounds: tuple, row: dict, total: float
+    name: str, documentation: str, bounds: tuple[float, ...], row: dict[str, Any], total: float
 ) -> HistogramMetricFamily:
     buckets = [(_bound(bound), row[f"le_{index}"]) for index, bound in enumerate(bounds)]
     buckets.append(("+Inf", row["total"]))
@@ -153,7 +155,7 @@ def metrics_render() -> bytes:
 class MetricsTokenAuthentication(authentication.BaseAuthentication):
     """``Authorization: Bearer <FLOTILLA_METRICS_TOKEN>``: the scraper's credential."""
 
-    def authenticate(self, request: Request):
+    def authenticate(self, request: Request) -> tuple["MetricsScraper", str] | None:
         header = request.META.get("HTTP_AUTHORIZATION", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:

@@ -8,12 +8,19 @@ serializer defined inside a view is named after the view as well:
 ``AgentSpawnApi.InputSerializer`` becomes ``AgentSpawnInput``.
 """
 
+from typing import Any
+
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from drf_spectacular.generators import SchemaGenerator
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.plumbing import ResolvedComponent
+from drf_spectacular.utils import Direction
+from rest_framework.pagination import BasePagination
+from rest_framework.request import Request
+from rest_framework.serializers import Serializer
 
 # Every error, from any view, is this body (orchestrator_site/errors.py).
-ERROR_SCHEMA = {
+ERROR_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
         "error": {
@@ -45,7 +52,7 @@ _GET_ERRORS = ("400", "401", "403", "404")
 
 
 class ViewScopedAutoSchema(AutoSchema):
-    def get_serializer_name(self, serializer, direction: str) -> str:
+    def get_serializer_name(self, serializer: Serializer[Any], direction: Direction) -> str:
         serializer_class = type(serializer)
         owner, _, name = serializer_class.__qualname__.rpartition(".")
         if not owner or "<locals>" in owner:
@@ -53,14 +60,15 @@ class ViewScopedAutoSchema(AutoSchema):
         view_name = owner.split(".")[-1].removesuffix("Api").removesuffix("View")
         return f"{view_name}{name.removesuffix('Serializer')}"
 
-    def _get_response_bodies(self, direction: str = "response") -> dict:
+    def _get_response_bodies(self, direction: Direction = "response") -> dict[str, Any]:
         # Errors are part of the contract: document the one error body for
         # every status a view may answer with, so clients (and the schemathesis
         # run in tests/reliability) can rely on it.
         responses = super()._get_response_bodies(direction)
         if direction != "response":
             return responses
-        component = ResolvedComponent(
+        # drf-spectacular leaves ResolvedComponent.__init__ unannotated.
+        component = ResolvedComponent(  # type: ignore[no-untyped-call]
             name="Error", type=ResolvedComponent.SCHEMA, object="Error", schema=ERROR_SCHEMA
         )
         self.registry.register_on_missing(component)
@@ -75,24 +83,28 @@ class ViewScopedAutoSchema(AutoSchema):
             )
         return responses
 
-    def _get_paginator(self):
+    def _get_paginator(self) -> BasePagination | None:
         # List views nest their paginator as ``Pagination`` (house style), where
         # drf-spectacular only looks for ``pagination_class``; without this the
         # schema promised a bare array for answers that are {count, next, previous, results}.
-        paginator = super()._get_paginator()
+        # drf-spectacular leaves _get_paginator unannotated.
+        paginator: BasePagination | None = super()._get_paginator()  # type: ignore[no-untyped-call]
         pagination = getattr(self.view, "Pagination", None)
         if paginator is None and pagination is not None and self.method == "GET":
-            return pagination()
+            nested: BasePagination = pagination()
+            return nested
         return paginator
 
 
-class FederationSignatureScheme(OpenApiAuthenticationExtension):
+# drf-spectacular's OpenApiGeneratorExtension.__init_subclass__ (which
+# registers the extension) is unannotated.
+class FederationSignatureScheme(OpenApiAuthenticationExtension):  # type: ignore[no-untyped-call]
     """Federation inbox requests are signed per RFC 9421 (docs/federation.md)."""
 
     target_class = "federation.authentication.FederationSignatureAuthentication"
     name = "federationSignature"
 
-    def get_security_definition(self, auto_schema):
+    def get_security_definition(self, auto_schema: AutoSchema) -> dict[str, str]:
         return {
             "type": "apiKey",
             "in": "header",
@@ -102,18 +114,18 @@ class FederationSignatureScheme(OpenApiAuthenticationExtension):
         }
 
 
-class FederationConnectScheme(FederationSignatureScheme):
+class FederationConnectScheme(FederationSignatureScheme):  # type: ignore[no-untyped-call]
     target_class = "federation.authentication.FederationConnectAuthentication"
     name = "federationConnectSignature"
 
 
-class MetricsTokenScheme(OpenApiAuthenticationExtension):
+class MetricsTokenScheme(OpenApiAuthenticationExtension):  # type: ignore[no-untyped-call]
     """/metrics takes the scraper's ``FLOTILLA_METRICS_TOKEN`` as a bearer token."""
 
     target_class = "orchestrator_site.metrics.MetricsTokenAuthentication"
     name = "metricsBearer"
 
-    def get_security_definition(self, auto_schema):
+    def get_security_definition(self, auto_schema: AutoSchema) -> dict[str, str]:
         return {"type": "http", "scheme": "bearer"}
 
 
@@ -139,7 +151,9 @@ _LINK_SOURCES: dict[tuple[str, str, str], dict[str, str]] = {
 }
 
 
-def add_object_links(result: dict, generator, request, public: bool) -> dict:
+def add_object_links(
+    result: dict[str, Any], generator: SchemaGenerator, request: Request | None, public: bool
+) -> dict[str, Any]:
     """drf-spectacular post-processing hook: the links of ``_LINK_SOURCES``."""
     operations = [
         (path, method, operation)

@@ -159,7 +159,7 @@ TEMPLATES = [
 ]
 
 
-def _databases() -> dict:
+def _databases() -> dict[str, dj_database_url.DBConfig]:
     url = env_str("DATABASE_URL") or f"sqlite:///{DATA_DIR / 'flotilla.sqlite3'}"
     try:
         config = dj_database_url.parse(url, conn_max_age=0)
@@ -351,8 +351,13 @@ if FLOTILLA_NODE_HEARTBEAT_S >= FLOTILLA_NODE_LEASE_S:
 # How long a stopping node waits for its runs to clean up and hand their
 # agents back; runhub kills what is left a second later.
 FLOTILLA_NODE_STOP_S = env_float("FLOTILLA_NODE_STOP_S", 3.0, minimum=0.5)
-# How often a supervisor looks for queued agents when no wake-up came.
+# How often a supervisor looks for queued agents when no wake-up came, and
+# runs its timers.
 FLOTILLA_NODE_POLL_S = env_float("FLOTILLA_NODE_POLL_S", 1.0, minimum=0.05)
+# What every node supervisor runs about once every FLOTILLA_NODE_POLL_S, by
+# dotted path: short, idempotent checks of times that have come, which must
+# not sleep in a worker (docs/taskqueue.md, "The wake timer and the tick").
+FLOTILLA_NODE_TIMERS = ["taskqueue.dispatcher.projects_wake_due"]
 # A retry after a failure that was not the agent's own waits this long, doubling
 # with every attempt up to FLOTILLA_RETRY_BACKOFF_MAX_S.
 FLOTILLA_RETRY_BACKOFF_S = env_float("FLOTILLA_RETRY_BACKOFF_S", 2.0, minimum=0)
@@ -751,9 +756,6 @@ FLOTILLA_FEDERATION_PENDING_PEER_DAYS = env_int(
 # --- Projects: DAGs of agent tasks (docs/taskqueue.md) ------------------------
 
 FLOTILLA_PROJECT_MAX_TASKS = env_int("FLOTILLA_PROJECT_MAX_TASKS", 10_000, minimum=1)
-# Backoffs and not-before times closer than this are kept by a waker task that
-# sleeps in a worker; later ones are planned by the once-a-minute tick.
-FLOTILLA_PROJECT_WAKE_HORIZON_S = env_int("FLOTILLA_PROJECT_WAKE_HORIZON_S", 90, minimum=1)
 # A claimed task whose dispatcher died before its agent was spawned is
 # released after this long.
 FLOTILLA_PROJECT_PREPARE_TIMEOUT_S = env_int("FLOTILLA_PROJECT_PREPARE_TIMEOUT_S", 900, minimum=60)

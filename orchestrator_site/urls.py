@@ -1,5 +1,5 @@
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import URLPattern, URLResolver, include, path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView
 
@@ -7,7 +7,7 @@ from orchestrator_site.apidocs import ApiDocsView
 from orchestrator_site.apis import HealthApi
 from orchestrator_site.metrics import MetricsApi
 
-api_v1 = [
+api_v1: list[URLPattern | URLResolver] = [
     path("health", HealthApi.as_view(), name="health"),
     path("", include("killswitch.urls")),
     path("", include("agents.urls")),

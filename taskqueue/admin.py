@@ -1,13 +1,30 @@
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
+
 from django.contrib import admin, messages
-from django.db.models import QuerySet
+from django.db.models import Model, QuerySet
 from django.http import HttpRequest
 
 from taskqueue.errors import ProjectError
 from taskqueue.models import Project, Task, TaskAttempt
 from taskqueue.services import project_cancel, project_pause, project_resume, task_retry
 
+# Django's admin classes are generic only in the stubs; subscripting them at
+# run time would fail, so the parametrised bases exist for the type checker.
+if TYPE_CHECKING:
+    _ProjectAdminBase = admin.ModelAdmin[Project]
+    _TaskAdminBase = admin.ModelAdmin[Task]
+    _TaskAttemptInlineBase = admin.TabularInline[TaskAttempt, Task]
+else:
+    _ProjectAdminBase = _TaskAdminBase = admin.ModelAdmin
+    _TaskAttemptInlineBase = admin.TabularInline
 
-def _each(request: HttpRequest, items: QuerySet, action, label: str) -> None:
+_M = TypeVar("_M", bound=Model)
+
+
+def _each(
+    request: HttpRequest, items: QuerySet[_M], action: Callable[[_M], object], label: str
+) -> None:
     done = 0
     for item in items:
         try:
@@ -19,7 +36,7 @@ def _each(request: HttpRequest, items: QuerySet, action, label: str) -> None:
 
 
 @admin.register(Project)
-class ProjectAdmin(admin.ModelAdmin):
+class ProjectAdmin(_ProjectAdminBase):
     list_display = [
         "id",
         "name",
@@ -44,7 +61,7 @@ class ProjectAdmin(admin.ModelAdmin):
         return f"user:{request.user.get_username()}"
 
     @admin.action(description="Cancel the selected projects (kills their agents)")
-    def cancel(self, request: HttpRequest, queryset: QuerySet) -> None:
+    def cancel(self, request: HttpRequest, queryset: QuerySet[Project]) -> None:
         actor = self.actor(request)
         _each(
             request,
@@ -56,7 +73,7 @@ class ProjectAdmin(admin.ModelAdmin):
         )
 
     @admin.action(description="Pause the selected projects")
-    def pause(self, request: HttpRequest, queryset: QuerySet) -> None:
+    def pause(self, request: HttpRequest, queryset: QuerySet[Project]) -> None:
         _each(
             request,
             queryset,
@@ -65,7 +82,7 @@ class ProjectAdmin(admin.ModelAdmin):
         )
 
     @admin.action(description="Resume the selected projects")
-    def resume(self, request: HttpRequest, queryset: QuerySet) -> None:
+    def resume(self, request: HttpRequest, queryset: QuerySet[Project]) -> None:
         _each(
             request,
             queryset,
@@ -74,28 +91,31 @@ class ProjectAdmin(admin.ModelAdmin):
         )
 
 
-class TaskAttemptInline(admin.TabularInline):
+_ATTEMPT_FIELDS = (
+    "number",
+    "state",
+    "agent",
+    "base_branch",
+    "backoff_s",
+    "error",
+    "created_at",
+    "finished_at",
+)
+
+
+class TaskAttemptInline(_TaskAttemptInlineBase):
     model = TaskAttempt
     extra = 0
     can_delete = False
-    fields = [
-        "number",
-        "state",
-        "agent",
-        "base_branch",
-        "backoff_s",
-        "error",
-        "created_at",
-        "finished_at",
-    ]
-    readonly_fields = fields
+    fields = _ATTEMPT_FIELDS
+    readonly_fields = _ATTEMPT_FIELDS
 
     def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
 
 
 @admin.register(Task)
-class TaskAdmin(admin.ModelAdmin):
+class TaskAdmin(_TaskAdminBase):
     list_display = [
         "id",
         "project",
@@ -129,7 +149,7 @@ class TaskAdmin(admin.ModelAdmin):
     actions = ["retry"]
 
     @admin.action(description="Retry the selected failed, cancelled or skipped tasks")
-    def retry(self, request: HttpRequest, queryset: QuerySet) -> None:
+    def retry(self, request: HttpRequest, queryset: QuerySet[Task]) -> None:
         actor = f"user:{request.user.get_username()}"
         _each(
             request,

@@ -1,5 +1,7 @@
 """REST endpoints for projects: parse, call one service, shape the answer."""
 
+from typing import Any
+
 from django.conf import settings
 from django.http import HttpResponse
 from drf_spectacular.utils import extend_schema, inline_serializer
@@ -14,7 +16,7 @@ from agents.selectors import viewer_principal
 from taskqueue import branches
 from taskqueue.artifacts import project_artifacts_archive
 from taskqueue.errors import ProjectInvalid
-from taskqueue.models import ProjectState
+from taskqueue.models import Project, ProjectState, Task
 from taskqueue.planner import project_plan
 from taskqueue.selectors import (
     project_get,
@@ -39,7 +41,7 @@ def principal(request: Request) -> str:
     return viewer_principal(request.user)
 
 
-class TaskOutputSerializer(serializers.Serializer):
+class TaskOutputSerializer(serializers.Serializer[Task]):
     key = serializers.CharField()
     title = serializers.CharField()
     state = serializers.CharField()
@@ -58,12 +60,12 @@ class TaskOutputSerializer(serializers.Serializer):
     started_at = serializers.DateTimeField(allow_null=True)
     finished_at = serializers.DateTimeField(allow_null=True)
 
-    def get_agent_id(self, task) -> str | None:
+    def get_agent_id(self, task: Task) -> str | None:
         attempt = task.last_attempt
         return str(attempt.agent_id) if attempt and attempt.agent_id else None
 
 
-class ProjectSummarySerializer(serializers.Serializer):
+class ProjectSummarySerializer(serializers.Serializer[Project]):
     id = serializers.IntegerField()
     name = serializers.CharField()
     mode = serializers.CharField()
@@ -84,10 +86,12 @@ class ProjectDetailSerializer(ProjectSummarySerializer):
     tasks = TaskOutputSerializer(many=True)
 
 
-def project_detail(project_id: int) -> dict:
+def project_detail(project_id: int) -> dict[str, Any]:
     data = dict(ProjectSummarySerializer(project_get(project_id=project_id)).data)
     data["progress"] = project_progress(project_id=project_id)
-    data["tasks"] = TaskOutputSerializer(project_tasks(project_id=project_id), many=True).data
+    tasks = project_tasks(project_id=project_id)
+    # The stubs type a serializer's instance as one object, even with many=True.
+    data["tasks"] = TaskOutputSerializer(tasks, many=True).data  # type: ignore[arg-type]
     return data
 
 
@@ -96,7 +100,7 @@ class ProjectListApi(APIView):
         default_limit = 100
         max_limit = 1000
 
-    class FilterSerializer(serializers.Serializer):
+    class FilterSerializer(serializers.Serializer[dict[str, Any]]):
         state = serializers.ChoiceField(choices=ProjectState.choices, required=False)
 
     @extend_schema(
@@ -111,7 +115,9 @@ class ProjectListApi(APIView):
         visible = projects_visible_to(request.user)
         projects = project_list(projects=visible, **filters.validated_data)
         page = paginator.paginate_queryset(projects, request, self)
-        return paginator.get_paginated_response(ProjectSummarySerializer(page, many=True).data)
+        # The stubs type a serializer's instance as one object, even with many=True.
+        rows = ProjectSummarySerializer(page, many=True)  # type: ignore[arg-type]
+        return paginator.get_paginated_response(rows.data)
 
 
 class ProjectCreateApi(APIView):
@@ -174,7 +180,7 @@ class ProjectResultApi(APIView):
 
 
 class ProjectCancelApi(APIView):
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(serializers.Serializer[dict[str, Any]]):
         reason = serializers.CharField(max_length=1000, default="", allow_blank=True)
 
     @extend_schema(
@@ -235,7 +241,7 @@ class ProjectArtifactsApi(APIView):
 
 
 class ProjectPlanApi(APIView):
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(serializers.Serializer[dict[str, Any]]):
         goal = serializers.CharField(max_length=20_000)
         repository = serializers.CharField(max_length=1000)
         branch = serializers.RegexField(BRANCH, max_length=250, default="main")

@@ -12,6 +12,7 @@ import io
 import json
 import tarfile
 import time
+import uuid
 from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
@@ -37,7 +38,7 @@ def project_artifacts_archive(*, project_id: int) -> bytes:
             if attempt.agent is None:
                 continue
             _add(archive, f"{folder}/diff.patch", _diff(attempt).encode())
-            _add(archive, f"{folder}/events.jsonl", _events(attempt.agent_id))
+            _add(archive, f"{folder}/events.jsonl", _events(attempt.agent.id))
             gates = [
                 {
                     "stage": run.stage,
@@ -93,7 +94,7 @@ def _diff(attempt: TaskAttempt) -> str:
         return f"# diff unavailable: {error}\n"
 
 
-def _events(agent_id: Any) -> bytes:
+def _events(agent_id: uuid.UUID) -> bytes:
     lines, after = [], 0
     while True:
         batch = list(agent_events_range(after=after, agent_id=agent_id, limit=_EVENT_BATCH))

@@ -6,11 +6,15 @@ once as field errors in the shape the API answers with
 """
 
 import graphlib
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
+from typing import TypeVar
 
 from taskqueue.errors import ProjectInvalid
 
 SEQUENTIAL, PARALLEL, DAG = "sequential", "parallel", "dag"
+
+# A task's key before it is stored, its id after.
+_Node = TypeVar("_Node", bound=Hashable)
 
 
 def graph_edges(
@@ -85,13 +89,13 @@ def graph_find_cycle(edges: dict[str, list[str]]) -> list[str]:
     return []
 
 
-def graph_descendants(*, edges: dict[str, list[str]], roots: set[str]) -> set[str]:
+def graph_descendants(*, edges: dict[_Node, list[_Node]], roots: set[_Node]) -> set[_Node]:
     """Every task that depends, directly or not, on one of ``roots`` (roots excluded)."""
-    dependents: dict[str, list[str]] = {key: [] for key in edges}
+    dependents: dict[_Node, list[_Node]] = {key: [] for key in edges}
     for key, deps in edges.items():
         for dep in deps:
             dependents[dep].append(key)
-    seen: set[str] = set()
+    seen: set[_Node] = set()
     frontier = list(roots)
     while frontier:
         for child in dependents.get(frontier.pop(), []):

@@ -1,7 +1,6 @@
 """Receivers of signals from lower layers; each only hands work to django-q2."""
 
 import logging
-from typing import Any
 
 from django_q.tasks import async_task
 
@@ -10,7 +9,7 @@ from taskqueue.models import ProjectState, Task, TaskAttempt, TaskState
 logger = logging.getLogger(__name__)
 
 
-def on_agent_finished(sender: Any, agent_id: str, state: str, **kwargs: Any) -> None:
+def on_agent_finished(sender: object, agent_id: str, state: str, **kwargs: object) -> None:
     """A project's agent ended: its attempt is settled and the project dispatched, in a worker.
 
     Any other agent freed a hub slot that a waiting project may take.

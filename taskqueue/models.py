@@ -130,6 +130,11 @@ class Task(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
+    # Not stored: taskqueue.selectors.project_tasks fills these in for pages
+    # and answers that show a task's dependencies and latest attempt.
+    dependency_keys: list[str]
+    last_attempt: "TaskAttempt | None"
+
     class Meta:
         ordering = ["id"]
         constraints = [

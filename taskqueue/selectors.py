@@ -9,7 +9,7 @@ else's is not found); ``project_get`` is the hub's own unscoped read.
 
 from collections import Counter
 from collections.abc import Collection
-from typing import Any
+from typing import Any, TypedDict
 
 from django.db.models import CharField, Count, QuerySet, Value
 from django.db.models.functions import Cast, Concat
@@ -42,7 +42,7 @@ def project_principals_created_by(*, owner: str) -> QuerySet[Project, str]:
     return Project.objects.filter(created_by=owner).values_list(principal, flat=True)
 
 
-def project_visible_get(*, viewer: Viewer, project_id: Any) -> Project:
+def project_visible_get(*, viewer: Viewer, project_id: int) -> Project:
     """The project, if ``viewer`` may see (and so control) it; otherwise ``ProjectNotFound``."""
     project = projects_visible_to(viewer).filter(id=project_id).first()
     if project is None:
@@ -50,7 +50,7 @@ def project_visible_get(*, viewer: Viewer, project_id: Any) -> Project:
     return project
 
 
-def project_get(*, project_id: Any) -> Project:
+def project_get(*, project_id: int) -> Project:
     project = Project.objects.filter(id=project_id).first()
     if project is None:
         raise ProjectNotFound(f"no project with id {project_id}")
@@ -66,7 +66,7 @@ def project_list(
     return projects.filter(state=state) if state else projects
 
 
-def project_tasks(*, project_id: Any) -> list[Task]:
+def project_tasks(*, project_id: int) -> list[Task]:
     """The project's tasks with ``dependency_keys`` and ``last_attempt`` filled in, in 3 queries."""
     tasks = list(Task.objects.filter(project_id=project_id).order_by("id"))
     keys = {task.id: task.key for task in tasks}
@@ -83,12 +83,12 @@ def project_tasks(*, project_id: Any) -> list[Task]:
     ):
         last[attempt.task_id] = attempt
     for task in tasks:
-        task.dependency_keys = deps[task.id]  # type: ignore[attr-defined]
-        task.last_attempt = last.get(task.id)  # type: ignore[attr-defined]
+        task.dependency_keys = deps[task.id]
+        task.last_attempt = last.get(task.id)
     return tasks
 
 
-def project_progress(*, project_id: Any) -> dict[str, Any]:
+def project_progress(*, project_id: int) -> dict[str, Any]:
     counts = Counter(
         dict(
             Task.objects.filter(project_id=project_id)
@@ -100,7 +100,7 @@ def project_progress(*, project_id: Any) -> dict[str, Any]:
     return progress_of(counts)
 
 
-def progress_of(counts: Counter) -> dict[str, Any]:
+def progress_of(counts: Counter[str]) -> dict[str, Any]:
     """``{total, finished, percent, states}`` from the number of tasks in each state."""
     total = sum(counts.values())
     done = sum(
@@ -115,7 +115,7 @@ def progress_of(counts: Counter) -> dict[str, Any]:
     }
 
 
-def project_attempts(*, project_id: Any) -> QuerySet[TaskAttempt]:
+def project_attempts(*, project_id: int) -> QuerySet[TaskAttempt]:
     return (
         TaskAttempt.objects.filter(task__project_id=project_id)
         .select_related("task", "agent")
@@ -123,11 +123,34 @@ def project_attempts(*, project_id: Any) -> QuerySet[TaskAttempt]:
     )
 
 
-def task_result(task: Task) -> dict[str, Any]:
+class TaskResult(TypedDict):
+    key: str
+    state: str
+    attempts: int
+    error: str
+    agent_id: str | None
+    work_branch: str | None
+    pushed_commit: str | None
+    base_branch: str | None
+    succeeded: bool
+    result: dict[str, Any]
+
+
+class ProjectResult(TypedDict):
+    id: int
+    name: str
+    state: str
+    finished_at: str | None
+    error: str
+    progress: dict[str, Any]
+    tasks: list[TaskResult]
+
+
+def task_result(task: Task) -> TaskResult:
     """What a task produced: its state and the branch its successful agent pushed."""
-    attempt = getattr(task, "last_attempt", None)
+    attempt: TaskAttempt | None = getattr(task, "last_attempt", None)
     agent = attempt.agent if attempt else None
-    pushed = (agent.result or {}).get("pushed_commit") if agent else None
+    pushed: str | None = (agent.result or {}).get("pushed_commit") if agent else None
     return {
         "key": task.key,
         "state": task.state,
@@ -142,7 +165,7 @@ def task_result(task: Task) -> dict[str, Any]:
     }
 
 
-def project_result(*, project_id: Any) -> dict[str, Any]:
+def project_result(*, project_id: int) -> ProjectResult:
     project = project_get(project_id=project_id)
     return {
         "id": project.id,
@@ -157,7 +180,7 @@ def project_result(*, project_id: Any) -> dict[str, Any]:
 
 def projects_progress(*, project_ids: Collection[int]) -> dict[int, dict[str, Any]]:
     """``project_progress`` of many projects in one query."""
-    counts: dict[int, Counter] = {project_id: Counter() for project_id in project_ids}
+    counts: dict[int, Counter[str]] = {project_id: Counter() for project_id in project_ids}
     rows = (
         Task.objects.filter(project_id__in=list(counts))
         .order_by()
@@ -193,6 +216,12 @@ def projects_live(*, project_ids: Collection[int]) -> dict[int, dict[str, Any]]:
         .values("id", "project_id", "key", "state", "attempts", "error", "retry_at")
     )
     for task in tasks:
-        task["agent_id"] = latest_agent.get(task.pop("id"))
-        live[task.pop("project_id")]["tasks"][task["key"]] = task
+        live[task["project_id"]]["tasks"][task["key"]] = {
+            "key": task["key"],
+            "state": task["state"],
+            "attempts": task["attempts"],
+            "error": task["error"],
+            "retry_at": task["retry_at"],
+            "agent_id": latest_agent.get(task["id"]),
+        }
     return live

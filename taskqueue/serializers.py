@@ -1,5 +1,7 @@
 """The body of a project as the API accepts it; the planner checks its proposals with it too."""
 
+from typing import Any
+
 from django.conf import settings
 from rest_framework import serializers
 
@@ -14,7 +16,7 @@ RUNTIMES = ["script", "claude"]
 BRANCH = r"^(?!/|.*(?:\.\.|//|@\{|\.lock$|/$))[A-Za-z0-9._/-]+$"
 
 
-class TaskInputSerializer(serializers.Serializer):
+class TaskInputSerializer(serializers.Serializer[dict[str, Any]]):
     key = serializers.RegexField(
         r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$",
         error_messages={"invalid": "1-64 letters, digits, _ or -, starting with a letter or digit"},
@@ -46,7 +48,7 @@ class TaskInputSerializer(serializers.Serializer):
             raise serializers.ValidationError(problem)
         return value
 
-    def validate(self, data: dict) -> dict:
+    def validate(self, data: dict[str, Any]) -> dict[str, Any]:
         if data["runtime"] == "script" and not data["script"].strip():
             raise serializers.ValidationError({"script": ["a script task needs a script"]})
         if data["runtime"] == "claude" and not (data["instructions"] or data["title"]).strip():
@@ -56,7 +58,7 @@ class TaskInputSerializer(serializers.Serializer):
         return data
 
 
-class ProjectInputSerializer(serializers.Serializer):
+class ProjectInputSerializer(serializers.Serializer[dict[str, Any]]):
     name = serializers.CharField(max_length=200)
     mode = serializers.ChoiceField(choices=ProjectMode.choices, default=ProjectMode.DAG)
     failure_policy = serializers.ChoiceField(
@@ -68,7 +70,9 @@ class ProjectInputSerializer(serializers.Serializer):
     paused = serializers.BooleanField(
         default=False, help_text="Create it paused; resume starts it."
     )
-    tasks = TaskInputSerializer(many=True, max_length=10_000)
+    # djangorestframework-stubs omit the ListSerializer arguments (max_length)
+    # that many=True hands on.
+    tasks = TaskInputSerializer(many=True, max_length=10_000)  # type: ignore[call-arg]
 
     def validate_failure_policy(self, value: str) -> str:
         return value.replace("-", "_")
@@ -80,7 +84,7 @@ class ProjectInputSerializer(serializers.Serializer):
             raise serializers.ValidationError(problem)
         return value
 
-    def validate(self, data: dict) -> dict:
+    def validate(self, data: dict[str, Any]) -> dict[str, Any]:
         if data.get("webhook_secret") and not data["webhook_url"]:
             raise serializers.ValidationError({"webhook_secret": ["needs a webhook_url"]})
         return data
@@ -91,7 +95,7 @@ class ProjectInputSerializer(serializers.Serializer):
         return ProjectSpec(tasks=tasks, **data)
 
 
-def errors_flatten(detail, prefix: str = "") -> dict[str, list[str]]:
+def errors_flatten(detail: object, prefix: str = "") -> dict[str, list[str]]:
     """Serializer errors as ``{"tasks[2].key": [...]}``, the shape the API answers with."""
     if isinstance(detail, dict):
         flat: dict[str, list[str]] = {}

@@ -8,7 +8,6 @@ through django-q2 once the transaction has committed.
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 from django.conf import settings
 from django.db import transaction
@@ -237,7 +236,7 @@ def task_retry(*, project_id: int, key: str, actor: str) -> Task:
     return task
 
 
-def _locked(project_id: Any) -> Project:
+def _locked(project_id: int) -> Project:
     project = Project.objects.select_for_update().filter(id=project_id).first()
     if project is None:
         raise ProjectNotFound(f"no project with id {project_id}")

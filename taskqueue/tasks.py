@@ -1,8 +1,5 @@
 """django-q2 entry points: ids in, one service call."""
 
-from datetime import datetime
-from typing import Any
-
 from taskqueue import dispatcher, webhooks
 
 
@@ -19,10 +16,11 @@ def projects_dispatch_waiting() -> None:
 
 
 def project_wake(project_id: int, at: str) -> None:
-    dispatcher.project_wake(project_id=project_id, at=datetime.fromisoformat(at))
+    """A waker an earlier version queued (it slept until ``at``): dispatch now."""
+    dispatcher.project_dispatch(project_id=project_id)
 
 
-def projects_tick() -> dict[str, Any]:
+def projects_tick() -> dispatcher.TickReport:
     """The periodic schedule (created by migration 0002): catch up and dispatch."""
     return dispatcher.projects_tick()
 

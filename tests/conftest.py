@@ -136,15 +136,12 @@ def egress_other_server():
 
 
 @pytest.fixture(scope="session")
-def worker_cluster(
-    django_db_setup,
-    django_db_blocker,
-    hub_messages_server,
-    hub_responses_server,
-    egress_allowed_server,
-):
-    """A real worker node (``runhub --role worker``: node supervisor and django-q2 cluster)."""
-    env = {
+def worker_env(
+    django_db_setup, hub_messages_server, hub_responses_server, egress_allowed_server
+) -> dict[str, str]:
+    """The environment of the session's worker node (on the test database); a test's own
+    node starts from it too."""
+    return {
         **subprocess_env(),
         # Loopback is never reachable through the egress proxy unless the
         # operator names it as host:port, as this allowlist does.
@@ -162,7 +159,12 @@ def worker_cluster(
         "OPENAI_API_KEY": HUB_OPENAI_KEY,
         "ANTHROPIC_MAX_RETRIES": "2",
     }
-    node = Processes(env=env, log_dir=Path(settings.DATA_DIR))
+
+
+@pytest.fixture(scope="session")
+def worker_cluster(django_db_setup, django_db_blocker, worker_env):
+    """A real worker node (``runhub --role worker``: node supervisor and django-q2 cluster)."""
+    node = Processes(env=worker_env, log_dir=Path(settings.DATA_DIR))
     process = node.start_worker()
     yield process
     node.stop()
@@ -199,10 +201,12 @@ def docker_unavailable_reason() -> str | None:
 
 
 # What these modules check (sandbox isolation and limits, git on hostile
-# worktrees, the agent CLIs, the gates on real repositories, the browser) is
-# the same whatever the database: scripts/test runs them in the SQLite pass
-# only, and the PostgreSQL pass runs everything that reads or writes rows in
-# ways the two databases treat differently.
+# worktrees, the agent CLIs and the Claude runtime, the gates on real
+# repositories, the browser) is the same whatever the database: scripts/test
+# runs them in the SQLite pass only, and the PostgreSQL pass runs everything
+# that reads or writes rows in ways the two databases treat differently. A
+# single hub's crash recovery is here too: on PostgreSQL the reliability
+# suite kills and restarts whole nodes (tests/reliability/).
 ONE_DATABASE_MODULES = (
     "containment/test_adversary.py",
     "containment/test_egress_proxy.py",
@@ -223,6 +227,21 @@ ONE_DATABASE_MODULES = (
     "dashboard/test_dashboard_operator_browser.py",
     "dashboard/test_dashboard_project_plan_browser.py",
     "dashboard/test_dashboard_projects_browser.py",
+    "dashboard/test_dashboard_agent_retry_browser.py",
+    "containment/test_hub_boundaries.py",
+    "containment/test_kill_leaves_nothing.py",
+    "test_api_docs.py",
+    "test_claude_agents.py",
+    "test_claude_tools.py",
+    "test_conflict_runs.py",
+    "test_crash_recovery.py",
+    "test_docker_warm_pool.py",
+    "test_gated_runs.py",
+    "test_gates.py",
+    "test_patch_mask_keys.py",
+    "test_repository_setup_runs.py",
+    "test_sandbox_tool_paths.py",
+    "test_secret_scan.py",
 )
 
 

@@ -120,6 +120,10 @@ MATRIX: list[tuple[str, str, Any, dict[str, int]]] = [
     ("POST", "/api/v1/agents/{paused}/resume", {"budget_usd": "500"}, owned(202)),
     # A body that is not valid is refused first, whoever's the id is (so nothing leaks).
     ("POST", "/api/v1/agents/{paused}/resume", {}, any_user(400)),
+    # A failed agent starts again as a new one; any other state, or a peer's agent, is 409.
+    ("POST", "/api/v1/agents/{project_agent}/retry", None, owned(202)),
+    ("POST", "/api/v1/agents/{agent}/retry", None, owned(409)),
+    ("POST", "/api/v1/agents/{peer_agent}/retry", None, staff_sees(409)),
     ("POST", "/api/v1/agents/{agent}/kill", REASON, owned(200)),
     ("POST", "/api/v1/agents/{peer_agent}/kill", REASON, staff_sees(200)),
     ("POST", "/api/v1/agents/kill-all", {}, staff_only(400)),

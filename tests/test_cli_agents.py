@@ -6,11 +6,16 @@ first request (Claude Code: Read, Edit, Bash; Codex: exec_command, apply_patch).
 """
 
 import json
+import re
 import time
+import uuid
 from pathlib import Path
 
 import pytest
+from asgiref.sync import async_to_sync
+from channels.testing import WebsocketCommunicator
 from django.conf import settings
+from django.test import Client, override_settings
 
 from agents.gateway.service import gateway_socket_path
 from agents.models import Agent, AgentEvent, AgentState
@@ -18,15 +23,19 @@ from agents.runtimes.cli import cli_packages
 from agents.runtimes.cli.home import cli_home_path
 from agents.runtimes.cli.install import clis_install
 from agents.sandboxes.bwrap import BwrapSandbox
+from orchestrator_site.asgi import application
 from tests.conftest import (
     HUB_ANTHROPIC_KEY,
     HUB_OPENAI_KEY,
     git,
     make_remote,
+    spawn_body,
     wait_for_state,
     wait_until,
 )
+from tests.launcher import Processes
 from tests.messages_server import conversation, text_reply, tool_use_reply, usage
+from tests.owners import stream_connections_close
 from tests.responses_server import (
     conversation as responses_conversation,
 )
@@ -153,6 +162,41 @@ def assert_key_appears_nowhere(api, agent_id: str, key: str) -> None:
         assert key not in text
 
 
+def dashboard_as_owner(user, agent_id: str) -> tuple[str, list[dict]]:
+    """The agent's dashboard page as its owner gets it, and the events its log draws: what
+    the page's event stream (its ``data-stream``) sends, from the first event on."""
+    client = Client()
+    client.force_login(user)
+    response = client.get(f"/dashboard/agents/{agent_id}/")
+    assert response.status_code == 200
+    page = response.content.decode()
+    match = re.search(r'<div [^>]*id="agent"[^>]* data-stream="([^"]+)"', page)
+    assert match, "the agent page names no event stream"
+    headers = [
+        (b"origin", b"http://localhost"),
+        (b"host", b"localhost"),
+        (b"cookie", f"sessionid={client.cookies['sessionid'].value}".encode()),
+    ]
+    last_id = AgentEvent.objects.filter(agent_id=agent_id).latest("id").id
+
+    async def read() -> list[dict]:
+        socket = WebsocketCommunicator(application, f"{match[1]}?after=0", headers=headers)
+        connected, code = await socket.connect(timeout=10)
+        assert connected, f"the page's stream refused the owner ({code})"
+        events: list[dict] = []
+        while True:
+            frame = await socket.receive_json_from(timeout=10)
+            events += frame["events"]
+            if frame["last_id"] >= last_id:
+                await socket.disconnect()
+                return events
+
+    try:
+        return page, async_to_sync(read)()
+    finally:
+        stream_connections_close()
+
+
 # --- claude-code ---------------------------------------------------------------
 
 
@@ -186,7 +230,7 @@ def claude_code_fixes_add(**final: object):
 
 
 def test_a_claude_code_agent_fixes_a_failing_test_and_the_hub_pushes_the_fix(
-    claude_server, api, tmp_path, sandbox_toolchain, agent_clis
+    claude_server, api, user, tmp_path, sandbox_toolchain, agent_clis
 ):
     remote = make_remote(tmp_path, BROKEN)
     claude_server.default = conversation(*claude_code_fixes_add())
@@ -224,6 +268,102 @@ def test_a_claude_code_agent_fixes_a_failing_test_and_the_hub_pushes_the_fix(
     assert_key_appears_nowhere(api, agent_id, HUB_ANTHROPIC_KEY)
     assert states(api, agent_id)[-3:] == ["gating", "pushing", "completed"]
     assert not cli_home_path(agent_id=agent_id).exists()
+    # The dashboard shows it as it shows a claude agent: the usage panel, a chart of the
+    # tokens of each model call, and in the page's log each tool call and its result.
+    page, streamed = dashboard_as_owner(user, agent_id)
+    assert 'data-usage="input_tokens">5400<' in page
+    assert 'data-usage="output_tokens">100<' in page
+    assert 'data-usage-turns="4"' in page and "No model usage" not in page
+    tokens_chart = page[page.index('data-chart="usage-tokens"') :].split("</figure>")[0]
+    for tokens_in, tokens_out in ((1200, 30), (1300, 40), (1400, 20), (1500, 10)):
+        assert f"{tokens_in:,} in, {tokens_out:,} out" in tokens_chart
+    drawn = [event["data"] for event in streamed if event["kind"] == "transcript"]
+    calls = [data["text"] for data in drawn if data["role"] == "tool_call"]
+    assert [text.split(":")[0] for text in calls] == ["Read", "Edit", "Bash"]
+    assert "/workspace/calc.py" in calls[0] and "python -m pytest -q" in calls[2]
+    assert "1 passed" in [data for data in drawn if data["role"] == "tool_result"][2]["text"]
+
+
+# What the scripted model runs to commit on its own, and to take the hub's git from it: each
+# attempt prints its exit status.
+COMMIT_ITSELF = "; ".join(
+    [
+        "git config core.hooksPath /workspace/hooks",
+        'echo "config exit=$?"',
+        "git add -A",
+        'echo "add exit=$?"',
+        "git -c user.name=Agent -c user.email=agent@example.com commit -qm 'agent commit'",
+        'echo "commit exit=$?"',
+        "echo 'gitdir: /workspace/mine' > .git",
+        'echo "write exit=$?"',
+        "rm -f .git",
+        'echo "rm exit=$?"',
+        "mv .git moved",
+        'echo "mv exit=$?"',
+        "cat .git",
+    ]
+)
+
+
+def git_metadata(worktree: Path) -> dict[str, bytes]:
+    """Every file of the agent's git metadata on the hub: the worktree's ``.git`` file, the
+    directory it names, and the mirror's config, hooks and refs."""
+    gitdir = Path((worktree / ".git").read_text().removeprefix("gitdir:").strip())
+    mirror = gitdir.parent.parent
+    files = [worktree / ".git", mirror / "config", *gitdir.rglob("*"), *mirror.glob("hooks/*")]
+    files += [*(mirror / "refs").rglob("*"), mirror / "packed-refs"]
+    found = {str(path): path.read_bytes() for path in files if path.is_file()}
+    found["refs"] = git(mirror, "for-each-ref").encode()
+    return found
+
+
+def test_a_claude_code_agent_cannot_commit_and_the_hub_commits_and_pushes(
+    claude_server, api, tmp_path, sandbox_toolchain, agent_clis
+):
+    remote = make_remote(tmp_path, BROKEN)
+    seen: dict[str, dict[str, bytes]] = {}
+
+    def look(when: str, reply):
+        def step(body: dict):
+            (worktree,) = Agent.objects.values_list("worktree_path", flat=True)
+            seen[when] = git_metadata(Path(worktree))
+            return reply
+
+        return step
+
+    turns = claude_code_fixes_add()
+    claude_server.default = conversation(
+        turns[0],
+        turns[1],
+        # Once the fix is made, before and after the model's git commands run.
+        look(
+            "before",
+            tool_use_reply([("Bash", {"command": COMMIT_ITSELF, "description": "Commit"})]),
+        ),
+        look("after", turns[3]),
+    )
+
+    agent_id = spawn_cli(api, remote, "claude-code")
+    agent = wait_for_state(agent_id, AgentState.COMPLETED, timeout=180)
+
+    # Inside the sandbox every attempt failed: git finds no repository, .git cannot be changed.
+    said = [e for e in transcript(api, agent_id) if e["role"] == "tool_result"][-1]["output"]
+    exits = dict(re.findall(r"^(\w+) exit=(\d+)$", said, re.MULTILINE))
+    assert set(exits) == {"config", "add", "commit", "write", "rm", "mv"}, said
+    assert all(status != "0" for status in exits.values()), said
+    assert "not a git repository" in said and "Read-only file system" in said
+    gitdir = Path(said.splitlines()[-1].removeprefix("gitdir: "))  # .git names it still
+    # On the hub nothing of the agent's git metadata changed while those commands ran.
+    assert str(gitdir / "HEAD") in seen["before"] and str(gitdir / "index") in seen["before"]
+    assert seen["after"] == seen["before"]
+    assert "hooksPath = /workspace" not in (gitdir.parent.parent / "config").read_text()
+    # The hub made the one commit on the branch, and pushed it.
+    branch = f"flotilla/{agent_id}"
+    assert git(remote, "rev-list", "--count", f"main..{branch}") == "1"
+    assert git(remote, "log", "-1", "--format=%an", branch) == settings.FLOTILLA_GIT_AUTHOR_NAME
+    assert SUMMARY in git(remote, "log", "-1", "--format=%B", branch)
+    assert git(remote, "show", f"{branch}:calc.py") == FIXED.strip()
+    assert agent.result["pushed_commit"] == git(remote, "rev-parse", branch)
 
 
 # --- codex ---------------------------------------------------------------------

@@ -5,6 +5,7 @@ from datetime import timedelta
 
 from django.db import connection
 from django.utils import timezone
+from django_q.models import Task as QueueTask
 
 from taskqueue import dispatcher
 from taskqueue.models import AttemptState, Project, Task, TaskAttempt
@@ -115,3 +116,28 @@ def test_backoff_grows_exponentially_up_to_the_cap_and_jitter_only_shortens_it()
     ]
     assert all(5 <= delay <= 10 for delay in jittered)
     assert len(set(jittered)) > 100
+
+
+def test_a_not_before_time_is_kept_by_the_nodes_timer_with_no_worker_asleep(hub):
+    later = timezone.now() + timedelta(hours=1)
+    project = project_create(
+        spec=ProjectSpec(name="p", tasks=[TaskSpec(key="later", script="true", not_before=later)]),
+        created_by="test",
+    )
+    # The worker's pass records the time; nothing runs before it.
+    wait_until(
+        lambda: Project.objects.get(id=project.id).wake_at == later, 30, "the wake time recorded"
+    )
+    assert not TaskAttempt.objects.filter(task__project=project).exists()
+
+    # The time comes: the worker node's timer dispatches the project by itself.
+    now = timezone.now()
+    Task.objects.filter(project=project).update(not_before=now)
+    Project.objects.filter(id=project.id).update(wake_at=now)
+
+    assert wait_for_project(project.id).state == "succeeded"
+    assert Project.objects.get(id=project.id).wake_at is None
+    # No django-q2 task ever slept in a worker until the time came.
+    assert not QueueTask.objects.filter(name__startswith="project-wake").exists()
+    # The timer's clear is conditional: a second node finds nothing left to wake.
+    assert dispatcher.projects_wake_due() == []

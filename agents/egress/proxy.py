@@ -26,6 +26,9 @@ from agents.egress.policy import EgressPolicy, entry_format, entry_parse, host_a
 
 logger = logging.getLogger(__name__)
 
+# What getaddrinfo gives for a TCP host: (address, port), plus flow and scope for IPv6.
+SocketAddress = tuple[str, int] | tuple[str, int, int, int]
+
 
 @dataclass(frozen=True)
 class ProxyLimits:
@@ -113,8 +116,8 @@ class AgentListener:
         self.policy = policy
         self.limits = limits
         self.reporter = reporter
-        self.connections: set[asyncio.Task] = set()
-        self._accepting: asyncio.Task | None = None
+        self.connections: set[asyncio.Task[None]] = set()
+        self._accepting: asyncio.Task[None] | None = None
 
     def start(self, listening: socket.socket) -> None:
         """Serve every connection to ``listening`` (a bound, listening Unix socket)."""
@@ -181,15 +184,17 @@ class AgentListener:
         target = request_target(request)
         record.host, record.port = target.host, target.port
         upstream = await self._connect(target, record)
-        timing = {
-            "idle_s": self.limits.idle_timeout_s,
-            "client_buffer": self.limits.client_buffer_bytes,
-        }
+        idle_s, client_buffer = self.limits.idle_timeout_s, self.limits.client_buffer_bytes
         try:
             if target.path is None:
                 early = parser.trailing_data[0]
                 record.end = await relay.tunnel(
-                    client, upstream, early=early, record=record, **timing
+                    client,
+                    upstream,
+                    early=early,
+                    record=record,
+                    idle_s=idle_s,
+                    client_buffer=client_buffer,
                 )
             else:
                 record.end = await relay.forward(
@@ -201,7 +206,8 @@ class AgentListener:
                     port=target.port,
                     path=target.path,
                     record=record,
-                    **timing,
+                    idle_s=idle_s,
+                    client_buffer=client_buffer,
                 )
         finally:
             upstream.close()
@@ -248,7 +254,7 @@ class AgentListener:
         where = entry_format(target.host, target.port)
         raise Refused(502, f"could not connect to {where}: {failure}")
 
-    async def _resolve(self, target: Target) -> list[tuple[int, tuple]]:
+    async def _resolve(self, target: Target) -> list[tuple[int, SocketAddress]]:
         """Every (family, socket address) of the target, in the resolver's order."""
         loop = asyncio.get_running_loop()
         try:

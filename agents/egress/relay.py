@@ -63,7 +63,7 @@ class Activity:
         self.last = asyncio.get_running_loop().time()
 
 
-def _wake(future: asyncio.Future) -> None:
+def _wake(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
 
@@ -194,7 +194,7 @@ def _widen(client: socket.socket, size: int) -> None:
         client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
 
 
-async def _until_done(*pumps: asyncio.Task) -> str:
+async def _until_done(*pumps: asyncio.Task[None]) -> str:
     """How the connection ended, once every pump has finished or one has failed."""
     try:
         await asyncio.gather(*pumps)

@@ -14,13 +14,16 @@ import threading
 from collections.abc import Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings
 
 from agents.egress.events import ConnectionCallback, EventReporter, delivering
 from agents.egress.policy import NETWORK_MODES, Allowlist, EgressPolicy
 from agents.egress.proxy import AgentListener, ProxyLimits
+
+# What a coroutine handed to the event loop's thread returns.
+T = TypeVar("T")
 
 # How long a caller waits for the loop to open or close a listener.
 _CALL_TIMEOUT_S = 30.0
@@ -37,7 +40,7 @@ class _EgressLoop:
         )
         self.thread.start()
 
-    def call(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
+    def call(self, coroutine: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(_CALL_TIMEOUT_S)
 
     async def open(self, agent_id: str, listener: AgentListener, socket_path: Path) -> None:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from http import HTTPStatus
-from typing import Any
+from typing import TypedDict
 
 import h11
 import httpx2
@@ -30,7 +30,20 @@ from agents.runtimes.claude.accounting import model_price
 
 logger = logging.getLogger(__name__)
 
-UsageCallback = Callable[[dict[str, Any]], None]
+
+class ModelUsage(TypedDict):
+    """What the gateway reports after each model reply that carried usage."""
+
+    input_tokens: int  # not counting cache reads, as the Messages API counts them
+    output_tokens: int
+    cache_read_tokens: int
+    cache_write_tokens: int
+    cost_usd: str  # a decimal string
+    model: str
+
+
+# The gateway ignores what the callback returns (the hub hands it to a thread).
+UsageCallback = Callable[[ModelUsage], object]
 
 _RECEIVE = 256 * 1024
 
@@ -102,8 +115,8 @@ class AgentGateway:
         self.limits = limits
         self.http = http
         self.report = report
-        self.connections: set[asyncio.Task] = set()
-        self._accepting: asyncio.Task | None = None
+        self.connections: set[asyncio.Task[None]] = set()
+        self._accepting: asyncio.Task[None] | None = None
 
     def start(self, listening: socket.socket) -> None:
         """Serve every connection to ``listening`` (a bound, listening Unix socket)."""

@@ -19,15 +19,18 @@ from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings
 
 from agents.egress.service import egress_socket_path
 from agents.gateway.providers import PROVIDERS
-from agents.gateway.server import Account, AgentGateway, GatewayLimits
+from agents.gateway.server import Account, AgentGateway, GatewayLimits, ModelUsage
 from agents.gateway.upstream import upstream_client
 from agents.sandboxes.base import MODEL_GATEWAY_PORT
+
+# What a coroutine handed to the event loop's thread returns.
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +59,7 @@ class _GatewayLoop:
         )
         self.thread.start()
 
-    def call(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
+    def call(self, coroutine: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(_CALL_TIMEOUT_S)
 
     async def open(self, agent_id: str, gateway: AgentGateway, socket_path: Path) -> None:
@@ -138,7 +141,7 @@ def gateway_open(
     socket_path: Path,
     budget_usd: Decimal | None,
     spent_usd: Decimal,
-    on_usage: Callable[[dict[str, Any]], None],
+    on_usage: Callable[[ModelUsage], None],
 ) -> str:
     """Start the model gateway of one agent on the Unix socket ``socket_path``; its token.
 
@@ -208,7 +211,7 @@ def gateway_budget_exhausted(*, agent_id: str) -> bool:
     return process is not None and process.budget_exhausted(str(agent_id))
 
 
-def _deliver(callback: Callable[[dict[str, Any]], None], usage: dict[str, Any]) -> None:
+def _deliver(callback: Callable[[ModelUsage], None], usage: ModelUsage) -> None:
     _delivering.active = True
     try:
         callback(usage)

@@ -12,7 +12,8 @@ RUNTIMES = {
 
 
 def runtime_for(name: str) -> AgentRuntime:
-    return import_string(RUNTIMES[name])()
+    runtime_class: type[AgentRuntime] = import_string(RUNTIMES[name])
+    return runtime_class()
 
 
 def runtime_unavailable(name: str) -> str | None:

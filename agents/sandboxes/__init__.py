@@ -11,7 +11,7 @@ def sandbox_backend(name: str) -> Sandbox:
     if path is None:
         raise SandboxUnavailable(f"unknown sandbox backend {name!r}")
     try:
-        backend_class = import_string(path)
+        backend_class: type[Sandbox] = import_string(path)
     except ImportError as error:
         raise SandboxUnavailable(f"sandbox backend {name!r} cannot be loaded: {error}") from None
     return backend_class()

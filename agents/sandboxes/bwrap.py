@@ -43,13 +43,15 @@ class BwrapSandbox(Sandbox):
     name = "bwrap"
 
     def __init__(self) -> None:
-        self.bwrap = shutil.which("bwrap")
-        self.setpriv = shutil.which("setpriv")
-        self.prlimit = shutil.which("prlimit") or "/usr/bin/prlimit"
-        if not self.bwrap:
+        bwrap = shutil.which("bwrap")
+        setpriv = shutil.which("setpriv")
+        if not bwrap:
             raise SandboxUnavailable("bubblewrap is not installed (apt-get install bubblewrap)")
-        if not self.setpriv:
+        if not setpriv:
             raise SandboxUnavailable("setpriv is not installed (apt-get install util-linux)")
+        self.bwrap = bwrap
+        self.setpriv = setpriv
+        self.prlimit = shutil.which("prlimit") or "/usr/bin/prlimit"
 
     def start(self, spec: SandboxSpec) -> SandboxHandle:
         uid = settings.FLOTILLA_SANDBOX_UID

@@ -15,6 +15,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import TypedDict
 
 from django.conf import settings
 from django.db import connections
@@ -40,7 +41,15 @@ def cgroup_name(agent_id: str) -> str:
     return f"agent-{agent_id}"
 
 
-def local_handle(backend: str, agent_id: str, *, limits: dict) -> SandboxHandle:
+class CgroupLimits(TypedDict):
+    """The hard limits of a sandbox's cgroup (``AgentCgroup.create``)."""
+
+    memory_mb: int
+    pids: int
+    cpus: float
+
+
+def local_handle(backend: str, agent_id: str, *, limits: CgroupLimits) -> SandboxHandle:
     handle: SandboxHandle = {"backend": backend, "agent_id": agent_id}
     if cgroups_available():
         group = AgentCgroup(cgroup_name(agent_id))
@@ -107,7 +116,7 @@ def local_exec(
 
 
 def _pump_output(
-    process: subprocess.Popen, tail: collections.deque, on_output: OutputSink | None
+    process: subprocess.Popen[bytes], tail: collections.deque[str], on_output: OutputSink | None
 ) -> None:
     """Collect output lines; hand them to the sink at most every 0.2 s, and promptly when idle."""
     assert process.stdout is not None

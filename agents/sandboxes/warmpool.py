@@ -76,9 +76,10 @@ class WarmSlot:
     def container(self) -> dict[str, Any] | None:
         """The started container of the slot ({id, name, cgroup_procs}); None until ready."""
         try:
-            return json.loads((self.path / "container.json").read_text())
+            container: dict[str, Any] = json.loads((self.path / "container.json").read_text())
         except (OSError, ValueError):
             return None
+        return container
 
     def claimant(self) -> str | None:
         try:

@@ -77,7 +77,9 @@ def archive_write(*, root: Path, paths: list[str], target: Path) -> ArchiveStats
     return ArchiveStats(**counts)
 
 
-def _add(archive: tarfile.TarFile, parent: int, name: str, path: str, counts: dict) -> None:
+def _add(
+    archive: tarfile.TarFile, parent: int, name: str, path: str, counts: dict[str, int]
+) -> None:
     """Add one entry (a directory with everything below it) that lives in ``parent``."""
     try:
         info = os.stat(name, dir_fd=parent, follow_symlinks=False)

@@ -64,7 +64,7 @@ class CommandGate(Gate):
     def conclude(self, context: GateContext, run: CommandRun, verdict: GateResult) -> None:
         """Called with the final verdict; what a gate keeps of its run goes in its details."""
 
-    def judge(self, context: GateContext, run: CommandRun, details: dict) -> GateResult:
+    def judge(self, context: GateContext, run: CommandRun, details: dict[str, Any]) -> GateResult:
         extra = {"output": run.output_tail, "duration_s": run.duration_s, "details": details}
         if run.timed_out:
             timeout_s = context.config.timeout_s
@@ -75,7 +75,7 @@ class CommandGate(Gate):
             return gate_failed(self.name, self.failure_summary(run, details), **extra)
         return gate_passed(self.name, f"`{run.command}` exited 0", **extra)
 
-    def failure_summary(self, run: CommandRun, details: dict) -> str:
+    def failure_summary(self, run: CommandRun, details: dict[str, Any]) -> str:
         return f"`{run.command}` exited with status {run.exit_code}"
 
     def findings(self, lines: list[str]) -> list[str]:
@@ -83,7 +83,7 @@ class CommandGate(Gate):
         return lines
 
     def judge_against_base(
-        self, context: GateContext, plan: CommandPlan, run: CommandRun, details: dict
+        self, context: GateContext, plan: CommandPlan, run: CommandRun, details: dict[str, Any]
     ) -> GateResult | None:
         """The verdict once the base's findings are set aside; None keeps the plain failure."""
         if run.timed_out or run.exit_code in _DID_NOT_RUN:
@@ -102,7 +102,11 @@ class CommandGate(Gate):
         return self.compare(run, base, details, extra)
 
     def compare(
-        self, run: CommandRun, base: CommandRun | None, details: dict, extra: dict[str, Any]
+        self,
+        run: CommandRun,
+        base: CommandRun | None,
+        details: dict[str, Any],
+        extra: dict[str, Any],
     ) -> GateResult:
         """Fail on what the change reports and the base did not (``base`` None: nothing)."""
         base_lines, base_exit = (base.output, base.exit_code) if base else ([], 0)
@@ -161,7 +165,7 @@ class TestsGate(CommandGate):
             return "coverage"
         return "tests"
 
-    def judge(self, context: GateContext, run: CommandRun, details: dict) -> GateResult:
+    def judge(self, context: GateContext, run: CommandRun, details: dict[str, Any]) -> GateResult:
         verdict = super().judge(context, run, details)
         if self.command_source(context) != "coverage":
             return verdict
@@ -197,7 +201,7 @@ class TestsGate(CommandGate):
                 "tree": context.tree_id() if context.tree_id else None,
             }
 
-    def failure_summary(self, run: CommandRun, details: dict) -> str:
+    def failure_summary(self, run: CommandRun, details: dict[str, Any]) -> str:
         failing = failing_tests(run.output)
         details["failing_tests"] = failing
         if failing:

@@ -12,6 +12,7 @@ redirect is judged again.
 
 import json
 import time
+from typing import Any, TypedDict
 
 import requests
 import tenacity
@@ -22,6 +23,15 @@ from gates.diffs import diff_summary
 from netguard.http import OutboundRefused, outbound_session
 
 _RETRYABLE = {408, 425, 429, 500, 502, 503, 504}
+
+
+class CoordinatorRequest(TypedDict):
+    """What the coordinator is asked about a push (its names, camelCase)."""
+
+    taskId: str
+    agentId: str
+    files: list[str]
+    diffSummary: str
 
 
 class CoordinatorError(Exception):
@@ -42,8 +52,11 @@ class _CoordinatorRefused(CoordinatorError):
     """A failure that another attempt would meet again: a 4xx answer, a refused address."""
 
 
-def coordinator_check(*, url: str, body: dict) -> dict:
-    """The coordinator's verdict, after up to ``FLOTILLA_COORDINATOR_RETRIES`` retries."""
+def coordinator_check(*, url: str, body: CoordinatorRequest) -> dict[str, Any]:
+    """The coordinator's verdict, after up to ``FLOTILLA_COORDINATOR_RETRIES`` retries.
+
+    The verdict is its JSON answer, which has a boolean ``approved``.
+    """
     retrying = tenacity.Retrying(
         retry=tenacity.retry_if_exception_type(_CoordinatorUnavailable),
         stop=tenacity.stop_after_attempt(settings.FLOTILLA_COORDINATOR_RETRIES + 1),
@@ -57,7 +70,7 @@ def coordinator_check(*, url: str, body: dict) -> dict:
         raise CoordinatorError(f"{error} (after {attempts} attempt(s))") from None
 
 
-def _attempt(url: str, body: dict) -> dict:
+def _attempt(url: str, body: CoordinatorRequest) -> dict[str, Any]:
     try:
         return _post(url, body)
     except _CoordinatorStatus as error:
@@ -72,7 +85,7 @@ def _attempt(url: str, body: dict) -> dict:
         raise _CoordinatorUnavailable(message) from None
 
 
-def _post(url: str, body: dict) -> dict:
+def _post(url: str, body: CoordinatorRequest) -> dict[str, Any]:
     headers = {"Content-Type": "application/json", "Accept": "application/json"}
     if settings.FLOTILLA_COORDINATOR_TOKEN:
         headers["Authorization"] = f"Bearer {settings.FLOTILLA_COORDINATOR_TOKEN}"
@@ -104,13 +117,16 @@ class CoordinatorGate(Gate):
 
     def run(self, context: GateContext) -> GateResult:
         started = time.monotonic()
-        url = settings.FLOTILLA_COORDINATOR_URL.rstrip("/") + "/api/quality/check"
-        body = {
-            "taskId": context.task_id,
-            "agentId": context.agent_id,
-            "files": context.files,
-            "diffSummary": diff_summary(context.diff),
-        }
+        base_url = settings.FLOTILLA_COORDINATOR_URL
+        if not base_url:  # is_configured said there is one; the gates fail closed anyway
+            return gate_failed(self.name, "no coordinator URL is configured, so rejected")
+        url = base_url.rstrip("/") + "/api/quality/check"
+        body = CoordinatorRequest(
+            taskId=context.task_id,
+            agentId=context.agent_id,
+            files=context.files,
+            diffSummary=diff_summary(context.diff),
+        )
         try:
             answer = coordinator_check(url=url, body=body)
         except CoordinatorError as error:

@@ -16,6 +16,7 @@ value: the report travels to the agent, logs, events and the database.
 
 import re
 import time
+from typing import TypedDict
 
 from detect_secrets.filters.heuristic import (
     is_likely_id_string,
@@ -132,10 +133,20 @@ def secret_mask(value: str) -> str:
     return f"[{len(value)} characters, hidden]"
 
 
-def secrets_find(added_lines: dict[str, list[tuple[int, str]]]) -> list[dict]:
+class SecretFinding(TypedDict):
+    """A secret in an added line; ``secret`` is its value and must not leave the gate."""
+
+    file: str
+    line: int
+    kind: str
+    masked: str
+    secret: str
+
+
+def secrets_find(added_lines: dict[str, list[tuple[int, str]]]) -> list[SecretFinding]:
     """Findings as ``{file, line, kind, masked, secret}``; ``secret`` must not leave the gate."""
-    detectors = [detector() for detector in _DETECTORS]
-    findings: list[dict] = []
+    detectors: list[RegexBasedDetector] = [detector() for detector in _DETECTORS]
+    findings: list[SecretFinding] = []
     for path, lines in added_lines.items():
         for number, text in lines:
             seen: set[str] = set()
@@ -144,18 +155,20 @@ def secrets_find(added_lines: dict[str, list[tuple[int, str]]]) -> list[dict]:
                     continue
                 seen.add(value)
                 findings.append(
-                    {
-                        "file": path,
-                        "line": number,
-                        "kind": kind,
-                        "masked": secret_mask(value),
-                        "secret": value,
-                    }
+                    SecretFinding(
+                        file=path,
+                        line=number,
+                        kind=kind,
+                        masked=secret_mask(value),
+                        secret=value,
+                    )
                 )
     return findings
 
 
-def _line_secrets(detectors: list, path: str, text: str) -> list[tuple[str, str]]:
+def _line_secrets(
+    detectors: list[RegexBasedDetector], path: str, text: str
+) -> list[tuple[str, str]]:
     """(kind, value) of every secret in one added line: known formats first."""
     found = [
         (detector.secret_type, value)

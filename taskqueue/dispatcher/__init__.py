@@ -1,7 +1,7 @@
 """The dispatcher: decides which tasks run next and follows their agents to the end.
 
 Everything it knows is in the database, so a worker that dies mid-pass loses
-nothing that the next pass (the agent-finished hook, a waker, or the
+nothing that the next pass (the agent-finished hook, the wake timer, or the
 periodic tick) will not redo:
 
 * a pass locks the project row, moves tasks whose dependencies all succeeded
@@ -27,18 +27,20 @@ from taskqueue.dispatcher.attempts import (
 )
 from taskqueue.dispatcher.claims import DispatchReport, tasks_due, tasks_promote
 from taskqueue.dispatcher.passes import (
+    TickReport,
     attempts_recover,
     project_dispatch,
     project_dispatch_enqueue,
-    project_wake,
     projects_dispatch_waiting,
     projects_tick,
+    projects_wake_due,
     task_agent_finished,
 )
 from taskqueue.dispatcher.settling import project_settle, project_wake_plan, webhook_enqueue
 
 __all__ = [
     "DispatchReport",
+    "TickReport",
     "agents_stop",
     "attempt_start",
     "attempts_recover",
@@ -47,10 +49,10 @@ __all__ = [
     "project_dispatch_enqueue",
     "project_edges",
     "project_settle",
-    "project_wake",
     "project_wake_plan",
     "projects_dispatch_waiting",
     "projects_tick",
+    "projects_wake_due",
     "task_agent_finished",
     "tasks_cancel",
     "tasks_due",

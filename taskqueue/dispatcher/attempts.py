@@ -6,8 +6,8 @@ retries remain; then the task fails and the project's failure policy applies.
 
 import logging
 import random
+import uuid
 from datetime import timedelta
-from typing import Any
 
 from django.conf import settings
 from django.db import transaction
@@ -123,7 +123,7 @@ def attempt_succeeded(attempt: TaskAttempt) -> None:
 def attempt_failed(attempt_id: int, *, error: str, retryable: bool = True) -> None:
     """Retry after a backoff while retries remain; then fail the task and apply the policy."""
     now = timezone.now()
-    to_stop: list[Any] = []
+    to_stop: list[uuid.UUID] = []
     with transaction.atomic():
         if not TaskAttempt.objects.filter(id=attempt_id, state__in=ATTEMPT_LIVE).update(
             state=AttemptState.FAILED, error=error, finished_at=now
@@ -158,11 +158,11 @@ def attempt_failed(attempt_id: int, *, error: str, retryable: bool = True) -> No
 
 def backoff_delay(*, base_s: float, cap_s: float, jitter: float, failures: int) -> float:
     """``min(cap, base · 2^(failures-1))``, shortened by up to ``jitter`` of itself at random."""
-    delay = min(cap_s, base_s * 2 ** (failures - 1))
+    delay: float = min(cap_s, base_s * 2 ** (failures - 1))
     return delay * (1 - jitter * random.random())
 
 
-def _failure_policy(task: Task) -> list[Any]:
+def _failure_policy(task: Task) -> list[uuid.UUID]:
     """Skip what depends on the failed task; fail-fast also cancels everything else."""
     project_id = task.project_id
     if task.project.failure_policy == FailurePolicy.FAIL_FAST:
@@ -178,7 +178,7 @@ def _failure_policy(task: Task) -> list[Any]:
     return []
 
 
-def tasks_cancel(*, project_id: int, reason: str) -> list[Any]:
+def tasks_cancel(*, project_id: int, reason: str) -> list[uuid.UUID]:
     """Cancel every open task of the project; returns the agents that must be stopped."""
     now = timezone.now()
     live = TaskAttempt.objects.filter(task__project_id=project_id, state__in=ATTEMPT_LIVE)
@@ -190,7 +190,7 @@ def tasks_cancel(*, project_id: int, reason: str) -> list[Any]:
     return agent_ids
 
 
-def agents_stop(*, agent_ids: list[Any], reason: str) -> None:
+def agents_stop(*, agent_ids: list[uuid.UUID], reason: str) -> None:
     for agent_id in agent_ids:
         try:
             agent_terminate(agent_id=agent_id, reason=reason)

@@ -1,8 +1,7 @@
-"""The passes: one project's dispatch, an agent's end, a waker, and the periodic tick."""
+"""The passes: one project's dispatch, an agent's end, the wake timer, and the periodic tick."""
 
-import time
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import timedelta
+from typing import TypedDict
 
 from django.conf import settings
 from django.db.models import Q
@@ -66,12 +65,10 @@ def task_agent_finished(*, agent_id: str) -> None:
 
 def projects_dispatch_waiting(*, exclude: int | None = None) -> list[int]:
     """Dispatch other running projects with ready tasks: a finished agent freed a hub slot."""
-    ids = list(
-        Task.objects.filter(state=TaskState.READY, project__state=ProjectState.RUNNING)
-        .exclude(project_id=exclude)
-        .values_list("project_id", flat=True)
-        .distinct()[:50]
-    )
+    ready = Task.objects.filter(state=TaskState.READY, project__state=ProjectState.RUNNING)
+    if exclude is not None:
+        ready = ready.exclude(project_id=exclude)
+    ids = list(ready.values_list("project_id", flat=True).distinct()[:50])
     for project_id in ids:
         if len(live_agent_ids()) >= settings.MAX_CONCURRENT_AGENTS:
             break
@@ -79,16 +76,28 @@ def projects_dispatch_waiting(*, exclude: int | None = None) -> list[int]:
     return ids
 
 
-def project_wake(*, project_id: int, at: datetime) -> None:
-    """The waker: sleep until ``at``, then dispatch."""
-    pause = (at - timezone.now()).total_seconds()
-    if pause > 0:
-        time.sleep(pause)
-    Project.objects.filter(id=project_id, wake_at=at).update(wake_at=None)
-    project_dispatch(project_id=project_id)
+def projects_wake_due() -> list[int]:
+    """A node timer: dispatch every project whose backoff or not-before time has come.
+
+    The conditional update has one winner, so of several nodes exactly one
+    dispatches each project for each recorded time.
+    """
+    due = Project.objects.filter(state__in=DISPATCHING, wake_at__lte=timezone.now())
+    woken = []
+    for project_id, at in due.values_list("id", "wake_at"):
+        if Project.objects.filter(id=project_id, wake_at=at).update(wake_at=None):
+            project_dispatch(project_id=project_id)
+            woken.append(project_id)
+    return woken
 
 
-def projects_tick() -> dict[str, Any]:
+class TickReport(TypedDict):
+    recovered: list[str]
+    dispatched: list[int]
+    webhooks: list[int]
+
+
+def projects_tick() -> TickReport:
     """Catch up on anything a lost task or signal left behind, then dispatch every project."""
     recovered = attempts_recover()
     dispatched = list(Project.objects.filter(state__in=DISPATCHING).values_list("id", flat=True))

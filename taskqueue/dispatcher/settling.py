@@ -1,8 +1,7 @@
-"""A project's end (and its webhook), and the wakers for backoffs and not-before times."""
+"""A project's end (and its webhook), and when its backoffs and not-before times end."""
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
-from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -45,13 +44,12 @@ def webhook_enqueue(*, project_id: int) -> None:
 
 
 def project_wake_plan(*, project_id: int) -> datetime | None:
-    """Queue a waker for the next backoff or not-before time, when it is near enough.
+    """Record when the project's next backoff or not-before time ends (``wake_at``).
 
-    django-q2 schedules fire at best every 30 s, too coarse for short
-    backoffs, so a waker task sleeps until the time and dispatches. Times
-    beyond ``FLOTILLA_PROJECT_WAKE_HORIZON_S`` are left to the periodic tick,
-    which plans them once they come near. ``wake_at`` on the project keeps a
-    second waker from being queued for a time already covered.
+    Nothing sleeps: every node supervisor runs ``projects_wake_due`` about once
+    a second (``FLOTILLA_NODE_TIMERS``), and that dispatches each project whose
+    time has come. An earlier time already recorded is kept; the pass it
+    triggers records the next one.
     """
     now = timezone.now()
     times = [
@@ -63,20 +61,10 @@ def project_wake_plan(*, project_id: int) -> datetime | None:
     if not times:
         return None
     wake = min(times)
-    if (wake - now).total_seconds() > settings.FLOTILLA_PROJECT_WAKE_HORIZON_S:
-        return None
-    stale = now - timedelta(seconds=settings.FLOTILLA_PROJECT_WAKE_HORIZON_S + 60)
     if (
         Project.objects.filter(id=project_id, state__in=DISPATCHING)
-        .filter(Q(wake_at__isnull=True) | Q(wake_at__gt=wake) | Q(wake_at__lt=stale))
+        .filter(Q(wake_at__isnull=True) | Q(wake_at__gt=wake))
         .update(wake_at=wake)
     ):
-        async_task(
-            "taskqueue.tasks.project_wake",
-            project_id,
-            wake.isoformat(),
-            group="projects",
-            task_name=f"project-wake-{project_id}",
-        )
         return wake
     return None

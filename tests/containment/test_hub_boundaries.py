@@ -4,11 +4,16 @@ and which sandboxes it may sweep.
 Findings 5 and 6 of the containment issue: agents failed when DATA_DIR was a
 private directory (and the failure read as the script's own exit status or a
 gate rejection), and a second hub on the same Docker engine removed this hub's
-running containers.
+running containers. The same holds for the cgroups and processes of bwrap
+sandboxes: a hub sweeps only those carrying its own hub id.
 """
 
+import contextlib
+import secrets
+import shlex
 import stat
 import subprocess
+import threading
 import uuid
 from pathlib import Path
 
@@ -22,10 +27,12 @@ from agents.reconciler import agents_reconcile
 from agents.runner import AgentRun, agent_run
 from agents.sandboxes import sandbox_backend
 from agents.sandboxes.base import SandboxError, SandboxSpec
+from audit.models import AuditEvent
 from gates.base import GateContext
 from gates.models import GateStage
 from gates.services import gates_run
 from tests.conftest import git, spawn_body, wait_for_state, wait_until
+from tests.containment.conftest import cgroup_dirs_naming, sandbox_processes
 
 
 def test_the_hubs_files_are_readable_by_root_only():
@@ -162,3 +169,109 @@ def test_this_hubs_reconciler_still_removes_its_own_orphan_container(orphan_cont
 
 def _exists(container: str) -> bool:
     return subprocess.run(["docker", "inspect", container], capture_output=True).returncode == 0
+
+
+# One long-lived process that proves it still works: it rewrites ./beat with a
+# growing count (atomically, so the host never reads half a number).
+_HEARTBEAT = (
+    "import os, time\n"
+    "n = 0\n"
+    "while True:\n"
+    "    n += 1\n"
+    "    open('beat.tmp', 'w').write(str(n))\n"
+    "    os.replace('beat.tmp', 'beat')\n"
+    "    time.sleep(0.05)\n"
+)
+
+
+@pytest.fixture
+def other_hubs_bwrap_orphan(tmp_path):
+    """A running bwrap sandbox of another hub on this machine, orphaned as far as that hub knows.
+
+    That hub has its own hub id and the same node name (the host name). Its
+    agent row says the agent was killed, as after a crash between the kill and
+    the cleanup, so to that hub the sandbox is an orphan to sweep. Both hubs
+    see that row here (one test database): the hardest case, where nothing but
+    the hub id keeps this hub's reconciler away (two hubs restored from one
+    database dump would be in the same position).
+    """
+    other_hub = secrets.token_hex(8)
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    agent = Agent.objects.create(
+        task_id="other-hub",
+        agent_type="worker",
+        runtime="script",
+        script="heartbeat",
+        repository=str(tmp_path / "repository"),
+        base_branch="main",
+        pool="unserved",
+        sandbox_backend="bwrap",
+        timeout_s=60,
+        requested_by="user:test",
+        node=settings.FLOTILLA_NODE_NAME,
+        state=AgentState.KILLED,
+        error="killed",
+    )
+    agent_id = str(agent.id)
+    backend = sandbox_backend("bwrap")
+    command = f"python3 -c {shlex.quote(_HEARTBEAT)}"
+    with override_settings(FLOTILLA_HUB_UID=other_hub):
+        handle = backend.start(SandboxSpec(agent_id=agent_id, workspace=workspace))
+        Agent.objects.filter(id=agent.id).update(sandbox_handle=handle)
+        runner = threading.Thread(
+            target=_exec_quietly, args=(backend, handle, command), daemon=True
+        )
+        runner.start()
+        # The command reads the hub id when it starts: wait until it works.
+        wait_until(lambda: _beats(workspace) > 0, 20, "the other hub's sandbox to start")
+    yield other_hub, agent_id, workspace, runner
+    with override_settings(FLOTILLA_HUB_UID=other_hub):
+        backend.remove(handle)
+    runner.join(timeout=10)
+
+
+@pytest.mark.django_db
+def test_another_hubs_reconciler_leaves_bwrap_sandboxes_alone_that_their_own_hub_sweeps(
+    other_hubs_bwrap_orphan,
+):
+    other_hub, agent_id, workspace, runner = other_hubs_bwrap_orphan
+    processes = set(sandbox_processes(agent_id))
+    groups = cgroup_dirs_naming(agent_id)
+    assert processes, "the other hub's sandbox runs no process"
+    assert groups and all(f"hub-{other_hub}" in group.parts for group in groups)
+
+    # This hub (the test run's own hub id), on the same node name.
+    assert other_hub != settings.FLOTILLA_HUB_UID
+    report = agents_reconcile(node=settings.FLOTILLA_NODE_NAME)
+
+    assert processes <= set(sandbox_processes(agent_id))
+    beat = _beats(workspace)
+    wait_until(lambda: _beats(workspace) > beat, 10, "the other hub's sandbox to work on")
+    assert runner.is_alive()
+    assert cgroup_dirs_naming(agent_id) == groups
+    assert f"local:{agent_id}" not in report.sandboxes_removed
+    assert not AuditEvent.objects.filter(action="sandbox.remove", target=f"agent:{agent_id}")
+
+    # The control: the hub that owns the sandbox does sweep it.
+    with override_settings(FLOTILLA_HUB_UID=other_hub):
+        report = agents_reconcile(node=settings.FLOTILLA_NODE_NAME)
+
+    assert f"local:{agent_id}" in report.sandboxes_removed
+    runner.join(timeout=10)
+    assert not runner.is_alive()
+    assert sandbox_processes(agent_id) == []
+    assert cgroup_dirs_naming(agent_id) == []
+
+
+def _exec_quietly(backend, handle, command: str) -> None:
+    """Run ``command`` in the sandbox until it is killed; a kill is its expected end."""
+    with contextlib.suppress(SandboxError):
+        backend.exec(handle, command, timeout_s=120)
+
+
+def _beats(workspace: Path) -> int:
+    try:
+        return int((workspace / "beat").read_text() or 0)
+    except (FileNotFoundError, ValueError):
+        return 0

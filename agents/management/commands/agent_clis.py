@@ -1,6 +1,8 @@
 """Install the CLI agents' programs (Claude Code, Codex) at their pinned versions with npm."""
 
-from django.core.management.base import BaseCommand, CommandError
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from agents.runtimes.cli import cli_packages
 from agents.runtimes.cli.install import CliInstallError, clis_install
@@ -13,10 +15,10 @@ class Command(BaseCommand):
         "these versions are installed."
     )
 
-    def add_arguments(self, parser) -> None:
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--force", action="store_true", help="reinstall even if up to date")
 
-    def handle(self, *args, **options) -> None:
+    def handle(self, *args: Any, **options: Any) -> None:
         try:
             report = clis_install(packages=cli_packages(), force=options["force"])
         except CliInstallError as error:

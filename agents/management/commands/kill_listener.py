@@ -4,6 +4,7 @@ import contextlib
 import os
 import signal
 import threading
+from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
@@ -19,7 +20,7 @@ class Command(BaseCommand):
         "`runhub --role worker|all` starts it on PostgreSQL."
     )
 
-    def handle(self, *args, **options) -> None:
+    def handle(self, *args: Any, **options: Any) -> None:
         if connection.vendor != "postgresql":
             raise CommandError("the kill listener needs PostgreSQL (DATABASE_URL=postgres://...)")
         stop = threading.Event()

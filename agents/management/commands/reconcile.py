@@ -1,9 +1,10 @@
 """Reconcile this node once (call it when the hub starts) and ensure the periodic schedule."""
 
 import json
+from typing import Any
 
 from django.conf import settings
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandParser
 
 from agents.reconciler import agents_reconcile, reconcile_schedule_ensure
 
@@ -15,14 +16,14 @@ class Command(BaseCommand):
         "report, and make sure the django-q2 schedule that repeats this exists."
     )
 
-    def add_arguments(self, parser) -> None:
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
             "--no-schedule",
             action="store_true",
             help="do not create or update the periodic schedule",
         )
 
-    def handle(self, *args, **options) -> None:
+    def handle(self, *args: Any, **options: Any) -> None:
         if not options["no_schedule"]:
             reconcile_schedule_ensure()
         report = agents_reconcile(node=settings.FLOTILLA_NODE_NAME)

@@ -1,7 +1,9 @@
 """Build the docker sandbox image locally; no registry is needed or reachable."""
 
+from typing import Any
+
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from agents.sandboxes.base import SandboxError
 
@@ -13,10 +15,10 @@ class Command(BaseCommand):
         "identical image exists."
     )
 
-    def add_arguments(self, parser) -> None:
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--rebuild", action="store_true", help="build even if it exists")
 
-    def handle(self, *args, **options) -> None:
+    def handle(self, *args: Any, **options: Any) -> None:
         try:
             from agents.sandboxes.docker import docker_image_build
 

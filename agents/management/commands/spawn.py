@@ -1,8 +1,9 @@
 """Spawn a script agent from the command line."""
 
 import os
+from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from agents.errors import AgentError
 from agents.services import SpawnRequest, agent_spawn
@@ -12,7 +13,7 @@ from agents.workspace import repository_problem, repository_scheme
 class Command(BaseCommand):
     help = "Spawn a script agent on a repository; prints the new agent's id."
 
-    def add_arguments(self, parser) -> None:
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("repository", help="path or URL of a git repository")
         parser.add_argument("script", help="shell command to run in the sandbox")
         parser.add_argument("--branch", default="main")
@@ -28,7 +29,7 @@ class Command(BaseCommand):
             help="the sandbox's network mode; --network alone means on",
         )
 
-    def handle(self, *args, **options) -> None:
+    def handle(self, *args: Any, **options: Any) -> None:
         repository = options["repository"]
         if repository_scheme(repository) == "file" and not repository.startswith("file:"):
             # A path on the command line is relative to where the operator stands.

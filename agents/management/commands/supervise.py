@@ -1,6 +1,7 @@
 """Run this node's supervisor: claim queued agents and run them (agents/supervisor.py)."""
 
 import signal
+from typing import Any
 
 from django.core.management.base import BaseCommand
 
@@ -14,7 +15,7 @@ class Command(BaseCommand):
         "starts it."
     )
 
-    def handle(self, *args, **options) -> None:
+    def handle(self, *args: Any, **options: Any) -> None:
         config = SupervisorConfig.from_settings()
         supervisor = NodeSupervisor(config)
         for signum in (signal.SIGINT, signal.SIGTERM):

@@ -1,5 +1,6 @@
 """Tokens and dollars: what each reply cost, and what an agent has spent so far."""
 
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -67,7 +68,7 @@ class Usage:
         }
 
 
-def agent_usage_add(*, agent_id: Any, usage: Usage, cost_usd: Decimal) -> None:
+def agent_usage_add(*, agent_id: uuid.UUID, usage: Usage, cost_usd: Decimal) -> None:
     """Add one reply's usage to the agent's totals, in one UPDATE."""
     Agent.objects.filter(id=agent_id).update(
         input_tokens=F("input_tokens") + usage.input_tokens,

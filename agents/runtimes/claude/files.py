@@ -320,7 +320,9 @@ class Worktree:
             yield name, data.decode("utf-8", errors="replace")
 
 
-def _matching_lines(files: Iterator[tuple[str, str]], regex: re.Pattern) -> tuple[list[str], int]:
+def _matching_lines(
+    files: Iterator[tuple[str, str]], regex: re.Pattern[str]
+) -> tuple[list[str], int]:
     """The first matching lines as ``name:number: line``, and how many lines matched in all."""
     matches: list[str] = []
     total = 0
@@ -356,15 +358,15 @@ def _killable(work: Callable[[], Any], *, timeout_s: float, refusal: str) -> Any
             os._exit(0)
     os.close(write_end)
     try:
-        data = _read_until(read_end, time.monotonic() + timeout_s)
+        reply = _read_until(read_end, time.monotonic() + timeout_s)
     finally:
         os.close(read_end)
         with contextlib.suppress(ProcessLookupError):
             os.kill(child, signal.SIGKILL)
         os.waitpid(child, 0)
-    if data is None:
+    if reply is None:
         raise FileToolError(refusal)
-    answer = json.loads(data or b'{"error": "the search failed"}')
+    answer = json.loads(reply or b'{"error": "the search failed"}')
     if "error" in answer:
         raise FileToolError(answer["error"])
     return answer["value"]
@@ -372,7 +374,7 @@ def _killable(work: Callable[[], Any], *, timeout_s: float, refusal: str) -> Any
 
 def _read_until(descriptor: int, deadline: float) -> bytes | None:
     """Everything written to ``descriptor`` until its end; None if the deadline comes first."""
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         ready, _, _ = select.select([descriptor], [], [], max(0.0, deadline - time.monotonic()))
         if not ready:

@@ -2,7 +2,7 @@
 
 from agents.models import Agent, AgentType, NetworkMode
 
-_ROLES = {
+_ROLES: dict[str, str] = {
     AgentType.WORKER: (
         "You are a software engineer agent. Change the code so that the task is done: "
         "read before you edit, keep changes focused, run the tests with run_command, and "
@@ -37,7 +37,7 @@ markers: resolve them, remove the markers, then finish again.
 - Long tool results are cut, and say so."""
 
 # What run_command's sandbox may reach, by the agent's network mode.
-_NETWORK = {
+_NETWORK: dict[str, str] = {
     NetworkMode.OFF: ", without network access",
     NetworkMode.ALLOWLIST: (
         ", with HTTP(S) access to the hub's allowlisted hosts (package registries) only, "

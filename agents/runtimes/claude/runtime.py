@@ -265,7 +265,7 @@ def _block(block: dict[str, Any]) -> dict[str, Any]:
 
 
 def _tool_result(tool_use_id: str, text: str, *, is_error: bool) -> dict[str, Any]:
-    result = {"type": "tool_result", "tool_use_id": tool_use_id, "content": text}
+    result: dict[str, Any] = {"type": "tool_result", "tool_use_id": tool_use_id, "content": text}
     if is_error:
         result["is_error"] = True
     return result

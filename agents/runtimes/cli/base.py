@@ -21,6 +21,7 @@ from typing import Any
 
 from django.conf import settings
 
+from agents.gateway.server import ModelUsage
 from agents.gateway.service import gateway_close, gateway_open, gateway_socket_path
 from agents.models import Agent, AgentEventKind
 from agents.reconnect import database_retrying
@@ -118,11 +119,11 @@ class CliRuntime(AgentRuntime):
         gateway_close(agent_id=str(agent.id))
 
 
-def _usage_recorder(agent: Agent, runtime: str) -> Callable[[dict[str, Any]], None]:
+def _usage_recorder(agent: Agent, runtime: str) -> Callable[[ModelUsage], None]:
     """What the gateway calls after each model call: the agent's usage grows, an event says so."""
     agent_id = agent.id
 
-    def record(usage: dict[str, Any]) -> None:
+    def record(usage: ModelUsage) -> None:
         counted = Usage(
             input_tokens=int(usage.get("input_tokens") or 0),
             output_tokens=int(usage.get("output_tokens") or 0),

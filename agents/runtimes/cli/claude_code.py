@@ -18,7 +18,13 @@ from agents.gateway.service import GATEWAY_URL
 from agents.models import NetworkMode
 from agents.runtimes.cli.base import CliRuntime
 from agents.runtimes.cli.install import CliPackage
-from agents.runtimes.cli.rounds import CliRound, one_line, tool_call, tool_result
+from agents.runtimes.cli.rounds import (
+    CliRound,
+    json_object,
+    one_line,
+    tool_call,
+    tool_result,
+)
 
 
 class ClaudeCodeRuntime(CliRuntime):
@@ -58,7 +64,7 @@ class ClaudeCodeRuntime(CliRuntime):
     def transcript(self, event: dict[str, Any], round_: CliRound) -> list[dict[str, Any]]:
         round_.note_session(event.get("session_id"))
         kind, subtype = event.get("type"), event.get("subtype")
-        message = event.get("message") if isinstance(event.get("message"), dict) else {}
+        message = json_object(event.get("message"))
         if kind == "system" and subtype == "init":
             return [_session_started(event)]
         if kind == "assistant":
@@ -119,7 +125,8 @@ def _tool_result(block: dict[str, Any], round_: CliRound) -> dict[str, Any]:
 
 
 def _result(event: dict[str, Any], round_: CliRound) -> dict[str, Any]:
-    text = event.get("result") if isinstance(event.get("result"), str) else ""
+    result = event.get("result")
+    text = result if isinstance(result, str) else ""
     failed = bool(event.get("is_error")) or event.get("subtype") != "success"
     round_.final_text = text
     if failed:

@@ -22,7 +22,7 @@ from agents.gateway.service import GATEWAY_URL
 from agents.models import NetworkMode
 from agents.runtimes.cli.base import CliRuntime
 from agents.runtimes.cli.install import CliPackage
-from agents.runtimes.cli.rounds import CliRound, tool_call, tool_result
+from agents.runtimes.cli.rounds import CliRound, json_object, tool_call, tool_result
 
 _PROVIDER = (
     'model_providers.flotilla={name="Flotilla model gateway",'
@@ -58,7 +58,7 @@ class CodexRuntime(CliRuntime):
 
     def transcript(self, event: dict[str, Any], round_: CliRound) -> list[dict[str, Any]]:
         kind = event.get("type")
-        item = event.get("item") if isinstance(event.get("item"), dict) else {}
+        item = json_object(event.get("item"))
         if kind == "thread.started":
             round_.note_session(event.get("thread_id"))
             thread = event.get("thread_id")
@@ -132,7 +132,7 @@ def _files(item: dict[str, Any]) -> str:
 
 
 def _error(event: dict[str, Any], round_: CliRound, *, failed: bool) -> dict[str, Any]:
-    error = event.get("error") if isinstance(event.get("error"), dict) else {}
+    error = json_object(event.get("error"))
     message = str(event.get("message") or error.get("message") or "")
     if failed:
         # A failed turn ends the run; plain errors (a reconnect) are only reported.

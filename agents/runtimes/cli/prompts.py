@@ -2,7 +2,7 @@
 
 from agents.models import Agent, AgentType, NetworkMode
 
-_ROLES = {
+_ROLES: dict[str, str] = {
     AgentType.WORKER: (
         "You are a software engineer. Change the code in this repository so that the task "
         "below is done: read before you edit, keep the change focused, and run the tests."
@@ -31,7 +31,7 @@ If they reject the change, their report comes back to you in this session to fix
 - When the task is done, stop with a short summary of what you changed: it becomes the commit \
 message."""
 
-_NETWORK = {
+_NETWORK: dict[str, str] = {
     NetworkMode.OFF: " without network access",
     NetworkMode.ALLOWLIST: (
         " with HTTP(S) access to the hub's allowlisted hosts (package registries) only, "

@@ -53,6 +53,11 @@ class CliRound:
             self.session_id = value
 
 
+def json_object(value: Any) -> dict[str, Any]:
+    """``value`` when the CLI put a JSON object there, else an empty one."""
+    return value if isinstance(value, dict) else {}
+
+
 def clipped(value: Any, limit: int = EVENT_TEXT_CHARS) -> Any:
     """``value`` with very long strings (file contents, command output) shortened, at any depth."""
     if isinstance(value, dict):

@@ -12,6 +12,7 @@ its session id in the agent's result, so a resume continues that session.
 import json
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from django.db import connection
@@ -236,7 +237,7 @@ class CliRun:
 class _BudgetWatch:
     """Asks the gateway, while the CLI runs, whether it refused a call for budget."""
 
-    def __init__(self, agent_id: str, *, on_exhausted: Any) -> None:
+    def __init__(self, agent_id: str, *, on_exhausted: Callable[[], None]) -> None:
         self.agent_id = agent_id
         self.on_exhausted = on_exhausted
         self.stopped = threading.Event()

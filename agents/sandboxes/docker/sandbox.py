@@ -179,13 +179,15 @@ class DockerSandbox(Sandbox):
 
     def _create(self, handle: SandboxHandle, config: dict[str, Any]) -> dict[str, Any]:
         try:
-            return self.api.create_container(**config)
+            created: dict[str, Any] = self.api.create_container(**config)
+            return created
         except engine.APIError as error:
             if error.status_code != 409:
                 raise
         # The name is taken: a retried agent found the container of its previous attempt.
         self.remove(handle)
-        return self.api.create_container(**config)
+        created = self.api.create_container(**config)
+        return created
 
     def _container_config(
         self, spec: SandboxSpec, name: str, uid: int, *, slot: WarmSlot | None = None
@@ -285,7 +287,7 @@ class DockerSandbox(Sandbox):
 
     def _wait(
         self, exec_id: str, output: "_Output", deadline: float, on_output: OutputSink | None
-    ) -> tuple[bool, Any]:
+    ) -> tuple[bool, int | None]:
         """Wait for the output to end or the command to exit; (timed_out, exit code if known).
 
         Output reaches the sink from this thread at most ``_FLUSH_EVERY_S`` late.
@@ -311,9 +313,10 @@ class DockerSandbox(Sandbox):
 
     def _exec_info(self, exec_id: str) -> dict[str, Any] | None:
         try:
-            return self.api.exec_inspect(exec_id)
+            info: dict[str, Any] = self.api.exec_inspect(exec_id)
         except engine.APIError:
             return None
+        return info
 
     def _exec_pid(self, exec_id: str) -> int:
         info = self._exec_info(exec_id)
@@ -416,7 +419,7 @@ def system_mounts() -> list[engine.Mount]:
         path = Path(directory)
         if path.is_dir() and not path.is_symlink() and directory != "/sbin":
             mounts.append(engine.Mount(directory, directory, type="bind", read_only=True))
-    tools = [path for path in (sandbox_toolchain(), agent_clis_dir()) if path]
+    tools = [str(path) for path in (sandbox_toolchain(), agent_clis_dir()) if path]
     for extra in (*ETC_FILES, *settings.FLOTILLA_SANDBOX_RO_BINDS, *tools):
         if Path(extra).exists():
             mounts.append(engine.Mount(str(extra), str(extra), type="bind", read_only=True))

@@ -126,6 +126,10 @@
     for (const button of scope.querySelectorAll('[data-action="kill"]')) {
       button.hidden = FINAL_STATES.has(agent.state);
     }
+    // The agent page's Retry waits hidden until its agent fails or is killed.
+    for (const retry of scope.querySelectorAll("[data-retry-states]")) {
+      retry.hidden = !retry.dataset.retryStates.split(" ").includes(agent.state);
+    }
     const cell = row.querySelector('[data-field="uptime"]');
     if (cell) cell.textContent = uptimeText(row);
   }

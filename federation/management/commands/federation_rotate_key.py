@@ -22,7 +22,9 @@ class Command(BaseCommand):
         new, retiring = instance_key_rotate(grace_days=grace_days)
         self.stdout.write(f"new key version {new.version}")
         for key in retiring:
-            self.stdout.write(f"key version {key.version} expires {key.expires_at.isoformat()}")
+            # The rotation gave every retiring key an expiry.
+            expires = key.expires_at.isoformat() if key.expires_at else "never"
+            self.stdout.write(f"key version {key.version} expires {expires}")
         if no_announce or not retiring:
             return
         for instance_id, error in peers_announce_keys(sign_version=retiring[-1].version):

@@ -2,7 +2,7 @@
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from federation.documents import key_fingerprints
+from federation.documents import PublishedKey, key_fingerprints
 from federation.errors import FederationError
 from federation.identity import identity_keys
 from federation.remote import peer_connect
@@ -60,7 +60,7 @@ class Command(BaseCommand):
             )
             self._fingerprints(peer.keys)
 
-    def _fingerprints(self, keys: list) -> None:
+    def _fingerprints(self, keys: list[PublishedKey]) -> None:
         for key in key_fingerprints(keys):
             self.stdout.write(f"    {key['key_id']}  {key['fingerprint']}")
 

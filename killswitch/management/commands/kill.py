@@ -1,6 +1,6 @@
 """Kill one agent from the command line."""
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from agents.errors import AgentError
 from killswitch.services import agent_kill
@@ -9,11 +9,11 @@ from killswitch.services import agent_kill
 class Command(BaseCommand):
     help = "Kill one agent now: its processes, sandbox and worktree (unpushed work is kept)."
 
-    def add_arguments(self, parser) -> None:
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("agent_id")
         parser.add_argument("--reason", required=True)
 
-    def handle(self, *args, agent_id: str, reason: str, **options) -> None:
+    def handle(self, *args: object, agent_id: str, reason: str, **options: object) -> None:
         try:
             termination = agent_kill(agent_id=agent_id, reason=reason, actor="cli")
         except AgentError as error:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 from rest_framework.authtoken.models import Token
 
 from agents.errors import AgentError
@@ -75,7 +75,7 @@ DEMO_AGENTS = [
 class Command(BaseCommand):
     help = "Create sample repositories, an admin user with an API token, and demo agents."
 
-    def add_arguments(self, parser) -> None:
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--no-agents", action="store_true", help="only the repository and user")
         parser.add_argument(
             "--with-setup",
@@ -83,7 +83,7 @@ class Command(BaseCommand):
             help="also spawn an agent on the sample whose [setup] installs PyYAML from PyPI",
         )
 
-    def handle(self, *args, no_agents: bool, with_setup: bool, **options) -> None:
+    def handle(self, *args: object, no_agents: bool, with_setup: bool, **options: object) -> None:
         demo_dir = Path(settings.DATA_DIR) / "demo"
         repository = self._sample_repository(demo_dir, "sample", SAMPLE_FILES)
         setup_repository = self._sample_repository(demo_dir, "sample-setup", SETUP_SAMPLE_FILES)

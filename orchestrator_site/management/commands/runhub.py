@@ -18,7 +18,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.core.management import call_command
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connection
 
 ROLES = ("all", "web", "worker")
@@ -34,7 +34,7 @@ class Command(BaseCommand):
         "django-q2 cluster for short jobs; Ctrl-C stops them all."
     )
 
-    def add_arguments(self, parser) -> None:
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--host", default="127.0.0.1")
         parser.add_argument("--port", type=int, default=8000)
         parser.add_argument(
@@ -44,10 +44,10 @@ class Command(BaseCommand):
             help="start only the web server or only the worker",
         )
 
-    def handle(self, *args, host: str, port: int, role: str, **options) -> None:
+    def handle(self, *args: object, host: str, port: int, role: str, **options: object) -> None:
         if not 0 < port < 65536:
             raise CommandError(f"--port must be between 1 and 65535, not {port}")
-        children: dict[str, subprocess.Popen] = {}
+        children: dict[str, subprocess.Popen[bytes]] = {}
         if role in ("all", "worker"):
             # Repair what a crash may have left on this node (agents whose
             # worker died, orphan sandboxes and worktrees) before new work starts.
@@ -85,12 +85,12 @@ class Command(BaseCommand):
         )
         self._supervise(children)
 
-    def _start(self, argv: list[str]) -> subprocess.Popen:
+    def _start(self, argv: list[str]) -> subprocess.Popen[bytes]:
         # The child stays in this process group, so a kill of the group reaches
         # it and everything it starts, and it gets SIGTERM should runhub die alone.
         return subprocess.Popen(argv, cwd=settings.BASE_DIR, preexec_fn=_terminate_with_parent)
 
-    def _supervise(self, children: dict[str, subprocess.Popen]) -> None:
+    def _supervise(self, children: dict[str, subprocess.Popen[bytes]]) -> None:
         stopping = False
 
         def request_stop(signum: int, frame: object) -> None:
@@ -113,7 +113,7 @@ class Command(BaseCommand):
             )
         self.stdout.write("hub stopped")
 
-    def _stop(self, children: dict[str, subprocess.Popen]) -> None:
+    def _stop(self, children: dict[str, subprocess.Popen[bytes]]) -> None:
         """SIGTERM every child, wait up to STOP_GRACE_S, then SIGKILL whatever of theirs is left."""
         for child in children.values():
             if child.poll() is None:

@@ -14,5 +14,5 @@ from taskqueue.dispatcher import projects_tick
 class Command(BaseCommand):
     help = "Recover and dispatch every open project once; prints a JSON report."
 
-    def handle(self, *args, **options) -> None:
+    def handle(self, *args: object, **options: object) -> None:
         self.stdout.write(json.dumps(projects_tick()))
