@@ -130,3 +130,7 @@ def agent_finished_send(*, agent_id: uuid.UUID, state: str) -> None:
     transaction.on_commit(
         lambda: agent_finished.send(sender=Agent, agent_id=str(agent_id), state=state)
     )
+
+
+def agent_event_append(*, agent_id: uuid.UUID, kind: str, data: dict[str, Any]) -> AgentEvent:
+    return AgentEvent.objects.create(agent_id=agent_id, kind=kind, data=data)

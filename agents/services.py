@@ -1,7 +1,12 @@
-"""Writes on agents: spawn, terminate, events."""
+"""Writes on agents: spawn, remote agents, requeue, resume.
 
-import dataclasses
-import time
+Stopping an agent (the kill chokepoint), kill-all and the cleanup after a
+kill live in ``agents.termination``, appending an event in
+``agents.lifecycle`` and the remote sandbox's name in ``agents.sandboxes``.
+Their names are re-exported here, so every caller still reaches the writes
+on agents through this module.
+"""
+
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -23,19 +28,23 @@ from agents.errors import (
     InvalidBudget,
     InvalidTransition,
 )
-from agents.lifecycle import _PROGRESS, agent_finished_send, agent_transition, agents_finish
+from agents.lifecycle import _PROGRESS, agent_finished_send, agent_transition
+from agents.lifecycle import agent_event_append as agent_event_append
 from agents.models import (
     LIVE_STATES,
     Agent,
-    AgentEvent,
     AgentEventKind,
     AgentState,
     NetworkMode,
 )
-from agents.noderouting import node_is_local, node_kill_request
-from agents.runtimes.cli.home import cli_home_remove
-from agents.sandboxes import sandbox_backend
-from agents.sandboxes.base import SandboxError
+from agents.sandboxes import REMOTE_SANDBOX as REMOTE_SANDBOX
+from agents.termination import Termination as Termination
+from agents.termination import agent_cleanup as agent_cleanup
+from agents.termination import agent_sandbox_kill as agent_sandbox_kill
+from agents.termination import agent_stop as agent_stop
+from agents.termination import agent_stop_many as agent_stop_many
+from agents.termination import agent_stopped_cleanup as agent_stopped_cleanup
+from agents.termination import agent_terminate as agent_terminate
 from agents.wakeup import supervisor_wake
 from audit.services import audit_record
 
@@ -148,11 +157,6 @@ def agent_spawn(*, request: SpawnRequest, requested_by: str) -> Agent:
         # The row is the queue: a node supervisor claims it (agents/supervisor.py).
         transaction.on_commit(supervisor_wake)
     return agent
-
-
-# The sandbox name of an agent that runs on a peer hub; its backend (registered
-# in settings by federation) forwards a kill to that peer.
-REMOTE_SANDBOX = "remote"
 
 
 def agent_register_remote(
@@ -327,193 +331,3 @@ def agent_resume(
         transaction.on_commit(supervisor_wake)
     agent.refresh_from_db()
     return agent
-
-
-def agent_event_append(*, agent_id: uuid.UUID, kind: str, data: dict[str, Any]) -> AgentEvent:
-    return AgentEvent.objects.create(agent_id=agent_id, kind=kind, data=data)
-
-
-@dataclass(frozen=True)
-class Termination:
-    agent_id: str
-    previous_state: str
-    terminated: bool
-    latency_ms: float
-    branch_kept: bool = False
-    errors: list[str] = field(default_factory=list)
-    # The node the kill was routed to, when the agent runs on another node.
-    routed_to: str = ""
-
-
-def agent_terminate(
-    *, agent_id: uuid.UUID, reason: str, to: AgentState = AgentState.KILLED
-) -> Termination:
-    """Stop an agent now (see ``agent_stop``), then remove its sandbox and worktree."""
-    stopped = agent_stop(agent_id=agent_id, reason=reason, to=to)
-    if not stopped.terminated:
-        return stopped
-    return agent_stopped_cleanup(termination=stopped)
-
-
-def agent_stop(
-    *, agent_id: uuid.UUID, reason: str, to: AgentState = AgentState.KILLED
-) -> Termination:
-    """Mark the agent final and kill every process of its sandbox; no cleanup yet.
-
-    Marking comes first, so a run that finishes at the same moment loses its
-    own transition and stops; everything after is idempotent. Kill-all stops
-    every agent before cleaning any up, so processes die as early as possible.
-    """
-    started = time.monotonic()
-    agent, previous, won = _stop_mark(agent_id=agent_id, reason=reason, to=to)
-    if not won:
-        return Termination(str(agent.id), previous, False, _ms_since(started))
-    return _stop_kill(agent, previous, started)
-
-
-def agent_stop_many(
-    *, agent_ids: list[uuid.UUID], reason: str, to: AgentState = AgentState.KILLED
-) -> dict[str, Termination | str]:
-    """``agent_stop`` for many agents: all marked in one transaction, then all killed at once.
-
-    One transaction takes the database's write lock once, and the marks are
-    one UPDATE. Each sandbox backend then kills all of its agents together:
-    the local backends signal every sandbox first and only then wait for
-    them to empty, so no kill waits behind another. Returns agent id → its
-    ``Termination``, or the message of the error that kept it from stopping.
-    """
-    started = time.monotonic()
-    outcome: dict[str, Termination | str] = {}
-    local: list[Agent] = []
-    with transaction.atomic():
-        previous = agents_finish(agent_ids=agent_ids, to=to, reason=reason, error=reason)
-        agents = {str(agent.id): agent for agent in Agent.objects.filter(id__in=list(previous))}
-        lost = Agent.objects.filter(id__in=agent_ids).exclude(id__in=list(previous))
-        for lost_id, state in lost.values_list("id", "state"):
-            outcome[str(lost_id)] = Termination(str(lost_id), state, False, 0.0)
-        for key, agent in agents.items():
-            if _kill_routed(agent):
-                # Sent within this transaction, every node's request is
-                # delivered the moment it commits, with no thread or
-                # connection per agent here.
-                outcome[key] = Termination(
-                    key, previous[key], True, _ms_since(started), routed_to=agent.node
-                )
-            else:
-                local.append(agent)
-    for agent_id in agent_ids:
-        outcome.setdefault(str(agent_id), f"no agent with id {agent_id}")
-    by_backend: dict[str, list[Agent]] = {}
-    for agent in local:
-        by_backend.setdefault((agent.sandbox_handle or {}).get("backend", ""), []).append(agent)
-    for backend, group in by_backend.items():
-        errors = _sandboxes_kill(backend, [agent.sandbox_handle for agent in group])
-        for agent in group:
-            outcome[str(agent.id)] = Termination(
-                str(agent.id), previous[str(agent.id)], True, _ms_since(started), errors=errors
-            )
-    return outcome
-
-
-def _sandboxes_kill(backend: str, handles: list[dict[str, Any]]) -> list[str]:
-    if not backend:
-        return []  # queued agents: nothing runs yet
-    try:
-        sandbox_backend(backend).kill_many(handles)
-    except (SandboxError, OSError) as error:
-        return [f"sandbox kill: {error}"]
-    return []
-
-
-def _stop_mark(*, agent_id: uuid.UUID, reason: str, to: AgentState) -> tuple[Agent, str, bool]:
-    """Move the agent to its final state; (agent, state it had, whether this call won)."""
-    agent = Agent.objects.filter(id=agent_id).first()
-    if agent is None:
-        raise AgentNotFound(f"no agent with id {agent_id}")
-    previous = agent.state
-    if not agent_transition(agent_id=agent.id, to=to, reason=reason, error=reason):
-        return agent, previous, False
-    if not agent.node:
-        agent.refresh_from_db()  # a worker may have taken it since it was read
-    return agent, previous, True
-
-
-def _kill_routed(agent: Agent) -> bool:
-    """Ask the agent's node to kill it, when that is another node; True if it was asked.
-
-    The node was fixed when a worker took the agent; the node re-reads the row
-    itself, and kills and cleans up there.
-    """
-    return (
-        agent.sandbox_backend != REMOTE_SANDBOX
-        and not node_is_local(agent.node)
-        and node_kill_request(agent=agent)
-    )
-
-
-def _stop_kill(agent: Agent, previous: str, started: float) -> Termination:
-    """Kill the sandbox of an agent already marked final, here or on its node."""
-    if _kill_routed(agent):
-        return Termination(str(agent.id), previous, True, _ms_since(started), routed_to=agent.node)
-    agent.refresh_from_db()
-    errors = agent_sandbox_kill(agent=agent)
-    return Termination(str(agent.id), previous, True, _ms_since(started), errors=errors)
-
-
-def agent_stopped_cleanup(*, termination: Termination) -> Termination:
-    if termination.routed_to:
-        return termination  # the agent's node cleans up after its kill
-    agent = Agent.objects.get(id=termination.agent_id)
-    branch_kept, errors = agent_cleanup(agent=agent)
-    return dataclasses.replace(
-        termination, branch_kept=branch_kept, errors=termination.errors + errors
-    )
-
-
-def agent_sandbox_kill(*, agent: Agent) -> list[str]:
-    handle = agent.sandbox_handle or {}
-    if not handle:
-        return []
-    try:
-        sandbox_backend(handle["backend"]).kill(handle)
-    except SandboxError as error:
-        return [f"sandbox kill: {error}"]
-    return []
-
-
-def agent_cleanup(*, agent: Agent) -> tuple[bool, list[str]]:
-    """Remove the sandbox and the worktree; returns whether the branch was kept."""
-    errors: list[str] = []
-    handle = agent.sandbox_handle or {}
-    if handle:
-        try:
-            sandbox_backend(handle["backend"]).remove(handle)
-        except SandboxError as error:
-            errors.append(f"sandbox remove: {error}")
-    # A CLI agent's home (its sessions) lives exactly as long as its worktree.
-    cli_home_remove(agent_id=str(agent.id))
-    if not agent.worktree_path:
-        return False, errors
-    try:
-        report = workspace.worktree_remove(
-            repository=agent.repository,
-            path=workspace.worktree_path(agent_id=str(agent.id), task_id=agent.task_id),
-            work_branch=agent.work_branch,
-        )
-    except workspace.WorkspaceError as error:
-        errors.append(f"worktree remove: {error}")
-        return False, errors
-    if report.branch_kept:
-        agent_event_append(
-            agent_id=agent.id,
-            kind=AgentEventKind.LOG,
-            data={
-                "message": f"branch {agent.work_branch} kept: "
-                f"{report.unpushed_commits} unpushed commit(s)"
-            },
-        )
-    return report.branch_kept, errors
-
-
-def _ms_since(started: float) -> float:
-    return round((time.monotonic() - started) * 1000, 2)

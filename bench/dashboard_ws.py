@@ -16,117 +16,22 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.launcher import Processes, free_port  # noqa: E402
-
-
-def _prepare_database() -> tuple[str, str]:
-    """Migrate, and create a user session and an agent; returns (session key, agent id)."""
-    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, check=True)
-    import django
-
-    django.setup()
-    from django.contrib.auth import get_user_model
-    from django.contrib.sessions.backends.db import SessionStore
-
-    from agents.models import Agent
-
-    user = get_user_model().objects.create_user("bench", password="bench-password-1")
-    session = SessionStore()
-    session["_auth_user_id"] = str(user.pk)
-    session["_auth_user_backend"] = "django.contrib.auth.backends.ModelBackend"
-    session["_auth_user_hash"] = user.get_session_auth_hash()
-    session.create()
-    agent = Agent.objects.create(
-        task_id="bench",
-        agent_type="worker",
-        runtime="script",
-        repository="/bench",
-        base_branch="main",
-        work_branch="bench",
-        sandbox_backend="process",
-        timeout_s=60,
-        requested_by="bench",
-    )
-    return session.session_key, str(agent.id)
-
-
-def web_start(port: int) -> tuple[Processes, subprocess.Popen]:
-    """daphne on ``port`` in this process's environment, once its health endpoint answers."""
-    web = Processes(env=dict(os.environ), log_dir=Path(os.environ["DATA_DIR"]))
-    return web, web.start_web(port)
-
-
-class Client:
-    def __init__(self) -> None:
-        self.latencies: list[float] = []
-        self.received = 0
-        self.last_seq = -1
-
-
-async def _client(
-    url: str,
-    origin: str,
-    cookie: str,
-    client: Client,
-    ready: asyncio.Event,
-    connected: list[int],
-    total: int,
-    stop: asyncio.Event,
-) -> None:
-    from websockets.asyncio.client import connect
-
-    async with connect(
-        url,
-        origin=origin,
-        additional_headers={"Cookie": cookie},
-        compression=None,
-        max_size=None,
-        ping_interval=None,
-    ) as socket_:
-        await socket_.recv()  # the first frame: the stream is current
-        connected.append(1)
-        if len(connected) == total:
-            ready.set()
-        while not stop.is_set():
-            try:
-                text = await asyncio.wait_for(socket_.recv(), timeout=0.5)
-            except TimeoutError:
-                continue
-            now = time.time()
-            for event in json.loads(text)["events"]:
-                client.received += 1
-                client.latencies.append(now - event["data"]["t"])
-                client.last_seq = event["data"]["seq"]
-
-
-def _write_events(agent_id: str, count: int, rate: float, first_seq: int) -> None:
-    from django.db import connection
-
-    from agents.services import agent_event_append
-
-    interval = 1.0 / rate if rate else 0.0
-    started = time.monotonic()
-    for index in range(count):
-        if interval:
-            delay = started + index * interval - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-        agent_event_append(
-            agent_id=agent_id,
-            kind="output",
-            data={"t": time.time(), "seq": first_seq + index, "lines": ["x" * 80]},
-        )
-    connection.close()
+from bench.streams import (
+    Client,
+    bench_environment,
+    events_write,
+    user_agent_create,
+    web_start,
+    ws_client,
+)
+from tests.launcher import free_port
 
 
 async def _run(args: argparse.Namespace, port: int, session_key: str, agent_id: str) -> dict:
@@ -137,7 +42,7 @@ async def _run(args: argparse.Namespace, port: int, session_key: str, agent_id: 
     connect_started = time.monotonic()
     tasks = [
         asyncio.create_task(
-            _client(
+            ws_client(
                 url,
                 origin,
                 f"sessionid={session_key}",
@@ -155,7 +60,7 @@ async def _run(args: argparse.Namespace, port: int, session_key: str, agent_id: 
 
     async def phase(count: int, rate: float, first_seq: int) -> float:
         started = time.monotonic()
-        writer = threading.Thread(target=_write_events, args=(agent_id, count, rate, first_seq))
+        writer = threading.Thread(target=events_write, args=(agent_id, count, rate, first_seq))
         writer.start()
         last = first_seq + count - 1
         while any(client.last_seq < last for client in clients):
@@ -215,15 +120,8 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=2000, help="events written back to back")
     args = parser.parse_args()
 
-    data_dir = tempfile.mkdtemp(prefix="flotilla-bench-ws-")
-    os.environ.update(
-        {
-            "DATA_DIR": data_dir,
-            "DJANGO_SETTINGS_MODULE": "orchestrator_site.settings",
-            "LOG_LEVEL": "WARNING",
-        }
-    )
-    session_key, agent_id = _prepare_database()
+    bench_environment("flotilla-bench-ws-")
+    _user, session_key, agent_id = user_agent_create()
     port = free_port()
     web, _ = web_start(port)
     try:

@@ -19,58 +19,31 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.dashboard_ws import Client, _client, web_start  # noqa: E402
-from tests.launcher import free_port  # noqa: E402
+from bench import streams
+from tests.launcher import free_port
 
 
 def _prepare_database() -> dict[str, str]:
     """Migrate; create a user with a token and a session, and an agent of theirs."""
-    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, check=True)
-    import django
-
-    django.setup()
-    from django.contrib.auth import get_user_model
-    from django.contrib.sessions.backends.db import SessionStore
+    user, session_key, agent_id = streams.user_agent_create()
     from rest_framework.authtoken.models import Token
 
-    from agents.models import Agent
-
-    user = get_user_model().objects.create_user("bench", password="bench-password-1")
-    session = SessionStore()
-    session["_auth_user_id"] = str(user.pk)
-    session["_auth_user_backend"] = "django.contrib.auth.backends.ModelBackend"
-    session["_auth_user_hash"] = user.get_session_auth_hash()
-    session.create()
-    agent = Agent.objects.create(
-        task_id="bench",
-        agent_type="worker",
-        runtime="script",
-        repository="/bench",
-        base_branch="main",
-        work_branch="bench",
-        sandbox_backend="process",
-        timeout_s=60,
-        requested_by="user:bench",
-    )
     # The first event written imports what its signal receivers need (seconds
     # on a busy machine): done here, so the measured writer keeps its pace.
     from agents.services import agent_event_append
 
-    agent_event_append(agent_id=agent.id, kind="log", data={"message": "warm-up"})
+    agent_event_append(agent_id=agent_id, kind="log", data={"message": "warm-up"})
     return {
         "token": Token.objects.create(user=user).key,
-        "session": session.session_key,
-        "agent": str(agent.id),
+        "session": session_key,
+        "agent": agent_id,
     }
 
 
@@ -78,7 +51,7 @@ async def _sse_client(
     port: int,
     path: str,
     token: str,
-    client: Client,
+    client: streams.Client,
     ready: asyncio.Event,
     connected: list[int],
     total: int,
@@ -117,7 +90,7 @@ async def _sse_client(
         writer.close()
 
 
-def _record(message: bytes, now: float, client: Client) -> None:
+def _record(message: bytes, now: float, client: streams.Client) -> None:
     for line in message.split(b"\n"):
         if line.startswith(b"data: "):
             event = json.loads(line[6:])
@@ -126,26 +99,10 @@ def _record(message: bytes, now: float, client: Client) -> None:
             client.last_seq = event["data"]["seq"]
 
 
-def _write_events(agent_id: str, count: int, rate: float, first_seq: int) -> None:
-    from django.db import connection
-
-    from agents.services import agent_event_append
-
-    started = time.monotonic()
-    for index in range(count):
-        delay = started + index / rate - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-        agent_event_append(
-            agent_id=agent_id,
-            kind="output",
-            data={"t": time.time(), "seq": first_seq + index, "lines": ["x" * 80]},
-        )
-    connection.close()
-
-
-async def _deliver(clients: list[Client], agent_id: str, count: int, rate: float, first: int):
-    writer = threading.Thread(target=_write_events, args=(agent_id, count, rate, first))
+async def _deliver(
+    clients: list[streams.Client], agent_id: str, count: int, rate: float, first: int
+):
+    writer = threading.Thread(target=streams.events_write, args=(agent_id, count, rate, first))
     writer.start()
     started, last = time.monotonic(), first + count - 1
     while any(client.last_seq < last for client in clients):
@@ -173,7 +130,7 @@ def _threads(pid: int) -> int:
 
 
 async def _measure(args, port: int, web_pid: int, ids: dict, sse: bool, first: int) -> dict:
-    clients = [Client() for _ in range(args.clients)]
+    clients = [streams.Client() for _ in range(args.clients)]
     ready, connected = asyncio.Event(), []
     threads_before = _threads(web_pid)
     started = time.monotonic()
@@ -190,7 +147,7 @@ async def _measure(args, port: int, web_pid: int, ids: dict, sse: bool, first: i
         url = f"ws://127.0.0.1:{port}/ws/dashboard/agents/{ids['agent']}/?after={args.after}"
         tasks = [
             asyncio.create_task(
-                _client(
+                streams.ws_client(
                     url,
                     f"http://127.0.0.1:{port}",
                     f"sessionid={ids['session']}",
@@ -233,18 +190,12 @@ def main() -> None:
     parser.add_argument("--no-websocket", action="store_true", help="skip the WebSocket run")
     args = parser.parse_args()
 
-    os.environ.update(
-        {
-            "DATA_DIR": tempfile.mkdtemp(prefix="flotilla-bench-sse-"),
-            "DJANGO_SETTINGS_MODULE": "orchestrator_site.settings",
-            "LOG_LEVEL": "WARNING",
-        }
-    )
+    streams.bench_environment("flotilla-bench-sse-")
     ids = _prepare_database()
     from agents.selectors import agent_event_last_id
 
     port = free_port()
-    web, process = web_start(port)
+    web, process = streams.web_start(port)
     result: dict = {
         "benchmark": "event_stream",
         "database": os.environ.get("DATABASE_URL", "sqlite").split(":")[0],

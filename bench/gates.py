@@ -13,9 +13,7 @@ the difference of the medians; the target is under 10 % plus 50 ms.
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,6 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.scratch import scratch_django, seed_remote  # noqa: E402
+
 CALC = "def add(a, b):\n    return a + b\n" + "".join(
     f"\n\ndef times_{n}(a):\n    return a * {n}\n" for n in range(40)
 )
@@ -32,46 +32,12 @@ TESTS = "from calc import add\n\n\ndef test_add():\n    assert add(2, 3) == 5\n"
 CONFIG = '[gates]\nlint = "ruff check ."\ntests = "python -m pytest -q"\n'
 
 
-def setup_django() -> None:
-    data = Path(tempfile.mkdtemp(prefix="flotilla-bench-"))
-    data.chmod(0o755)
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "orchestrator_site.settings")
-    os.environ["DATA_DIR"] = str(data)
-    os.environ["DATABASE_URL"] = f"sqlite:///{data / 'bench.sqlite3'}"
-    os.environ.setdefault("LOG_LEVEL", "WARNING")
-    import django
-    from django.core.management import call_command
-
-    django.setup()
-    call_command("migrate", verbosity=0)
-
-
-def sample_remote(base: Path) -> Path:
-    seed, remote = base / "seed", base / "remote.git"
-    env = {
-        **os.environ,
-        "GIT_AUTHOR_NAME": "b",
-        "GIT_AUTHOR_EMAIL": "b@b",
-        "GIT_COMMITTER_NAME": "b",
-        "GIT_COMMITTER_EMAIL": "b@b",
-    }
-    subprocess.run(
-        ["git", "init", "-q", "--bare", "--initial-branch=main", str(remote)], check=True
-    )
-    subprocess.run(["git", "init", "-q", "--initial-branch=main", str(seed)], check=True)
-    (seed / "calc.py").write_text(CALC)
-    (seed / "test_calc.py").write_text(TESTS)
-    (seed / ".flotilla.toml").write_text(CONFIG)
-    for argv in (["add", "-A"], ["commit", "-qm", "seed"], ["push", "-q", str(remote), "main"]):
-        subprocess.run(["git", *argv], cwd=seed, env=env, check=True)
-    return remote
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=9)
     rounds = parser.parse_args().rounds
-    setup_django()
+    # The sandbox user reaches its worktree below DATA_DIR.
+    scratch_django().chmod(0o755)
     from django.conf import settings
 
     from agents import workspace
@@ -82,7 +48,10 @@ def main() -> None:
     from gates.toolchain import toolchain_ensure
 
     toolchain_ensure()
-    remote = sample_remote(Path(tempfile.mkdtemp(prefix="bench-remote-")))
+    remote = seed_remote(
+        Path(tempfile.mkdtemp(prefix="bench-remote-")),
+        {"calc.py": CALC, "test_calc.py": TESTS, ".flotilla.toml": CONFIG},
+    )
     agent_id = str(uuid.uuid4())
     path = workspace.worktree_path(agent_id=agent_id, task_id="bench")
     workspace.worktree_create(

@@ -19,14 +19,13 @@ import argparse
 import json
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.cli_agents import sampled
-from bench.killall import running, sandbox_pids
+from bench.killall import kill_all_until_gone, sandbox_pids
 from bench.throwaway_hub import throwaway_hub
 from tests.launcher import Hub, make_remote
 
@@ -44,29 +43,6 @@ def api_latencies(hub: Hub, agent_ids: list[str], requests: int) -> list[float]:
         hub.get(path if index % 2 else "/api/v1/health")
         taken.append((time.monotonic() - started) * 1000)
     return taken
-
-
-def kill_all(hub: Hub, agent_ids: list[str]) -> dict:
-    pids = sandbox_pids(agent_ids)
-    gone_at: list[float] = []
-
-    def watch() -> None:
-        while any(running(pid) for pid in pids):
-            time.sleep(0.001)
-        gone_at.append(time.monotonic())
-
-    watcher = threading.Thread(target=watch)
-    started = time.monotonic()
-    watcher.start()
-    summary = hub.request("POST", "/api/v1/agents/kill-all", {"reason": "benchmark"})
-    api_ms = (time.monotonic() - started) * 1000
-    watcher.join()
-    return {
-        "killed": summary["killed"],
-        "api_ms": round(api_ms, 1),
-        "all_processes_gone_ms": round((gone_at[0] - started) * 1000, 1),
-        "processes": len(pids),
-    }
 
 
 def main() -> None:
@@ -88,7 +64,7 @@ def main() -> None:
         time.sleep(2.0)
         busy = sampled(roots)
         latencies = api_latencies(hub, ids, options.requests)
-        killed = kill_all(hub, ids)
+        killed = kill_all_until_gone(hub, sandbox_pids(ids))
     per_agent = (busy["hub_mb"] - idle["hub_mb"]) / options.agents
     print(
         json.dumps(

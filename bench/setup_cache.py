@@ -16,10 +16,8 @@ medians. The target is warm under 10 % of cold.
 
 import argparse
 import json
-import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,40 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-
-def setup_django(index_address: str) -> None:
-    data = Path(tempfile.mkdtemp(prefix="flotilla-bench-"))
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "orchestrator_site.settings")
-    os.environ["DATA_DIR"] = str(data)
-    os.environ["DATABASE_URL"] = f"sqlite:///{data / 'bench.sqlite3'}"
-    os.environ["FLOTILLA_EGRESS_ALLOWLIST"] = index_address
-    os.environ["FLOTILLA_LOCAL_REPOSITORY_ROOTS"] = tempfile.gettempdir()
-    os.environ.setdefault("LOG_LEVEL", "WARNING")
-    import django
-    from django.core.management import call_command
-
-    django.setup()
-    call_command("migrate", verbosity=0)
-
-
-def sample_remote(base: Path, index, packages: list[str]) -> Path:
-    seed, remote = base / "seed", base / "remote.git"
-    env = {
-        **os.environ,
-        "GIT_AUTHOR_NAME": "b",
-        "GIT_AUTHOR_EMAIL": "b@b",
-        "GIT_COMMITTER_NAME": "b",
-        "GIT_COMMITTER_EMAIL": "b@b",
-    }
-    subprocess.run(
-        ["git", "init", "-q", "--bare", "--initial-branch=main", str(remote)], check=True
-    )
-    subprocess.run(["git", "init", "-q", "--initial-branch=main", str(seed)], check=True)
-    (seed / "requirements.txt").write_text("".join(f"{name}==1.0\n" for name in packages))
-    (seed / ".flotilla.toml").write_text(f'[setup]\ncommands = ["{index.pip_install()}"]\n')
-    for argv in (["add", "-A"], ["commit", "-qm", "seed"], ["push", "-q", str(remote), "main"]):
-        subprocess.run(["git", *argv], cwd=seed, env=env, check=True)
-    return remote
+from bench.scratch import scratch_django, seed_remote  # noqa: E402
 
 
 def package_modules(name: str) -> dict[str, str]:
@@ -84,11 +49,16 @@ def main() -> None:
         names = [f"bench-dep-{n:02d}" for n in range(arguments.packages)]
         for name in names:
             index.add(name, "1.0", package_modules(name))
-        setup_django(index.address)
+        scratch_django(FLOTILLA_EGRESS_ALLOWLIST=index.address)
         from gates.toolchain import toolchain_ensure
 
         toolchain_ensure()
-        remote = sample_remote(Path(tempfile.mkdtemp(prefix="bench-remote-")), index, names)
+        requirements = "".join(f"{name}==1.0\n" for name in names)
+        setup = f'[setup]\ncommands = ["{index.pip_install()}"]\n'
+        remote = seed_remote(
+            Path(tempfile.mkdtemp(prefix="bench-remote-")),
+            {"requirements.txt": requirements, ".flotilla.toml": setup},
+        )
         result = run_rounds(arguments.rounds, str(remote), index)
     result["packages"] = arguments.packages
     print(json.dumps(result, indent=2))

@@ -61,6 +61,34 @@ def spawn_body(repository: Path | str, script: str, **options) -> dict:
     }
 
 
+def spawn_model_agent(api, remote, runtime: str, *, task_id: str, work_item: str, **options) -> str:
+    """Spawn a model-driven agent (claude, claude-code, codex) on ``remote`` through the API."""
+    body = {
+        "task_id": task_id,
+        "agent_type": options.pop("agent_type", "worker"),
+        "runtime": runtime,
+        "context": {
+            "repository": str(remote),
+            "branch": "main",
+            "instructions": "Make the test suite pass.",
+            "work_items": [work_item],
+            "skills": ["python"],
+        },
+        "options": options,
+    }
+    response = api.post("/api/v1/agents", body, format="json")
+    assert response.status_code == 202, response.content
+    return response.json()["agent_id"]
+
+
+def events_of(api, agent_id: str) -> list[dict]:
+    return api.get(f"/api/v1/agents/{agent_id}/events?limit=1000").json()["events"]
+
+
+def transcript(api, agent_id: str) -> list[dict]:
+    return [event["data"] for event in events_of(api, agent_id) if event["kind"] == "transcript"]
+
+
 def wait_for_state(agent_id, states, timeout: float = 30.0) -> Agent:
     """Poll the database until the agent reaches one of ``states``."""
     wanted = {states} if isinstance(states, str) else set(states)

@@ -12,19 +12,20 @@ an operator allowlists is named by another address.
 
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Self
 
 
-class NamedHttpServer:
-    """A threaded HTTP server on 127.0.0.2 that answers ``GET`` with ``name``."""
+class HostService:
+    """A threaded HTTP server on 127.0.0.2 that answers each ``GET`` with ``answer(path)``."""
 
-    def __init__(self, name: str) -> None:
-        self.name = name
-        body = name.encode()
+    def __init__(self) -> None:
+        service = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain")
+                status, body, kind = service.answer(self.path)
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -35,13 +36,28 @@ class NamedHttpServer:
         self.server = ThreadingHTTPServer(("127.0.0.2", 0), Handler)
         self.port = self.server.server_address[1]
         self.address = f"127.0.0.2:{self.port}"
-        self.url = f"http://{self.address}/"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
-    def __enter__(self) -> "NamedHttpServer":
+    def answer(self, path: str) -> tuple[int, bytes, str]:
+        """The status, body and content type for a GET of ``path``."""
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class NamedHttpServer(HostService):
+    """Answers every ``GET`` with ``name``."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+        self.url = f"http://{self.address}/"
+
+    def answer(self, path: str) -> tuple[int, bytes, str]:
+        return 200, self.name.encode(), "text/plain"

@@ -100,6 +100,21 @@ def make_remote(parent: Path, files: dict[str, str] | None = None, name: str = "
 # --- processes ------------------------------------------------------------------
 
 
+def node_processes(node_name: str) -> list[int]:
+    """Live processes started for a node: every one inherits its node name."""
+    needle = f"FLOTILLA_NODE_NAME={node_name}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
 def web_argv(port: int) -> list[str]:
     return [
         sys.executable,

@@ -19,8 +19,9 @@ import shutil
 import tempfile
 import threading
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+from tests.egress_servers import HostService
 
 
 def normalise(name: str) -> str:
@@ -53,33 +54,16 @@ def wheel_build(directory: Path, name: str, version: str, modules: dict[str, str
     return wheel
 
 
-class PackageIndex:
-    """A threaded HTTP server on 127.0.0.2 serving a simple index of the wheels ``add`` built."""
+class PackageIndex(HostService):
+    """A simple index of the wheels ``add`` built."""
 
     def __init__(self) -> None:
         self.directory = Path(tempfile.mkdtemp(prefix="flotilla-index-"))
         self.packages: dict[str, list[Path]] = collections.defaultdict(list)
         self.downloads: collections.Counter[str] = collections.Counter()
         self.lock = threading.Lock()
-        index = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                status, body, kind = index.answer(self.path)
-                self.send_response(status)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                return
-
-        self.server = ThreadingHTTPServer(("127.0.0.2", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.address = f"127.0.0.2:{self.port}"
+        super().__init__()
         self.url = f"http://{self.address}/simple/"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def add(self, name: str, version: str, modules: dict[str, str] | None = None) -> Path:
         """Build and publish ``name`` ``version``; by default one module saying its version."""
@@ -121,11 +105,6 @@ class PackageIndex:
                 return 200, (self.directory / parts[1]).read_bytes(), "application/octet-stream"
         return 404, b"not found", "text/plain"
 
-    def __enter__(self) -> "PackageIndex":
-        self._thread.start()
-        return self
-
     def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__exit__(*exc)
         shutil.rmtree(self.directory, ignore_errors=True)

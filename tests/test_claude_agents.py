@@ -7,7 +7,16 @@ from pathlib import Path
 from django.conf import settings
 
 from agents.models import Agent, AgentEvent, AgentState
-from tests.conftest import HUB_ANTHROPIC_KEY, git, make_remote, wait_for_state, wait_until
+from tests.conftest import (
+    HUB_ANTHROPIC_KEY,
+    events_of,
+    git,
+    make_remote,
+    spawn_model_agent,
+    transcript,
+    wait_for_state,
+    wait_until,
+)
 from tests.messages_server import (
     conversation,
     error_reply,
@@ -32,30 +41,15 @@ SUMMARY = "Fixed mean(): it divided by len(values) + 1."
 
 
 def spawn_claude(api, remote, *, agent_type: str = "worker", **options) -> str:
-    body = {
-        "task_id": options.pop("task_id", "fix-mean"),
-        "agent_type": agent_type,
-        "runtime": "claude",
-        "context": {
-            "repository": str(remote),
-            "branch": "main",
-            "instructions": "Make the test suite pass.",
-            "work_items": ["test_stats.py::test_mean fails"],
-            "skills": ["python"],
-        },
-        "options": options,
-    }
-    response = api.post("/api/v1/agents", body, format="json")
-    assert response.status_code == 202, response.content
-    return response.json()["agent_id"]
-
-
-def events_of(api, agent_id: str) -> list[dict]:
-    return api.get(f"/api/v1/agents/{agent_id}/events?limit=1000").json()["events"]
-
-
-def transcript(api, agent_id: str) -> list[dict]:
-    return [event["data"] for event in events_of(api, agent_id) if event["kind"] == "transcript"]
+    return spawn_model_agent(
+        api,
+        remote,
+        "claude",
+        task_id=options.pop("task_id", "fix-mean"),
+        work_item="test_stats.py::test_mean fails",
+        agent_type=agent_type,
+        **options,
+    )
 
 
 def states(api, agent_id: str) -> list[str]:

@@ -27,9 +27,12 @@ from orchestrator_site.asgi import application
 from tests.conftest import (
     HUB_ANTHROPIC_KEY,
     HUB_OPENAI_KEY,
+    events_of,
     git,
     make_remote,
     spawn_body,
+    spawn_model_agent,
+    transcript,
     wait_for_state,
     wait_until,
 )
@@ -78,30 +81,14 @@ def codex_server(hub, hub_responses_server):
 
 
 def spawn_cli(api, remote, runtime: str, **options) -> str:
-    body = {
-        "task_id": options.pop("task_id", "fix-add"),
-        "agent_type": options.pop("agent_type", "worker"),
-        "runtime": runtime,
-        "context": {
-            "repository": str(remote),
-            "branch": "main",
-            "instructions": "Make the test suite pass.",
-            "work_items": ["test_calc.py::test_add fails"],
-            "skills": ["python"],
-        },
-        "options": options,
-    }
-    response = api.post("/api/v1/agents", body, format="json")
-    assert response.status_code == 202, response.content
-    return response.json()["agent_id"]
-
-
-def events_of(api, agent_id: str) -> list[dict]:
-    return api.get(f"/api/v1/agents/{agent_id}/events?limit=1000").json()["events"]
-
-
-def transcript(api, agent_id: str) -> list[dict]:
-    return [event["data"] for event in events_of(api, agent_id) if event["kind"] == "transcript"]
+    return spawn_model_agent(
+        api,
+        remote,
+        runtime,
+        task_id=options.pop("task_id", "fix-add"),
+        work_item="test_calc.py::test_add fails",
+        **options,
+    )
 
 
 def tool_calls(api, agent_id: str) -> list[tuple[str, dict]]:
@@ -710,8 +697,32 @@ def test_after_gate_retries_rounds_a_codex_agent_fails_with_the_last_report(
 # --- budget and kill -------------------------------------------------------------
 
 
+@pytest.fixture
+def one_slot_node(hub, worker_env):
+    """A worker node of its own, as the session's but with one agent slot, serving a pool of its
+    own; its name, which is its pool's. Agents spawned in that pool run only on it."""
+    name = f"one-slot-{uuid.uuid4().hex[:8]}"
+    env = {
+        **worker_env,
+        "FLOTILLA_NODE_NAME": name,
+        "FLOTILLA_NODE_POOL": name,
+        "Q_CLUSTER_NAME": name,
+        "FLOTILLA_NODE_CAPACITY": "1",
+        "FLOTILLA_WORKERS": "1",
+    }
+    node = Processes(env=env, log_dir=Path(settings.DATA_DIR), prefix=f"{name}-")
+    node.start_worker()
+    yield name
+    node.stop()
+
+
+def state_event_id(agent_id: str, state: str) -> int:
+    """The id of the event of the agent's first transition to ``state`` (ids only grow)."""
+    return AgentEvent.objects.filter(agent_id=agent_id, kind="state", data__to=state).first().id
+
+
 def test_a_spent_budget_pauses_a_claude_code_agent_and_resume_continues_its_session(
-    claude_server, api, tmp_path, sandbox_toolchain, agent_clis
+    claude_server, api, tmp_path, sandbox_toolchain, agent_clis, one_slot_node
 ):
     remote = make_remote(tmp_path, BROKEN)
     # 2000 input and 400 output tokens on Sonnet cost $0.012: over a $0.01 budget.
@@ -722,7 +733,17 @@ def test_a_spent_budget_pauses_a_claude_code_agent_and_resume_continues_its_sess
     )
     claude_server.default = by_tool_results(*turns)
 
-    agent_id = spawn_cli(api, remote, "claude-code", budget_usd="0.01")
+    other_remote = make_remote(tmp_path, name="other")
+    # Both on a node with one slot: the second waits for the slot the first runs in.
+    with override_settings(FLOTILLA_NODE_POOL=one_slot_node):
+        agent_id = spawn_cli(api, remote, "claude-code", budget_usd="0.01")
+        other = api.post(
+            "/api/v1/agents",
+            spawn_body(other_remote, "echo done > done.txt", gate_profile="minimal"),
+            format="json",
+        )
+    assert other.status_code == 202, other.content
+    other_id = other.json()["agent_id"]
     paused = wait_for_state(agent_id, AgentState.PAUSED, timeout=120)
 
     assert paused.error == "budget exhausted: spent $0.012000 of $0.01"
@@ -731,10 +752,18 @@ def test_a_spent_budget_pauses_a_claude_code_agent_and_resume_continues_its_sess
     assert len(claude_server.requests) == 1
     assert paused.result["cli"]["session_id"]
     assert cli_home_path(agent_id=agent_id).is_dir()
+    # The pause holds no worker slot: the node's one slot, freed by the pause, runs the other
+    # agent to its end while this one stays paused.
+    finished = wait_for_state(other_id, AgentState.COMPLETED, timeout=120)
+    assert state_event_id(other_id, "spawning") > state_event_id(agent_id, "paused")
+    assert finished.node == paused.node == one_slot_node
+    assert git(other_remote, "show", f"flotilla/{other_id}:done.txt") == "done"
+    assert Agent.objects.get(id=agent_id).state == AgentState.PAUSED
 
     resumed = api.post(f"/api/v1/agents/{agent_id}/resume", {"budget_usd": "1.00"}, format="json")
     assert resumed.status_code == 202, resumed.content
     agent = wait_for_state(agent_id, AgentState.COMPLETED, timeout=180)
+    assert agent.node == one_slot_node
 
     # The resumed run continued the session: its first request holds the first turn.
     after = bodies(claude_server)[1]
@@ -753,23 +782,32 @@ def test_a_spent_budget_pauses_a_claude_code_agent_and_resume_continues_its_sess
     assert agent.input_tokens == 2000 + 1300 + 1400 + 1500
 
 
-def test_killing_a_claude_code_agent_mid_stream_ends_the_cli_and_cuts_the_stream(
-    claude_server, api, remote_repo, agent_clis
+# A reply that would take a minute to stream, one event every half second.
+SLOW = {
+    "claude-code": ("claude_server", lambda: text_reply("slow " * 400, event_delay_s=0.5)),
+    "codex": ("codex_server", lambda: responses_text_reply("slow " * 400, event_delay_s=0.5)),
+}
+
+
+@pytest.mark.parametrize("runtime", SLOW)
+def test_killing_a_cli_agent_mid_stream_ends_the_cli_and_cuts_the_stream(
+    runtime, request, hub, api, remote_repo, agent_clis
 ):
-    # A reply that would take a minute to stream, one event every half second.
-    claude_server.default = conversation(text_reply("slow " * 400, event_delay_s=0.5))
-    agent_id = spawn_cli(api, remote_repo, "claude-code")
-    wait_until(lambda: claude_server.requests, 60, "the CLI to ask the model", every=0.01)
+    server_fixture, slow_reply = SLOW[runtime]
+    server = request.getfixturevalue(server_fixture)
+    server.default = slow_reply()
+    agent_id = spawn_cli(api, remote_repo, runtime)
+    wait_until(lambda: server.requests, 60, "the CLI to ask the model", every=0.01)
     time.sleep(1.0)  # the reply is streaming
 
     killed_at = time.monotonic()
     response = api.post(f"/api/v1/agents/{agent_id}/kill", {"reason": "too slow"}, format="json")
 
     assert response.status_code == 200 and response.json()["state"] == "killed"
-    wait_until(lambda: claude_server.disconnects, 30, "the stream to be cut", every=0.005)
-    print(f"kill → stream cut: {(claude_server.disconnects[0][0] - killed_at) * 1000:.0f} ms")
+    wait_until(lambda: server.disconnects, 30, "the stream to be cut", every=0.005)
+    print(f"kill → stream cut: {(server.disconnects[0][0] - killed_at) * 1000:.0f} ms")
     # The stream was cut, not finished: the server never completed the reply.
-    assert "replied_at" not in claude_server.requests[0]
+    assert "replied_at" not in server.requests[0]
     assert Agent.objects.get(id=agent_id).state == AgentState.KILLED
     # Nothing of the CLI runs on.
     assert agent_id not in BwrapSandbox().live_agent_ids()

@@ -20,7 +20,6 @@ from agents.delivery import agent_commit, agent_push
 from agents.lifecycle import agent_transition
 from agents.models import Agent, AgentEvent, AgentState
 from agents.runtimes.base import RunOutcome
-from agents.services import SpawnRequest
 from audit.models import AuditEvent
 from gates.base import GateContext
 from gates.checks.ai_review import AiReviewGate
@@ -30,6 +29,13 @@ from gates.errors import GateConfigError
 from gates.models import GateRun
 from gates.services import gates_run
 from tests.conftest import git, make_remote
+from tests.gating import (
+    gated_agent_preparer,
+    result_of,
+    retitled_on_both_sides,
+    someone_else_pushes,
+    write,
+)
 from tests.messages_server import error_reply, raw_reply, text_reply, tool_use_reply
 
 CALC = "def add(a, b):\n    return a + b\n"
@@ -62,28 +68,9 @@ SECRETS = {
 @pytest.fixture
 def prepare(db, sandbox_toolchain, prepared_agents):
     """An agent prepared as the worker prepares one: worktree, bwrap sandbox, run context."""
-
-    def prepare_agent(remote: Path, *, profile: str = "standard", gates: dict | None = None):
-        request = SpawnRequest(
-            task_id="task-gates",
-            agent_type="worker",
-            runtime="script",
-            script="true",
-            repository=str(remote),
-            base_branch="main",
-            gate_profile=profile,
-            instructions="Keep the tests green.",
-            options={"gates": gates} if gates else {},
-        )
-        return prepared_agents(request, requested_by="user:test")
-
-    yield prepare_agent
-
-
-def write(context, relative: str, content: str) -> None:
-    path = context.worktree / relative
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(content)
+    return gated_agent_preparer(
+        prepared_agents, task_id="task-gates", instructions="Keep the tests green."
+    )
 
 
 def remote_head(remote: Path, branch: str) -> str | None:
@@ -129,12 +116,12 @@ def test_a_change_that_breaks_the_tests_is_not_committed_and_names_the_failing_t
 
     assert not report.approved and report.sha is None
     assert git(context.worktree, "-c", "safe.directory=*", "rev-parse", "HEAD") == head
-    tests = next(result for result in report.gates.results if result.gate == "tests")
+    tests = result_of(report, "tests")
     assert tests.outcome == "failed"
     assert "test_calc.py::test_add" in tests.summary
     assert "test_calc.py::test_add" in report.text
     assert "assert -1 == 5" in report.text
-    lint = next(result for result in report.gates.results if result.gate == "lint")
+    lint = result_of(report, "lint")
     assert lint.outcome == "passed"
     runs = GateRun.objects.filter(agent_id=context.agent.id, stage="pre-commit")
     assert {run.gate: run.passed for run in runs} == {
@@ -167,7 +154,7 @@ def test_a_lint_error_found_by_ruff_rejects_the_commit(prepare, tmp_path):
 
     report = agent_commit(context=context, message="unused import")
 
-    lint = next(result for result in report.gates.results if result.gate == "lint")
+    lint = result_of(report, "lint")
     assert not report.approved and lint.outcome == "failed"
     assert "F401" in lint.output
 
@@ -185,7 +172,7 @@ def test_a_change_that_adds_a_secret_is_not_committed_and_the_report_hides_it(
 
     assert not report.approved
     assert git(context.worktree, "-c", "safe.directory=*", "rev-parse", "HEAD") == head
-    scan = next(result for result in report.gates.results if result.gate == "secret_scan")
+    scan = result_of(report, "secret_scan")
     finding = scan.details["findings"][0]
     assert finding["file"] == "config/settings.py" and finding["line"] == 2
     assert finding["kind"]
@@ -228,7 +215,7 @@ def test_strict_fails_on_a_gate_the_repository_does_not_configure(prepare, tmp_p
     report = agent_commit(context=context, message="add sub")
 
     assert not report.approved
-    typecheck = next(result for result in report.gates.results if result.gate == "typecheck")
+    typecheck = result_of(report, "typecheck")
     assert typecheck.outcome == "not_configured" and typecheck.blocking
     assert "typecheck: not configured" in report.text
     assert {r.gate for r in report.gates.failures} == {"typecheck"}
@@ -258,9 +245,9 @@ def test_spawn_options_override_the_repository_commands(prepare, tmp_path):
 
     report = agent_commit(context=context, message="notes")
 
-    tests = next(result for result in report.gates.results if result.gate == "tests")
+    tests = result_of(report, "tests")
     assert tests.outcome == "failed" and "overridden" in tests.output
-    lint = next(result for result in report.gates.results if result.gate == "lint")
+    lint = result_of(report, "lint")
     assert lint.outcome == "not_configured"
 
 
@@ -308,7 +295,7 @@ def test_a_gate_command_past_its_timeout_fails_the_gate(prepare, tmp_path):
 
     report = agent_commit(context=context, message="notes")
 
-    tests = next(result for result in report.gates.results if result.gate == "tests")
+    tests = result_of(report, "tests")
     assert tests.outcome == "failed" and "timed out after 1 s" in tests.summary
 
 
@@ -336,7 +323,7 @@ def test_coverage_below_the_threshold_blocks_the_push(prepare, tmp_path):
     report = agent_push(context=context, summary="added grade")
 
     assert not report.approved and report.sha is None
-    coverage = next(result for result in report.gates.results if result.gate == "coverage")
+    coverage = result_of(report, "coverage")
     assert coverage.outcome == "failed"
     assert coverage.details["percent"] < 85
     assert "below the threshold of 85%" in coverage.summary
@@ -359,7 +346,7 @@ def test_coverage_at_or_above_the_threshold_lets_the_push_through(prepare, tmp_p
 
     assert report.approved, report.text
     assert remote_head(remote, context.agent.work_branch) == report.sha
-    coverage = next(result for result in report.gates.results if result.gate == "coverage")
+    coverage = result_of(report, "coverage")
     assert coverage.details["percent"] == 100
 
 
@@ -368,19 +355,12 @@ def test_a_merge_conflict_with_the_target_branch_blocks_the_push_and_names_the_f
 ):
     remote = make_remote(tmp_path, {"README.md": "# sample\n", "other.txt": "x\n"})
     context = prepare(remote)
-    write(context, "README.md", "# sample by the agent\n")
-    assert agent_commit(context=context, message="retitle").approved
-    # Meanwhile someone else changes the same line on main.
-    clone = tmp_path / "someone-else"
-    git(tmp_path, "clone", "--quiet", str(remote), str(clone))
-    (clone / "README.md").write_text("# sample by a human\n")
-    git(clone, "commit", "--quiet", "-am", "retitle differently")
-    git(clone, "push", "--quiet", "origin", "main")
+    retitled_on_both_sides(context, remote, tmp_path)
 
     report = agent_push(context=context, summary="retitled")
 
     assert not report.approved
-    conflicts = next(result for result in report.gates.results if result.gate == "merge_conflicts")
+    conflicts = result_of(report, "merge_conflicts")
     assert conflicts.details["files"] == ["README.md"]
     assert "README.md" in report.text
     assert remote_head(remote, context.agent.work_branch) is None
@@ -391,11 +371,7 @@ def test_a_branch_that_merges_cleanly_is_pushed(prepare, tmp_path):
     context = prepare(remote)
     write(context, "README.md", "# sample by the agent\n")
     assert agent_commit(context=context, message="retitle").approved
-    clone = tmp_path / "someone-else"
-    git(tmp_path, "clone", "--quiet", str(remote), str(clone))
-    (clone / "other.txt").write_text("y\n")
-    git(clone, "commit", "--quiet", "-am", "unrelated")
-    git(clone, "push", "--quiet", "origin", "main")
+    someone_else_pushes(remote, tmp_path, {"other.txt": "y\n"}, "unrelated")
 
     report = agent_push(context=context, summary="retitled")
 

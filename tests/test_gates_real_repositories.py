@@ -13,12 +13,17 @@ import pytest
 
 from agents import workspace
 from agents.delivery import agent_commit, agent_push
-from agents.services import SpawnRequest
 from gates.baseline import findings_new
 from gates.config import gate_config_parse
 from gates.errors import GateConfigError
 from gates.models import GateRun
-from tests.conftest import git, make_remote
+from tests.conftest import make_remote
+from tests.gating import (
+    gated_agent_preparer,
+    result_of,
+    retitled_on_both_sides,
+    write,
+)
 
 CALC = "def add(a, b):\n    return a + b\n"
 TEST_CALC = "from calc import add\n\n\ndef test_add():\n    assert add(2, 3) == 5\n"
@@ -38,32 +43,11 @@ def legacy_project(**gates: str) -> dict[str, str]:
 @pytest.fixture
 def prepare(db, sandbox_toolchain, prepared_agents):
     """An agent prepared as the worker prepares one: worktree, bwrap sandbox, run context."""
-
-    def prepare_agent(remote: Path, *, profile: str = "standard"):
-        request = SpawnRequest(
-            task_id="task-real-repositories",
-            agent_type="worker",
-            runtime="script",
-            script="true",
-            repository=str(remote),
-            base_branch="main",
-            gate_profile=profile,
-            instructions="Keep the repository healthy.",
-            options={},
-        )
-        return prepared_agents(request, requested_by="user:test")
-
-    yield prepare_agent
-
-
-def write(context, relative: str, content: str) -> None:
-    path = context.worktree / relative
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(content)
-
-
-def result_of(report, gate: str):
-    return next(result for result in report.gates.results if result.gate == gate)
+    return gated_agent_preparer(
+        prepared_agents,
+        task_id="task-real-repositories",
+        instructions="Keep the repository healthy.",
+    )
 
 
 # --- lint judges the change, not the whole tree --------------------------------------------
@@ -449,13 +433,7 @@ def test_a_merge_conflict_stops_the_push_before_coverage_and_build_run(prepare, 
     files = {**COUNTED_PROJECT, ".gitignore": ".suite-runs\n.built\n", ".flotilla.toml": config}
     remote = make_remote(tmp_path, {**files, "README.md": "# sample\n"})
     context = prepare(remote)
-    write(context, "README.md", "# sample by the agent\n")
-    assert agent_commit(context=context, message="retitle").approved
-    clone = tmp_path / "someone-else"
-    git(tmp_path, "clone", "--quiet", str(remote), str(clone))
-    (clone / "README.md").write_text("# sample by a human\n")
-    git(clone, "commit", "--quiet", "-am", "retitle differently")
-    git(clone, "push", "--quiet", "origin", "main")
+    retitled_on_both_sides(context, remote, tmp_path)
 
     report = agent_push(context=context, summary="retitled")
 

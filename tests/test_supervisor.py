@@ -26,29 +26,20 @@ from agents.reconciler import NODE_LOST, agents_recover_lapsed
 from agents.runner import AgentRun, agent_run
 from agents.sandboxes.cgroups import AgentCgroup
 from agents.sandboxes.local import cgroup_name, labelled_pids
-from agents.services import SpawnRequest, agent_requeue, agent_spawn, agent_terminate
+from agents.services import agent_requeue, agent_terminate
 from tests.conftest import git, subprocess_env, wait_for_state, wait_until
-from tests.launcher import Processes
+from tests.launcher import Processes, node_processes
+from tests.runs import LONG, script_agent_queue
 
-LONG = "echo started > started.txt; sleep 300"
 FINAL = (AgentState.COMPLETED, AgentState.FAILED, AgentState.KILLED)
 
 
 def queue(repository: Path, count: int = 1, script: str = "true", **fields) -> list[str]:
     """Spawn ``count`` agents that no node takes until a test claims them."""
-    ids = []
-    for index in range(count):
-        request = SpawnRequest(
-            task_id=f"claim-{index}",
-            agent_type="worker",
-            runtime="script",
-            script=script,
-            repository=str(repository),
-            base_branch="main",
-            **fields,
-        )
-        ids.append(str(agent_spawn(request=request, requested_by="user:test").id))
-    return ids
+    return [
+        script_agent_queue(repository, task_id=f"claim-{index}", script=script, **fields)
+        for index in range(count)
+    ]
 
 
 def spawning_events(agent_id: str) -> int:
@@ -275,18 +266,7 @@ class WorkerNode(Processes):
             return queue(repository, count, script=script, **fields)
 
     def node_pids(self) -> list[int]:
-        """Live processes started for this node (they inherit its node name)."""
-        needle = f"FLOTILLA_NODE_NAME={self.node}".encode()
-        found = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                if needle in (entry / "environ").read_bytes().split(b"\0"):
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-        return found
+        return node_processes(self.node)
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import threading
 import uuid
 
 import pytest
-from django.db import connections
 from django.test import override_settings
 
 from agents import workspace
@@ -21,11 +20,11 @@ from agents.models import Agent, AgentState
 from agents.runner import AgentRun, agent_run
 from agents.sandboxes.cgroups import AgentCgroup, agent_cgroup_names
 from agents.sandboxes.local import cgroup_name
-from agents.services import SpawnRequest, agent_spawn, agent_terminate
+from agents.services import agent_terminate
 from agents.supervisor import NodeSupervisor, SupervisorConfig
 from tests.conftest import wait_for_state, wait_until
+from tests.runs import run_in_thread, script_agent_queue
 
-LONG = "echo started > started.txt; sleep 300"
 FINAL = (AgentState.COMPLETED, AgentState.FAILED, AgentState.KILLED)
 
 
@@ -36,34 +35,9 @@ def pool():
         yield name
 
 
-def queue(repository, script: str = LONG, **fields) -> str:
-    request = SpawnRequest(
-        task_id="handback",
-        agent_type="worker",
-        runtime="script",
-        script=script,
-        repository=str(repository),
-        base_branch="main",
-        **fields,
-    )
-    return str(agent_spawn(request=request, requested_by="user:test").id)
-
-
-def run_in_thread(run: AgentRun) -> threading.Thread:
-    def target() -> None:
-        try:
-            agent_run(run=run)
-        finally:
-            connections.close_all()
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    return thread
-
-
 @pytest.mark.django_db(transaction=True)
 def test_an_agent_handed_back_after_a_commit_runs_again(remote_repo, pool):
-    agent_id = queue(remote_repo)
+    agent_id = script_agent_queue(remote_repo, task_id="handback")
     config = SupervisorConfig(
         node=f"node-{pool}", pool=pool, capacity=2, lease_s=60, heartbeat_s=5, poll_s=0.2
     )
@@ -103,7 +77,7 @@ def test_an_agent_handed_back_after_a_commit_runs_again(remote_repo, pool):
 
 @pytest.mark.django_db(transaction=True)
 def test_a_kill_while_the_agent_spawns_leaves_no_worktree_or_cgroup(remote_repo, pool):
-    agent_id = queue(remote_repo)
+    agent_id = script_agent_queue(remote_repo, task_id="handback")
     (claimed,) = agents_claim(node="node-a", limit=1, pool=pool)
     # The operator's kill lands after the claim, before the run has started its sandbox.
     assert agent_terminate(agent_id=agent_id, reason="operator").terminated

@@ -10,14 +10,12 @@ row, the new owner's sandbox or the new owner's worktree.
 import contextlib
 import os
 import signal
-import threading
 import uuid
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from django.conf import settings
-from django.db import connections
 from django.test import override_settings
 from django.utils import timezone
 
@@ -25,40 +23,18 @@ from agents import workspace
 from agents.leases import agents_claim
 from agents.models import Agent, AgentState
 from agents.reconciler import agents_recover_lapsed
-from agents.runner import AgentRun, agent_run
+from agents.runner import AgentRun
 from agents.sandboxes.cgroups import GROUP_PARENT, AgentCgroup
 from agents.sandboxes.local import cgroup_name, labelled_pids
-from agents.services import SpawnRequest, agent_spawn, agent_terminate
+from agents.services import agent_terminate
 from tests.conftest import subprocess_env, wait_for_state, wait_until
 from tests.launcher import Processes
+from tests.runs import run_in_thread, script_agent_queue
 
-LONG = "echo started > started.txt; sleep 300"
 
-
-def queue(repository: Path, pool: str, *, script: str = LONG, **fields) -> str:
-    request = SpawnRequest(
-        task_id="zombie",
-        agent_type="worker",
-        runtime="script",
-        script=script,
-        repository=str(repository),
-        base_branch="main",
-        **fields,
-    )
+def queue(repository: Path, pool: str, **fields) -> str:
     with override_settings(FLOTILLA_NODE_POOL=pool):
-        return str(agent_spawn(request=request, requested_by="user:test").id)
-
-
-def run_in_thread(run: AgentRun) -> threading.Thread:
-    def target() -> None:
-        try:
-            agent_run(run=run)
-        finally:
-            connections.close_all()
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    return thread
+        return script_agent_queue(repository, task_id="zombie", **fields)
 
 
 def sandbox_left(agent_id: str) -> list[int]:

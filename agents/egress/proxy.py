@@ -23,6 +23,7 @@ from django.conf import settings
 from agents.egress import relay
 from agents.egress.events import ConnectionRecord, EventReporter
 from agents.egress.policy import EgressPolicy, entry_format, entry_parse, host_addresses
+from agents.unixserver import UnixServer
 
 logger = logging.getLogger(__name__)
 
@@ -107,49 +108,18 @@ async def answer(client: socket.socket, status: int, reason: str, timeout_s: flo
         await relay.sendall(client, head + body, relay.Activity.start(timeout_s))
 
 
-class AgentListener:
+class AgentListener(UnixServer):
     """The proxy for one agent: its policy, limits, event reporter and open connections."""
+
+    label = "egress proxy"
 
     def __init__(
         self, *, policy: EgressPolicy, limits: ProxyLimits, reporter: EventReporter
     ) -> None:
+        super().__init__()
         self.policy = policy
         self.limits = limits
         self.reporter = reporter
-        self.connections: set[asyncio.Task[None]] = set()
-        self._accepting: asyncio.Task[None] | None = None
-
-    def start(self, listening: socket.socket) -> None:
-        """Serve every connection to ``listening`` (a bound, listening Unix socket)."""
-        self._accepting = asyncio.get_running_loop().create_task(self._accept(listening))
-
-    async def close(self) -> None:
-        """Stop listening and cut every open connection; each reports its event first."""
-        if self._accepting is not None:
-            self._accepting.cancel()
-            await asyncio.wait([self._accepting])
-        while self.connections:
-            for task in self.connections:
-                task.cancel()
-            await asyncio.wait(list(self.connections))
-
-    async def _accept(self, listening: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            while True:
-                try:
-                    client, _ = await loop.sock_accept(listening)
-                except OSError:
-                    # Out of file descriptors, say: refuse for a moment, keep listening.
-                    logger.exception("egress proxy could not accept a connection")
-                    await asyncio.sleep(0.1)
-                    continue
-                client.setblocking(False)
-                task = loop.create_task(self._serve(client))
-                self.connections.add(task)
-                task.add_done_callback(self.connections.discard)
-        finally:
-            listening.close()
 
     async def _serve(self, client: socket.socket) -> None:
         record = ConnectionRecord()

@@ -22,6 +22,7 @@ import h11
 
 from agents.egress.events import ConnectionRecord
 from agents.egress.policy import entry_format
+from agents.unixserver import HOP_BY_HOP
 
 CHUNK = 256 * 1024
 # A pipe this large moves a megabyte per wake-up; the system maximum is
@@ -29,19 +30,9 @@ CHUNK = 256 * 1024
 PIPE_SIZE = 1024 * 1024
 _SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 
-# Headers that belong to the hop between the sandbox and the proxy (RFC 9110
-# 7.6.1); the Host header is rewritten from the request's URL.
-_HOP_BY_HOP = {
-    b"connection",
-    b"keep-alive",
-    b"proxy-connection",
-    b"proxy-authorization",
-    b"proxy-authenticate",
-    b"te",
-    b"trailer",
-    b"upgrade",
-    b"host",
-}
+# Headers that belong to the hop between the sandbox and the proxy; the Host
+# header is rewritten from the request's URL.
+_HOP_BY_HOP = HOP_BY_HOP | {b"host"}
 # The body's framing is forwarded as it came, whatever Connection lists.
 _FRAMING = {b"content-length", b"transfer-encoding"}
 

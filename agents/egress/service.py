@@ -6,62 +6,31 @@ connection events to the callers (which may write them to the database).
 A process that forks (django-q2 workers do) starts its own loop on first use.
 """
 
-import asyncio
 import contextlib
 import os
-import socket
-import threading
-from collections.abc import Coroutine, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
 
 from django.conf import settings
 
 from agents.egress.events import ConnectionCallback, EventReporter, delivering
 from agents.egress.policy import NETWORK_MODES, Allowlist, EgressPolicy
 from agents.egress.proxy import AgentListener, ProxyLimits
-
-# What a coroutine handed to the event loop's thread returns.
-T = TypeVar("T")
-
-# How long a caller waits for the loop to open or close a listener.
-_CALL_TIMEOUT_S = 30.0
+from agents.unixserver import CALL_TIMEOUT_S, PerProcess, ServingLoop, unix_listen
 
 
-class _EgressLoop:
+class _EgressLoop(ServingLoop):
     def __init__(self) -> None:
-        self.pid = os.getpid()
-        self.loop = asyncio.new_event_loop()
+        super().__init__("flotilla-egress")
         self.listeners: dict[str, tuple[AgentListener, Path]] = {}
         self.events = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flotilla-egress-events")
-        self.thread = threading.Thread(
-            target=self.loop.run_forever, name="flotilla-egress", daemon=True
-        )
-        self.thread.start()
-
-    def call(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(_CALL_TIMEOUT_S)
 
     async def open(self, agent_id: str, listener: AgentListener, socket_path: Path) -> None:
         previous = await self.close(agent_id)
         if previous is not None:
             previous.finish()
-        # A socket file left by a crashed worker would make the bind fail.
-        with contextlib.suppress(FileNotFoundError):
-            socket_path.unlink()
-        listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            listening.bind(str(socket_path))
-            _socket_permit(socket_path)
-            listening.listen(128)
-            listening.setblocking(False)
-        except BaseException:
-            listening.close()
-            with contextlib.suppress(FileNotFoundError):
-                socket_path.unlink()
-            raise
-        listener.start(listening)
+        listener.start(unix_listen(socket_path))
         self.listeners[agent_id] = (listener, socket_path)
 
     async def close(self, agent_id: str) -> EventReporter | None:
@@ -75,27 +44,7 @@ class _EgressLoop:
         return listener.reporter
 
 
-def _socket_permit(path: Path) -> None:
-    """Let the sandbox user connect to the socket (connecting needs write permission on it)."""
-    if os.geteuid() == 0:
-        os.chown(path, settings.FLOTILLA_SANDBOX_UID, -1)
-        path.chmod(0o600)
-    else:
-        # A hub that is not root cannot give the socket away; the directory
-        # the caller chose is what keeps other users of the host out.
-        path.chmod(0o666)
-
-
-_lock = threading.Lock()
-_current: _EgressLoop | None = None
-
-
-def _egress_loop(*, start: bool) -> _EgressLoop | None:
-    global _current
-    with _lock:
-        if _current is None or _current.pid != os.getpid():
-            _current = _EgressLoop() if start else None
-        return _current
+_egress_loop = PerProcess(_EgressLoop)
 
 
 def egress_open(
@@ -146,7 +95,7 @@ def egress_open(
         agent=Allowlist.parse(allow_hosts) if allow_hosts else None,
     )
     limits = ProxyLimits.from_settings()
-    egress = _egress_loop(start=True)
+    egress = _egress_loop.get(start=True)
     assert egress is not None
     reporter = EventReporter(on_connection, egress.events, limits.max_events)
     listener = AgentListener(policy=policy, limits=limits, reporter=reporter)
@@ -177,7 +126,7 @@ def egress_close(*, agent_id: str) -> None:
     has been handed to its ``on_connection`` (unless this is called from
     within that callback, which then must not wait for itself).
     """
-    egress = _egress_loop(start=False)
+    egress = _egress_loop.get(start=False)
     if egress is None:
         return
     reporter = egress.call(egress.close(str(agent_id)))
@@ -185,7 +134,7 @@ def egress_close(*, agent_id: str) -> None:
         return
     reporter.finish()
     if not getattr(delivering, "active", False):
-        egress.events.submit(_nothing).result(_CALL_TIMEOUT_S)
+        egress.events.submit(_nothing).result(CALL_TIMEOUT_S)
 
 
 def _nothing() -> None:

@@ -27,6 +27,7 @@ from django.conf import settings
 from agents.gateway.providers import Provider, UsageMeter
 from agents.gateway.upstream import reply_headers, upstream_headers
 from agents.runtimes.claude.accounting import model_price
+from agents.unixserver import UnixServer
 
 logger = logging.getLogger(__name__)
 
@@ -96,8 +97,10 @@ class Account:
             )
 
 
-class AgentGateway:
+class AgentGateway(UnixServer):
     """The gateway of one agent: its token, provider, account and open connections."""
+
+    label = "model gateway"
 
     def __init__(
         self,
@@ -109,47 +112,18 @@ class AgentGateway:
         http: httpx2.AsyncClient,
         report: UsageCallback,
     ) -> None:
+        super().__init__()
         self.provider = provider
         self._token: bytes | None = token.encode()
         self.account = account
         self.limits = limits
         self.http = http
         self.report = report
-        self.connections: set[asyncio.Task[None]] = set()
-        self._accepting: asyncio.Task[None] | None = None
-
-    def start(self, listening: socket.socket) -> None:
-        """Serve every connection to ``listening`` (a bound, listening Unix socket)."""
-        self._accepting = asyncio.get_running_loop().create_task(self._accept(listening))
 
     async def close(self) -> None:
         """Refuse the token from now on, stop listening and cut every open connection."""
         self._token = None
-        if self._accepting is not None:
-            self._accepting.cancel()
-            await asyncio.wait([self._accepting])
-        while self.connections:
-            for task in self.connections:
-                task.cancel()
-            await asyncio.wait(list(self.connections))
-
-    async def _accept(self, listening: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            while True:
-                try:
-                    client, _ = await loop.sock_accept(listening)
-                except OSError:
-                    # Out of file descriptors, say: refuse for a moment, keep listening.
-                    logger.exception("model gateway could not accept a connection")
-                    await asyncio.sleep(0.1)
-                    continue
-                client.setblocking(False)
-                task = loop.create_task(self._serve(client))
-                self.connections.add(task)
-                task.add_done_callback(self.connections.discard)
-        finally:
-            listening.close()
+        await super().close()
 
     async def _serve(self, client: socket.socket) -> None:
         parser = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_head_bytes)

@@ -8,34 +8,24 @@ and so of live tokens, is this process's: the process that opened an agent's
 gateway is the one that closes it.
 """
 
-import asyncio
 import contextlib
 import logging
-import os
 import secrets
-import socket
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, TypeVar
-
-from django.conf import settings
 
 from agents.egress.service import egress_socket_path
 from agents.gateway.providers import PROVIDERS
 from agents.gateway.server import Account, AgentGateway, GatewayLimits, ModelUsage
 from agents.gateway.upstream import upstream_client
 from agents.sandboxes.base import MODEL_GATEWAY_PORT
-
-# What a coroutine handed to the event loop's thread returns.
-T = TypeVar("T")
+from agents.unixserver import CALL_TIMEOUT_S, PerProcess, ServingLoop, unix_listen
 
 logger = logging.getLogger(__name__)
 
-# How long a caller waits for the loop to open or close a gateway.
-_CALL_TIMEOUT_S = 30.0
 # Where a sandbox's CLI finds its gateway (the bridge of agents/sandboxes/base.py).
 GATEWAY_URL = f"http://127.0.0.1:{MODEL_GATEWAY_PORT}"
 
@@ -44,29 +34,20 @@ GATEWAY_URL = f"http://127.0.0.1:{MODEL_GATEWAY_PORT}"
 _delivering = threading.local()
 
 
-class _GatewayLoop:
+class _GatewayLoop(ServingLoop):
     def __init__(self) -> None:
-        self.pid = os.getpid()
-        self.loop = asyncio.new_event_loop()
+        super().__init__("flotilla-gateway")
         self.gateways: dict[str, tuple[AgentGateway, Path]] = {}
         # Agents whose gateway refused a call for budget, kept after it closes
         # so the runtime can tell a spent budget from any other end.
         self.exhausted: set[str] = set()
         self.usage = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flotilla-gateway-usage")
         self.http = upstream_client()
-        self.thread = threading.Thread(
-            target=self.loop.run_forever, name="flotilla-gateway", daemon=True
-        )
-        self.thread.start()
-
-    def call(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(_CALL_TIMEOUT_S)
 
     async def open(self, agent_id: str, gateway: AgentGateway, socket_path: Path) -> None:
         await self.close(agent_id)
         self.exhausted.discard(agent_id)
-        listening = _listen(socket_path)
-        gateway.start(listening)
+        gateway.start(unix_listen(socket_path))
         self.gateways[agent_id] = (gateway, socket_path)
 
     async def close(self, agent_id: str) -> bool:
@@ -88,41 +69,7 @@ class _GatewayLoop:
         return agent_id in self.exhausted
 
 
-def _listen(socket_path: Path) -> socket.socket:
-    """A listening socket at ``socket_path`` that the sandbox user may connect to."""
-    # A socket file left by a crashed worker would make the bind fail.
-    with contextlib.suppress(FileNotFoundError):
-        socket_path.unlink()
-    listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        listening.bind(str(socket_path))
-        if os.geteuid() == 0:
-            os.chown(socket_path, settings.FLOTILLA_SANDBOX_UID, -1)
-            socket_path.chmod(0o600)
-        else:
-            # A hub that is not root cannot give the socket away; the private
-            # directory it lives in keeps other users of the host out.
-            socket_path.chmod(0o666)
-        listening.listen(128)
-        listening.setblocking(False)
-    except BaseException:
-        listening.close()
-        with contextlib.suppress(FileNotFoundError):
-            socket_path.unlink()
-        raise
-    return listening
-
-
-_lock = threading.Lock()
-_current: _GatewayLoop | None = None
-
-
-def _gateway_loop(*, start: bool) -> _GatewayLoop | None:
-    global _current
-    with _lock:
-        if _current is None or _current.pid != os.getpid():
-            _current = _GatewayLoop() if start else None
-        return _current
+_gateway_loop = PerProcess(_GatewayLoop)
 
 
 def gateway_socket_path(*, agent_id: str) -> Path:
@@ -172,7 +119,7 @@ def gateway_open(
     """
     if provider not in PROVIDERS:
         raise ValueError(f"provider must be one of {', '.join(PROVIDERS)}, not {provider!r}")
-    process = _gateway_loop(start=True)
+    process = _gateway_loop.get(start=True)
     assert process is not None
     token = f"flotilla-{secrets.token_urlsafe(32)}"
     gateway = AgentGateway(
@@ -195,11 +142,11 @@ def gateway_close(*, agent_id: str) -> None:
     ``on_usage`` (unless this is called from within that callback, which then
     must not wait for itself).
     """
-    process = _gateway_loop(start=False)
+    process = _gateway_loop.get(start=False)
     if process is None:
         return
     if process.call(process.close(str(agent_id))) and not getattr(_delivering, "active", False):
-        process.usage.submit(_nothing).result(_CALL_TIMEOUT_S)
+        process.usage.submit(_nothing).result(CALL_TIMEOUT_S)
 
 
 def gateway_budget_exhausted(*, agent_id: str) -> bool:
@@ -207,7 +154,7 @@ def gateway_budget_exhausted(*, agent_id: str) -> bool:
 
     Still answered after ``gateway_close``, until the agent's gateway opens again.
     """
-    process = _gateway_loop(start=False)
+    process = _gateway_loop.get(start=False)
     return process is not None and process.budget_exhausted(str(agent_id))
 
 

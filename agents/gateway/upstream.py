@@ -12,20 +12,12 @@ import httpx2
 from django.conf import settings
 
 from agents.gateway.providers import Provider
+from agents.unixserver import HOP_BY_HOP
 
-# Headers of one hop only (RFC 9110 7.6.1), and what the gateway itself sets:
-# the host and framing of the upstream request, the credentials, the encoding.
-_HOP_BY_HOP = {
-    b"connection",
-    b"keep-alive",
-    b"proxy-connection",
-    b"proxy-authorization",
-    b"proxy-authenticate",
-    b"te",
-    b"trailer",
-    b"transfer-encoding",
-    b"upgrade",
-}
+# Headers of one hop only (the framing too: each side frames its own), and
+# then what the gateway itself sets: the host and length of the upstream
+# request, the credentials, the encoding.
+_HOP_BY_HOP = HOP_BY_HOP | {b"transfer-encoding"}
 _NOT_FORWARDED = _HOP_BY_HOP | {
     b"host",
     b"content-length",

@@ -5,6 +5,10 @@ from django.utils.module_loading import import_string
 
 from agents.sandboxes.base import Sandbox, SandboxUnavailable
 
+# The sandbox name of an agent that runs on a peer hub; its backend (registered
+# in settings by federation) forwards a kill to that peer.
+REMOTE_SANDBOX = "remote"
+
 
 def sandbox_backend(name: str) -> Sandbox:
     path = settings.FLOTILLA_SANDBOX_BACKENDS.get(name)

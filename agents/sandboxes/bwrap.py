@@ -58,17 +58,8 @@ class BwrapSandbox(Sandbox):
         # The sandbox user must own its worktree to write to it; the hub
         # (root) still commits there, with safe.directory set by the workspace.
         _hand_over(spec.workspace, uid)
-        handle = local_handle(
-            self.name,
-            spec.agent_id,
-            limits={"memory_mb": spec.memory_mb, "pids": spec.pids, "cpus": spec.cpus},
-        )
-        handle.update(
-            workspace=str(spec.workspace),
-            env=dict(spec.env),
-            uid=uid,
-            max_file_bytes=spec.max_file_bytes,
-        )
+        handle = local_handle(self.name, spec)
+        handle.update(uid=uid, max_file_bytes=spec.max_file_bytes)
         if spec.egress_socket:
             handle["egress_socket"] = spec.egress_socket
         if spec.model_socket:

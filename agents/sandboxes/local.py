@@ -15,13 +15,19 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import TypedDict
 
 from django.conf import settings
 from django.db import connections
 
 from agents.childprocess import dying_with_parent
-from agents.sandboxes.base import AGENT_LABEL, HUB_LABEL, ExecResult, OutputSink, SandboxHandle
+from agents.sandboxes.base import (
+    AGENT_LABEL,
+    HUB_LABEL,
+    ExecResult,
+    OutputSink,
+    SandboxHandle,
+    SandboxSpec,
+)
 from agents.sandboxes.cgroups import AgentCgroup, agent_cgroup_names, cgroups_available
 
 logger = logging.getLogger(__name__)
@@ -41,22 +47,18 @@ def cgroup_name(agent_id: str) -> str:
     return f"agent-{agent_id}"
 
 
-class CgroupLimits(TypedDict):
-    """The hard limits of a sandbox's cgroup (``AgentCgroup.create``)."""
-
-    memory_mb: int
-    pids: int
-    cpus: float
-
-
-def local_handle(backend: str, agent_id: str, *, limits: CgroupLimits) -> SandboxHandle:
-    handle: SandboxHandle = {"backend": backend, "agent_id": agent_id}
+def local_handle(backend: str, spec: SandboxSpec) -> SandboxHandle:
+    """A local sandbox's handle: its cgroup, made with the spec's limits, its worktree and env."""
+    handle: SandboxHandle = {"backend": backend, "agent_id": spec.agent_id}
     if cgroups_available():
-        group = AgentCgroup(cgroup_name(agent_id))
-        group.create(**limits)
+        group = AgentCgroup(cgroup_name(spec.agent_id))
+        group.create(memory_mb=spec.memory_mb, pids=spec.pids, cpus=spec.cpus)
         handle["cgroup"] = group.name
     else:
-        logger.warning("cgroups are not writable here: agent %s runs without hard limits", agent_id)
+        logger.warning(
+            "cgroups are not writable here: agent %s runs without hard limits", spec.agent_id
+        )
+    handle.update(workspace=str(spec.workspace), env=dict(spec.env))
     return handle
 
 

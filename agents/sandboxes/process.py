@@ -33,13 +33,7 @@ class ProcessSandbox(Sandbox):
             )
 
     def start(self, spec: SandboxSpec) -> SandboxHandle:
-        handle = local_handle(
-            self.name,
-            spec.agent_id,
-            limits={"memory_mb": spec.memory_mb, "pids": spec.pids, "cpus": spec.cpus},
-        )
-        handle.update(workspace=str(spec.workspace), env=dict(spec.env))
-        return handle
+        return local_handle(self.name, spec)
 
     def exec(
         self,

@@ -10,27 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.launcher import node_processes
 from tests.reliability.cluster import Cluster, agent_cgroups, sandbox_processes, wait_until
 from tests.reliability.conftest import remote_branch_commits
 from tests.reliability.test_redis_broker import REDIS_URL, redis_available
 
 FINAL = {"completed", "failed", "killed"}
 SUPERVISED = ("spawning", "running", "gating", "pushing")
-
-
-def node_processes(node_name: str) -> list[int]:
-    """Live processes started for a node: every one inherits its node name."""
-    needle = f"FLOTILLA_NODE_NAME={node_name}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if needle in (entry / "environ").read_bytes().split(b"\0"):
-                found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
 
 
 def spawn_burst(cluster: Cluster, repository: Path, count: int, script: str, **options) -> list:

@@ -1,6 +1,7 @@
 """What the model is told: its role by agent type, the house rules, and the task."""
 
-from agents.models import Agent, AgentType, NetworkMode
+from agents.models import Agent, AgentType
+from agents.runtimes.prompts import task_brief
 
 _ROLES: dict[str, str] = {
     AgentType.WORKER: (
@@ -26,7 +27,7 @@ _ROLES: dict[str, str] = {
 _RULES = """How this works:
 - The repository is checked out at the workspace root on branch {work_branch}, made from \
 {base_branch}. Tool paths are relative to the repository root; paths that leave it are refused.
-- run_command runs a shell command inside a sandbox at /workspace{network}. It returns the exit \
+- run_command runs a shell command inside a sandbox at /workspace, {network}. It returns the exit \
 code and the tail of the output.
 - You never run git. The orchestrator commits and pushes for you, and only after the quality \
 gates ({gate_profile} profile) pass.{commit_rule}
@@ -35,19 +36,6 @@ pushes the branch. If they reject it, the report comes back as the tool result a
 things and call finish again. A merge conflict is left in the files it names, between conflict \
 markers: resolve them, remove the markers, then finish again.
 - Long tool results are cut, and say so."""
-
-# What run_command's sandbox may reach, by the agent's network mode.
-_NETWORK: dict[str, str] = {
-    NetworkMode.OFF: ", without network access",
-    NetworkMode.ALLOWLIST: (
-        ", with HTTP(S) access to the hub's allowlisted hosts (package registries) only, "
-        "through the proxy that HTTP_PROXY and HTTPS_PROXY name"
-    ),
-    NetworkMode.ON: (
-        ", with HTTP(S) access to public hosts through the proxy that HTTP_PROXY and "
-        "HTTPS_PROXY name"
-    ),
-}
 
 _COMMIT_RULE = (
     "\n- commit runs the pre-commit gates (secret scan, lint, tests, ...) on everything you "
@@ -59,27 +47,8 @@ _COMMIT_RULE = (
 
 def system_prompt(agent: Agent) -> str:
     """Everything fixed for the whole run, so the prompt cache can hold it."""
-    role = _ROLES.get(agent.agent_type, _ROLES[AgentType.WORKER])
-    sections = [
-        role.format(base_branch=agent.base_branch),
-        _RULES.format(
-            work_branch=agent.work_branch,
-            base_branch=agent.base_branch,
-            network=_NETWORK.get(agent.network, _NETWORK[NetworkMode.OFF]),
-            gate_profile=agent.gate_profile,
-            commit_rule="" if agent.agent_type == AgentType.REVIEWER else _COMMIT_RULE,
-        ),
-        f"Task {agent.task_id}.",
-    ]
-    if agent.instructions:
-        sections.append(f"Instructions:\n{agent.instructions}")
-    if agent.work_items:
-        sections.append("Work items:\n" + "\n".join(f"- {item}" for item in agent.work_items))
-    if agent.skills:
-        sections.append(
-            "Skills to apply in this task:\n" + "\n".join(f"- {skill}" for skill in agent.skills)
-        )
-    return "\n\n".join(sections)
+    commit_rule = "" if agent.agent_type == AgentType.REVIEWER else _COMMIT_RULE
+    return task_brief(agent, roles=_ROLES, rules=_RULES, commit_rule=commit_rule)
 
 
 def first_message(agent: Agent) -> str:

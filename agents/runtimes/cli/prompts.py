@@ -1,6 +1,7 @@
 """What a CLI agent is told: the task as its first prompt, and what follows a gate rejection."""
 
-from agents.models import Agent, AgentType, NetworkMode
+from agents.models import Agent, AgentType
+from agents.runtimes.prompts import task_brief
 
 _ROLES: dict[str, str] = {
     AgentType.WORKER: (
@@ -23,7 +24,7 @@ _ROLES: dict[str, str] = {
 _RULES = """How this works:
 - The repository is checked out in /workspace (your working directory) on branch \
 {work_branch}, made from {base_branch}.
-- Commands run in a sandbox{network}.
+- Commands run in a sandbox {network}.
 - Do not run git commit, git push or anything else that writes to git: the repository's git \
 data is read-only to you. When you stop, the hub commits your changes and pushes the branch, \
 but only after its quality gates ({gate_profile} profile: lint, tests, secret scan, ...) pass. \
@@ -31,41 +32,10 @@ If they reject the change, their report comes back to you in this session to fix
 - When the task is done, stop with a short summary of what you changed: it becomes the commit \
 message."""
 
-_NETWORK: dict[str, str] = {
-    NetworkMode.OFF: " without network access",
-    NetworkMode.ALLOWLIST: (
-        " with HTTP(S) access to the hub's allowlisted hosts (package registries) only, "
-        "through the proxy that HTTP_PROXY and HTTPS_PROXY name"
-    ),
-    NetworkMode.ON: (
-        " with HTTP(S) access to public hosts through the proxy that HTTP_PROXY and "
-        "HTTPS_PROXY name"
-    ),
-}
-
 
 def task_prompt(agent: Agent) -> str:
     """The first prompt of a run: the role by agent type, the house rules, and the task."""
-    role = _ROLES.get(agent.agent_type, _ROLES[AgentType.WORKER])
-    sections = [
-        role.format(base_branch=agent.base_branch),
-        _RULES.format(
-            work_branch=agent.work_branch,
-            base_branch=agent.base_branch,
-            network=_NETWORK.get(agent.network, _NETWORK[NetworkMode.OFF]),
-            gate_profile=agent.gate_profile,
-        ),
-        f"Task {agent.task_id}.",
-    ]
-    if agent.instructions:
-        sections.append(f"Instructions:\n{agent.instructions}")
-    if agent.work_items:
-        sections.append("Work items:\n" + "\n".join(f"- {item}" for item in agent.work_items))
-    if agent.skills:
-        sections.append(
-            "Skills to apply in this task:\n" + "\n".join(f"- {skill}" for skill in agent.skills)
-        )
-    return "\n\n".join(sections) + "\n"
+    return task_brief(agent, roles=_ROLES, rules=_RULES) + "\n"
 
 
 def gate_feedback_prompt(report: str, *, round_number: int, rounds: int) -> str:

@@ -111,17 +111,9 @@
     clearErrors();
     submit.disabled = true;
     try {
-      const response = await fetch(form.action, {
-        method: "POST",
-        credentials: "same-origin",
-        headers: {
-          "Content-Type": "application/json",
-          Accept: "application/json",
-          "X-CSRFToken": form.elements.csrfmiddlewaretoken.value,
-        },
-        body: JSON.stringify(body()),
+      const { response, payload } = await window.flotilla.apiPost(form.action, body(), {
+        csrfToken: form.elements.csrfmiddlewaretoken.value,
       });
-      const payload = await response.json().catch(() => ({}));
       if (response.status === 202 && payload.agent_id) {
         window.location.assign(`/dashboard/agents/${payload.agent_id}/`);
         return;

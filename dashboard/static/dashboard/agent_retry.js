@@ -34,19 +34,11 @@
     button.textContent = "Retrying…";
     pendingKey = pendingKey || newKey();
     try {
-      const response = await fetch(form.action, {
-        method: "POST",
-        credentials: "same-origin",
-        headers: {
-          "Content-Type": "application/json",
-          Accept: "application/json",
-          "X-CSRFToken": form.elements.csrfmiddlewaretoken.value,
-          "Idempotency-Key": pendingKey,
-        },
-        body: "{}",
+      const { response, payload } = await window.flotilla.apiPost(form.action, {}, {
+        csrfToken: form.elements.csrfmiddlewaretoken.value,
+        headers: { "Idempotency-Key": pendingKey },
       });
       pendingKey = null;
-      const payload = await response.json().catch(() => ({}));
       if (response.status === 202 && payload.agent_id) {
         // The button stays disabled while the new agent's page opens.
         window.location.assign(`/dashboard/agents/${payload.agent_id}/`);

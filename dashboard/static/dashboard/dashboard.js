@@ -157,17 +157,13 @@
     form.addEventListener("submit", async (event) => {
       event.preventDefault();
       const body = new FormData(form);
-      const response = await fetch(form.action, {
-        method: "POST",
-        body,
-        credentials: "same-origin",
-        headers: { "X-CSRFToken": body.get("csrfmiddlewaretoken"), Accept: "application/json" },
+      const { response, payload } = await window.flotilla.apiPost(form.action, body, {
+        csrfToken: body.get("csrfmiddlewaretoken"),
       });
       if (response.ok || response.status === 409) {
         dialog.close();
         return;
       }
-      const payload = await response.json().catch(() => ({}));
       error.textContent = (payload.error && payload.error.message) || `refused (${response.status})`;
       error.hidden = false;
     });
@@ -225,7 +221,12 @@
     stream.connect();
   }
 
-  window.flotilla = { LiveStream, applySummary, FINAL_STATES, stream: null };
+  window.flotilla = Object.assign(window.flotilla || {}, {
+    LiveStream,
+    applySummary,
+    FINAL_STATES,
+    stream: null,
+  });
 
   document.addEventListener("DOMContentLoaded", () => {
     setupKillDialog();

@@ -133,13 +133,8 @@
     const done = (async () => {
       let answer;
       try {
-        const response = await fetch(yamlBox.dataset.url, {
-          method: "POST",
-          credentials: "same-origin",
-          headers: { Accept: "application/json", "X-CSRFToken": csrfToken() },
-          body: new URLSearchParams({ text }),
-        });
-        const payload = await response.json().catch(() => ({}));
+        const { response, payload } = await window.flotilla.apiPost(
+          yamlBox.dataset.url, new URLSearchParams({ text }), { csrfToken: csrfToken() });
         answer = response.ok && "value" in payload ? { text, value: payload.value }
           : { text, problem: (payload.error && payload.error.message)
             || `the hub could not read the YAML (${response.status})` };
@@ -356,17 +351,9 @@
       (source() === "yaml" ? yamlBox : jsonBox).focus();
       return;
     }
-    const response = await fetch(form.action, {
-      method: "POST",
-      credentials: "same-origin",
-      headers: {
-        "Content-Type": "application/json",
-        Accept: "application/json",
-        "X-CSRFToken": csrfToken(),
-      },
-      body: JSON.stringify(body()),
+    const { response, payload } = await window.flotilla.apiPost(form.action, body(), {
+      csrfToken: csrfToken(),
     });
-    const payload = await response.json().catch(() => ({}));
     if (response.status === 201 && payload.id) {
       window.location.assign(`/dashboard/projects/${payload.id}/`);
       return;
@@ -429,14 +416,8 @@
     let response;
     let payload;
     try {
-      response = await fetch(planButton.dataset.url, {
-        method: "POST",
-        credentials: "same-origin",
-        headers: { "Content-Type": "application/json", Accept: "application/json",
-          "X-CSRFToken": csrfToken() },
-        body: JSON.stringify({ goal: goalBox.value, repository }),
-      });
-      payload = await response.json().catch(() => ({}));
+      ({ response, payload } = await window.flotilla.apiPost(
+        planButton.dataset.url, { goal: goalBox.value, repository }, { csrfToken: csrfToken() }));
     } catch (failure) {
       response = null;
       payload = { error: { message: `the hub could not be reached: ${failure.message}` } };

@@ -297,13 +297,9 @@
         if (event.defaultPrevented) return; // the confirmation was declined
         event.preventDefault();
         const body = new FormData(form);
-        const response = await fetch(form.action, {
-          method: "POST",
-          body,
-          credentials: "same-origin",
-          headers: { "X-CSRFToken": body.get("csrfmiddlewaretoken"), Accept: "application/json" },
+        const { response, payload } = await window.flotilla.apiPost(form.action, body, {
+          csrfToken: body.get("csrfmiddlewaretoken"),
         });
-        const payload = await response.json().catch(() => ({}));
         if (response.ok) {
           error.hidden = true;
           card.dataset.state = payload.state;
