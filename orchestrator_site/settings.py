@@ -581,6 +581,9 @@ FLOTILLA_CLAUDE_MODEL = env_str("FLOTILLA_CLAUDE_MODEL", "claude-sonnet-4-5") or
 FLOTILLA_CLAUDE_MAX_TOKENS = env_int("FLOTILLA_CLAUDE_MAX_TOKENS", 8192, minimum=256)
 FLOTILLA_CLAUDE_MAX_TURNS = env_int("FLOTILLA_CLAUDE_MAX_TURNS", 200, minimum=1)
 # Tool results longer than this are cut, with a note saying so.
+# A Claude agent's search tool is stopped after this long (Python's re cannot
+# be interrupted, so the search runs in a process that is killed).
+FLOTILLA_CLAUDE_SEARCH_TIMEOUT_S = env_float("FLOTILLA_CLAUDE_SEARCH_TIMEOUT_S", 20.0, minimum=0.5)
 FLOTILLA_CLAUDE_TOOL_RESULT_MAX_CHARS = env_int(
     "FLOTILLA_CLAUDE_TOOL_RESULT_MAX_CHARS", 20_000, minimum=1000
 )

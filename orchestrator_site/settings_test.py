@@ -15,6 +15,9 @@ if "DATA_DIR" not in os.environ:
 # inherits them; the tests of the outbound guard turn it back on per test.
 os.environ.setdefault("FLOTILLA_ALLOW_PRIVATE_URLS", "true")
 os.environ.setdefault("FLOTILLA_LOCAL_REPOSITORY_ROOTS", tempfile.gettempdir())
+# A Claude agent's hostile search pattern is cut off after 2 s rather than 20,
+# in the worker nodes the tests start too.
+os.environ.setdefault("FLOTILLA_CLAUDE_SEARCH_TIMEOUT_S", "2")
 
 from orchestrator_site.settings import *  # noqa: F403
 from orchestrator_site.settings import DATA_DIR, DATABASES, Q_CLUSTER

@@ -231,8 +231,9 @@ def docker_unavailable_reason() -> str | None:
 # What these modules check (sandbox isolation and limits, git on hostile
 # worktrees, the agent CLIs and the Claude runtime, the gates on real
 # repositories, the browser) is the same whatever the database: scripts/test
-# runs them in the SQLite pass only, and the PostgreSQL pass runs everything
-# that reads or writes rows in ways the two databases treat differently. A
+# runs them once, on SQLite, in a session of their own beside the two database
+# passes, which run everything that reads or writes rows in ways the two
+# databases treat differently. A
 # single hub's crash recovery is here too: on PostgreSQL the reliability
 # suite kills and restarts whole nodes (tests/reliability/).
 ONE_DATABASE_MODULES = (

@@ -279,12 +279,20 @@ def worker_node(transactional_db, tmp_path):
 
 
 def commands(pids: list[int]) -> list[str]:
+    """Each process's state, parent, pending signals and command line, to explain a survivor."""
     found = []
     for pid in pids:
         try:
-            found.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+            status = dict(
+                line.split(":\t", 1)
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                if ":\t" in line
+            )
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:
             continue
+        shown = {key: status.get(key, "?").strip() for key in ("State", "PPid", "SigPnd", "ShdPnd")}
+        found.append(f"{pid} {shown} {command[:200]}")
     return found
 
 

@@ -26,6 +26,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from django.conf import settings
+
 # The worktree's .git file points the hub's git at its metadata: an agent may
 # neither redirect it nor wander into it.
 _METADATA = ".git"
@@ -35,8 +37,6 @@ _LIST_LIMIT = 1000
 _SEARCH_MATCH_LIMIT = 200
 _SEARCH_LINE_CHARS = 300
 _NOT_REGULAR = "not a regular file (a pipe, socket or device)"
-# How long a search may take before the worker kills it.
-SEARCH_TIMEOUT_S = 20.0
 
 
 class FileToolError(Exception):
@@ -259,10 +259,11 @@ class Worktree:
         except re.error as error:
             raise FileToolError(f"pattern is not a valid regular expression: {error}") from None
         parts = self.resolve(relative, allow_root=True)
+        timeout_s = settings.FLOTILLA_CLAUDE_SEARCH_TIMEOUT_S
         matches, total = _killable(
             lambda: _matching_lines(self._files_with_text(parts, relative), regex),
-            timeout_s=SEARCH_TIMEOUT_S,
-            refusal=f"the search for {pattern!r} took longer than {SEARCH_TIMEOUT_S:g} s and "
+            timeout_s=timeout_s,
+            refusal=f"the search for {pattern!r} took longer than {timeout_s:g} s and "
             "was stopped; use a simpler pattern or a narrower path",
         )
         if not matches:
