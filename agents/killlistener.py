@@ -87,8 +87,11 @@ class NodeKillListener:
         try:
             since = timezone.now() - SWEEP_WINDOW
             killed = (
+                # Killed or failed: agent_stop(to=FAILED) is routed like a kill.
                 Agent.objects.filter(
-                    node=self.node, state=AgentState.KILLED, finished_at__gte=since
+                    node=self.node,
+                    state__in=(AgentState.KILLED, AgentState.FAILED),
+                    finished_at__gte=since,
                 )
                 .filter(**{f"sandbox_handle__{KILL_ROUTED}": True})
                 .values_list("id", "finished_at")
@@ -131,6 +134,9 @@ class NodeKillListener:
             logger.exception("kill listener could not kill agent %s", agent_id)
             with self._lock:
                 self.handled.pop(agent_id, None)
+        finally:
+            # A pool thread holds no connection between kills (a database
+            # restart, or a test database being dropped, finds none open).
             connections.close_all()
 
     def _cleanup(self, agent: Agent, via: str, latency_ms: float, errors: list[str]) -> None:

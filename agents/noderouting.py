@@ -63,19 +63,31 @@ def notify_node(*, agent: Agent) -> bool:
     if connection.vendor != "postgresql":
         return False
     payload = json.dumps({"node": agent.node, "agent_id": str(agent.id), "sent_at": time.time()})
-    if not _listener_connected(agent.node):
-        return False
+    connected = _listener_connected(agent.node)
     # The mark tells the node's sweep that this kill is its to execute (a
-    # notification lost while its listener reconnected); a kill done here,
-    # by a process of the agent's own node, carries no mark and is not
-    # executed a second time. Mark and notification commit together.
-    handle = {**(agent.sandbox_handle or {}), KILL_ROUTED: True}
+    # notification lost while its listener reconnected); a kill done by a
+    # process of the agent's own node is never routed, carries no mark and is
+    # not executed a second time. A node whose listener is away is marked
+    # too: the kill tried here reaches nothing on another machine, and the
+    # node's first sweep after it reconnects executes it. Mark and
+    # notification commit together.
     with transaction.atomic():
+        # The row as it is now, not as the caller read it: the run may have
+        # stored its sandbox's handle since (the agent is final now, so no
+        # run writes it again), and the node kills by this handle.
+        stored = (
+            Agent.objects.select_for_update()
+            .filter(id=agent.id)
+            .values_list("sandbox_handle", flat=True)
+            .first()
+        )
+        handle = {**(stored or {}), KILL_ROUTED: True}
         Agent.objects.filter(id=agent.id).update(sandbox_handle=handle)
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_notify(%s, %s)", [CHANNEL, payload])
+        if connected:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_notify(%s, %s)", [CHANNEL, payload])
     agent.sandbox_handle = handle
-    return True
+    return connected
 
 
 # node → (when it was checked, whether its listener was connected); a kill-all

@@ -166,7 +166,9 @@ def agent_stopped_cleanup(*, termination: Termination) -> Termination:
 
 def agent_sandbox_kill(*, agent: Agent) -> list[str]:
     handle = agent.sandbox_handle or {}
-    if not handle:
+    # No backend: no sandbox was started (a paused agent, one still spawning);
+    # the handle may hold only the routing mark (agents.noderouting).
+    if not handle.get("backend"):
         return []
     try:
         sandbox_backend(handle["backend"]).kill(handle)
@@ -179,7 +181,7 @@ def agent_cleanup(*, agent: Agent) -> tuple[bool, list[str]]:
     """Remove the sandbox and the worktree; returns whether the branch was kept."""
     errors: list[str] = []
     handle = agent.sandbox_handle or {}
-    if handle:
+    if handle.get("backend"):
         try:
             sandbox_backend(handle["backend"]).remove(handle)
         except SandboxError as error:
