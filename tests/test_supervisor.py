@@ -300,6 +300,9 @@ def sandbox_left(agent_id: str) -> list[int]:
     return [*labelled_pids(agent_id), *AgentCgroup(cgroup_name(agent_id)).pids()]
 
 
+# Process mechanics, the same on both databases; on PostgreSQL the reliability
+# suite kills and restarts whole nodes.
+@pytest.mark.one_database
 def test_a_node_stopped_with_sigterm_hands_its_running_agents_back(worker_node, remote_repo):
     worker_node.start_node()
     ids = worker_node.spawn(remote_repo, 3)
@@ -324,6 +327,9 @@ def test_a_node_stopped_with_sigterm_hands_its_running_agents_back(worker_node, 
         wait_for_state(agent_id, AgentState.RUNNING, timeout=60)
 
 
+# Process mechanics, the same on both databases; on PostgreSQL the reliability
+# suite kills and restarts whole nodes.
+@pytest.mark.one_database
 def test_killing_a_worker_nodes_process_group_leaves_no_process_of_it(worker_node, remote_repo):
     worker_node.start_node()
     ids = worker_node.spawn(remote_repo, 3, max_retries=1)
