@@ -41,6 +41,7 @@ from agents.services import (
     retry_backoff_s,
 )
 from audit.services import audit_record
+from orchestrator_site.schedules import schedule_ensure
 
 if TYPE_CHECKING:
     from agents.sandboxes.docker import DockerSandbox
@@ -345,15 +346,8 @@ def _audit(action: str, agent_id: uuid.UUID | str, reason: str, data: dict[str, 
 
 def reconcile_schedule_ensure() -> None:
     """Create or update the django-q2 schedule that runs the reconciler (idempotent)."""
-    from django_q.models import Schedule
-
-    minutes = settings.FLOTILLA_RECONCILE_EVERY_MINUTES
-    Schedule.objects.update_or_create(
+    schedule_ensure(
         name=SCHEDULE_NAME,
-        defaults={
-            "func": "agents.tasks.agents_reconcile",
-            "schedule_type": Schedule.MINUTES,
-            "minutes": minutes,
-            "repeats": -1,
-        },
+        func="agents.tasks.agents_reconcile",
+        minutes=settings.FLOTILLA_RECONCILE_EVERY_MINUTES,
     )

@@ -31,21 +31,12 @@ def _agent_event_saved(
 
 def _after_migrate(sender: AppConfig, **kwargs: Any) -> None:
     """A new hub gets its signing key and its housekeeping schedules right after migrate."""
-    from django_q.models import Schedule
-
     from federation.identity import instance_key_ensure
+    from orchestrator_site.schedules import schedule_ensure
 
     instance_key_ensure()
     for name, func, minutes in (
         ("federation-nonces-prune", "federation.tasks.nonces_prune", 5),
         ("federation-pending-peers-expire", "federation.tasks.pending_peers_expire", 60),
     ):
-        Schedule.objects.get_or_create(
-            name=name,
-            defaults={
-                "func": func,
-                "schedule_type": Schedule.MINUTES,
-                "minutes": minutes,
-                "repeats": -1,
-            },
-        )
+        schedule_ensure(name=name, func=func, minutes=minutes, update=False)
