@@ -235,7 +235,9 @@ def docker_unavailable_reason() -> str | None:
 # passes, which run everything that reads or writes rows in ways the two
 # databases treat differently. A
 # single hub's crash recovery is here too: on PostgreSQL the reliability
-# suite kills and restarts whole nodes (tests/reliability/).
+# suite kills and restarts whole nodes (tests/reliability/). So are two real
+# hubs federating over HTTP: signatures, nonces and quotas are the same rows
+# on both databases, and the federation inbox tests run on both.
 ONE_DATABASE_MODULES = (
     "containment/test_adversary.py",
     "containment/test_egress_proxy.py",
@@ -265,6 +267,7 @@ ONE_DATABASE_MODULES = (
     "test_conflict_runs.py",
     "test_crash_recovery.py",
     "test_docker_warm_pool.py",
+    "test_federation_hubs.py",
     "test_gated_runs.py",
     "test_gates.py",
     "test_patch_mask_keys.py",
