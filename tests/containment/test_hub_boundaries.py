@@ -88,13 +88,16 @@ def test_a_command_that_fails_is_still_the_commands_own_status():
 
 @pytest.mark.django_db(transaction=True)
 def test_an_agent_whose_sandbox_cannot_start_fails_naming_the_sandbox(api, remote_repo):
-    response = api.post(
-        "/api/v1/agents", spawn_body(remote_repo, "echo hi > hi.txt"), format="json"
-    )
+    # A pool of its own: no worker node of the session may claim the agent.
+    pool = f"bind-{uuid.uuid4().hex[:8]}"
+    with override_settings(FLOTILLA_NODE_POOL=pool):
+        response = api.post(
+            "/api/v1/agents", spawn_body(remote_repo, "echo hi > hi.txt"), format="json"
+        )
     agent_id = response.json()["agent_id"]
 
     # This process claims and runs the agent, so the operator's bind applies to it.
-    (claimed,) = agents_claim(node="node-a", limit=1)
+    (claimed,) = agents_claim(node="node-a", limit=1, pool=pool)
     with override_settings(FLOTILLA_SANDBOX_RO_BINDS=["/nonexistent-flotilla-bind"]):
         agent_run(run=AgentRun(agent=claimed))
 
