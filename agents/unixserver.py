@@ -7,6 +7,7 @@ process run on one event loop in one daemon thread; a process that forks
 with a connection is its own (agents/egress/proxy.py, agents/gateway/server.py).
 """
 
+import abc
 import asyncio
 import contextlib
 import logging
@@ -75,7 +76,7 @@ def _socket_permit(path: Path) -> None:
         path.chmod(0o666)
 
 
-class UnixServer:
+class UnixServer(abc.ABC):
     """One agent's server: accepts on its socket and serves each connection in a task."""
 
     # Who could not accept a connection, in the log.
@@ -99,9 +100,9 @@ class UnixServer:
                 task.cancel()
             await asyncio.wait(list(self.connections))
 
+    @abc.abstractmethod
     async def _serve(self, client: socket.socket) -> None:
         """Serve one connection (a non-blocking socket) and close it."""
-        raise NotImplementedError
 
     async def _accept(self, listening: socket.socket) -> None:
         loop = asyncio.get_running_loop()
