@@ -7,6 +7,7 @@ the operator's limits hold it when it runs (``agents.limits.agent_limits``).
 The new agent records where it came from in ``options.retry_of``.
 """
 
+import uuid
 from typing import Any
 
 from django.db import transaction
@@ -68,7 +69,7 @@ def agent_retry_request(agent: Agent) -> SpawnRequest:
     )
 
 
-def agent_retry(*, agent_id: Any, requested_by: str, reason: str = "") -> Agent:
+def agent_retry(*, agent_id: uuid.UUID | str, requested_by: str, reason: str = "") -> Agent:
     """Start a new agent with the spec of ``agent_id``, which ended failed or killed.
 
     The new agent belongs to ``requested_by``. The old one gets a log event

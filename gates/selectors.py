@@ -1,13 +1,13 @@
 """Reads on gate verdicts."""
 
-from typing import Any
+import uuid
 
 from django.db.models import QuerySet
 
 from gates.models import GateRun, GateStage
 
 
-def gate_runs_for_agent(*, agent_id: Any, stage: str | None = None) -> QuerySet[GateRun]:
+def gate_runs_for_agent(*, agent_id: uuid.UUID, stage: str | None = None) -> QuerySet[GateRun]:
     runs = GateRun.objects.filter(agent_id=agent_id)
     if stage:
         runs = runs.filter(stage=stage)

@@ -51,7 +51,7 @@ def project_artifacts_archive(*, project_id: int) -> bytes:
                     "details": run.details,
                     "created_at": run.created_at,
                 }
-                for run in gate_runs_for_agent(agent_id=attempt.agent_id)
+                for run in gate_runs_for_agent(agent_id=attempt.agent.id)
             ]
             _add(archive, f"{folder}/gates.json", _json(gates))
     return buffer.getvalue()
