@@ -120,7 +120,7 @@ def agents_reconcile(*, node: str) -> ReconcileReport:
     }
     _sweep_docker(containers, live, report)
     _sweep_docker_pool(node, pool_claims, live, report)
-    _sweep_local(node, local_ids, live, report)
+    _sweep_local(local_ids, live, report)
     _sweep_worktrees(worktrees, live, report)
     return report
 
@@ -253,13 +253,14 @@ def _sweep_docker_pool(
         docker_pool_refill_enqueue()
 
 
-def _sweep_local(node: str, agent_ids: set[str], live: set[str], report: ReconcileReport) -> None:
+def _sweep_local(agent_ids: set[str], live: set[str], report: ReconcileReport) -> None:
+    # Candidates are this hub's own sandboxes (cgroups under its hub id,
+    # processes with its label) of agents that are final: every run releases
+    # its sandbox before the final state, so what is left is an orphan, also
+    # when the row names another node (a node killed mid-run, its agent then
+    # retried and finished elsewhere).
     candidates = {agent_id for agent_id in agent_ids - live if _is_uuid(agent_id)}
-    # An agent another node ran is that node's to reconcile: several node
-    # names may share one machine (docs/scaling.md), each with its own sandboxes.
-    rows = Agent.objects.filter(id__in=candidates, node__in=("", node)).values_list(
-        "id", "sandbox_backend"
-    )
+    rows = Agent.objects.filter(id__in=candidates).values_list("id", "sandbox_backend")
     known = {str(agent_id): backend for agent_id, backend in rows}
     report.unattributed += sorted(agent_ids - live - set(known))
     for agent_id, backend in known.items():

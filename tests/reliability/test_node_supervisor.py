@@ -98,6 +98,10 @@ def test_a_worker_node_sigkilled_three_times_during_a_burst_strands_and_repeats_
         assert claims == 1 + retries, (agent_id, claims, retries)
         assert remote_branch_commits(repository, agent_id) == 1
     assert not sandbox_processes(ids)
+    # A run node-b lost to a kill left its (empty) cgroup; the agent then
+    # finished on node-a. node-b's reconciler, which runs every minute,
+    # removes what its own hub left: run it now rather than wait for it.
+    cluster.manage(node_b, "reconcile", "--no-schedule")
     assert not agent_cgroups(ids)
     leftover = [
         path
