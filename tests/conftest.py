@@ -2,7 +2,6 @@
 
 import os
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -12,11 +11,13 @@ from django.contrib.auth import get_user_model
 from rest_framework.test import APIClient
 
 from agents.models import FINAL_STATES, Agent
+from tests import database_flush
 from tests.launcher import ROOT, Processes, git, make_remote, wait_until
 
 __all__ = ["ROOT", "git", "make_remote", "wait_until"]
 # Recording HTTP servers, the outbound guard switched on, made-up host names.
 pytest_plugins = ["tests.outbound"]
+database_flush.install()
 
 
 @pytest.fixture
@@ -189,29 +190,43 @@ def worker_env(
     }
 
 
+WORKER_STARTED = pytest.StashKey[bool]()
+
+
 @pytest.fixture(scope="session")
-def worker_cluster(django_db_setup, django_db_blocker, worker_env):
+def worker_cluster(request, django_db_setup, django_db_blocker, worker_env):
     """A real worker node (``runhub --role worker``: node supervisor and django-q2 cluster)."""
     node = Processes(env=worker_env, log_dir=Path(settings.DATA_DIR))
     process = node.start_worker()
+    request.config.stash[WORKER_STARTED] = True
     yield process
     node.stop()
 
 
 @pytest.fixture
-def hub(worker_cluster, transactional_db):
-    """Spawns go through django-q2 to the real worker cluster, as in production.
+def transactional_db(request, transactional_db):
+    """pytest-django's, and then whatever the test left live is terminated before the flush.
 
-    Whatever a test leaves running is terminated before the database is
-    flushed, so no run spills into the next test.
+    Once the session's worker node runs it claims every queued agent of its
+    pool, also one a test spawned without asking for it: no run may spill
+    into the next test. (A run's last writes may still meet the flush:
+    tests/database_flush.py.)
     """
-    yield worker_cluster
-    from agents.selectors import live_agent_ids
+    yield
+    if not request.config.stash.get(WORKER_STARTED, False):
+        return
     from agents.services import agent_terminate
 
-    for agent_id in live_agent_ids():
+    # Agents in other pools are a test's own (spawn_claimed): no node runs them.
+    live = Agent.objects.exclude(state__in=FINAL_STATES).filter(pool="default")
+    for agent_id in live.values_list("id", flat=True):
         agent_terminate(agent_id=agent_id, reason="test teardown")
-    time.sleep(0.1)
+
+
+@pytest.fixture
+def hub(worker_cluster, transactional_db):
+    """Spawns go through django-q2 to the real worker cluster, as in production."""
+    return worker_cluster
 
 
 def docker_unavailable_reason() -> str | None:
