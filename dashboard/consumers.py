@@ -15,6 +15,7 @@ the two list streams show a non-staff user only their own agents and projects.
 """
 
 import json
+import uuid
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -45,7 +46,7 @@ class EventStreamConsumer(WebsocketConsumer):  # type: ignore[misc]
     """Base: subclasses say which group they follow and which events they replay."""
 
     group = ""
-    agent_id: Any = None
+    agent_id: uuid.UUID | None = None
     kinds: list[str] | None = None
     # Only these agents' events, when set (a non-staff user's list stream).
     visible: QuerySet[Agent] | None = None

@@ -30,6 +30,7 @@ import io
 import json
 import logging
 import time
+import uuid
 from asyncio import FIRST_COMPLETED
 from collections import OrderedDict
 from collections.abc import Callable
@@ -82,7 +83,7 @@ _UNAVAILABLE = StreamRefused(
 
 @dataclass(frozen=True)
 class StreamStart:
-    agent_id: Any
+    agent_id: uuid.UUID
     after: int
     # Set when the agent had already ended: replay up to this event, then stop.
     final_event_id: int | None
@@ -161,7 +162,7 @@ def _resume_point(request: ASGIRequest) -> int:
     return after
 
 
-def _final_event_id(*, agent_id: Any, after: int) -> int | None:
+def _final_event_id(*, agent_id: uuid.UUID, after: int) -> int | None:
     """The id of the ended agent's final state event, if it comes after ``after``."""
     states = agent_events_range(
         after=after, agent_id=agent_id, kinds=[AgentEventKind.STATE], limit=10_000

@@ -20,6 +20,7 @@ import asyncio
 import json
 import logging
 import time
+import uuid
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -41,7 +42,8 @@ BOARD_KINDS = ["state"]
 _GROUP_MEMORY = 5000
 
 
-def agent_group(agent_id: Any) -> str:
+def agent_group(agent_id: uuid.UUID | str) -> str:
+    # Frames carry ids as text; a consumer names its agent by its UUID.
     return f"dashboard.agent.{str(agent_id).replace('-', '')}"
 
 

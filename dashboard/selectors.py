@@ -1,5 +1,6 @@
 """Reads the dashboard needs, shaped as the JSON the pages and the relay share."""
 
+import uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -102,7 +103,7 @@ def event_rows(
     *,
     after: int,
     until: int | None = None,
-    agent_id: Any = None,
+    agent_id: uuid.UUID | None = None,
     kinds: list[str] | None = None,
     limit: int = 1000,
 ) -> list[dict[str, Any]]:
@@ -117,7 +118,7 @@ def event_page(
     after: int,
     until: int,
     max_bytes: int,
-    agent_id: Any = None,
+    agent_id: uuid.UUID | None = None,
     kinds: list[str] | None = None,
     limit: int = 1000,
     agents: QuerySet[Agent] | None = None,
@@ -170,7 +171,7 @@ def _cost(value: Any) -> Decimal:
     return cost if cost.is_finite() and cost > 0 else Decimal(0)
 
 
-def agent_usage_turns(*, agent_id: Any, limit: int = MAX_USAGE_TURNS) -> list[UsageTurn]:
+def agent_usage_turns(*, agent_id: uuid.UUID, limit: int = MAX_USAGE_TURNS) -> list[UsageTurn]:
     """The agent's model turns in order, each with its usage and cost.
 
     Every runtime that talks to a model records a ``transcript`` event per
