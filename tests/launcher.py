@@ -237,7 +237,14 @@ class Processes:
         for process in live:
             try:
                 process.wait(timeout=wait_s)
-            except subprocess.TimeoutExpired:
+                # The rest of the group (the django-q2 cluster's processes, say)
+                # holds database connections until it has gone too.
+                wait_until(
+                    lambda pgid=process.pid: not group_members(pgid),
+                    wait_s,
+                    f"process group {process.pid} to end",
+                )
+            except (subprocess.TimeoutExpired, AssertionError):
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
@@ -248,6 +255,19 @@ class Processes:
     def stop(self) -> None:
         """SIGTERM, as a process manager stops a hub (the node hands its agents back)."""
         self.signal(signal.SIGTERM)
+
+
+def group_members(pgid: int) -> list[int]:
+    """The processes of group ``pgid`` that still run (a zombie has ended)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            members.append(int(stat.parent.name))
+    return members
 
 
 # --- a hub of its own -------------------------------------------------------------

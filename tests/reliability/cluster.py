@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,10 +30,15 @@ from agents.sandboxes.cgroups import GROUP_PARENT
 from agents.sandboxes.local import cgroup_name
 from tests.launcher import ROOT, Processes, free_port, wait_until
 
-__all__ = ["Cluster", "Node", "postgres_available", "template_drop", "wait_until"]
-PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
+__all__ = [
+    "Cluster",
+    "Node",
+    "PostgresServer",
+    "postgres_available",
+    "template_drop",
+    "wait_until",
+]
 _TEMPLATE = f"flotilla_rel_template_{os.getpid()}"
-_template_ready = False
 
 _CREATE_USERS = """
 from django.contrib.auth import get_user_model
@@ -44,49 +50,125 @@ print(Token.objects.create(user=staff).key, Token.objects.create(user=user).key)
 """
 
 
-def postgres_available() -> bool:
-    try:
-        with psycopg.connect(dbname="postgres", connect_timeout=2, **PG):
-            return True
-    except psycopg.OperationalError:
-        return False
+@dataclass
+class PostgresServer:
+    """A PostgreSQL server for clusters: the machine's, or a private one a test may restart.
 
+    Restarting the machine's server would cut every other test session's
+    connections (scripts/test runs several side by side); a private server
+    (``PostgresServer.private()``) is a real postmaster of its own, started
+    with ``initdb`` and ``pg_ctl`` as the ``postgres`` user.
+    """
 
-def admin_execute(sql: str) -> None:
-    with psycopg.connect(dbname="postgres", autocommit=True, **PG) as connection:
-        connection.execute(sql)
+    host: str = "127.0.0.1"
+    port: int = 5432
+    user: str = "postgres"
+    data_dir: Path | None = None
+    templates: set[str] = field(default_factory=set)
 
+    @classmethod
+    def private(cls) -> "PostgresServer":
+        data_dir = Path(tempfile.mkdtemp(prefix="flotilla-rel-pg-"))
+        shutil.chown(data_dir, user="postgres", group="postgres")
+        server = cls(port=free_port(), data_dir=data_dir)
+        server._pg_ctl("initdb", "-o", "--auth=trust --username=postgres --no-sync")
+        options = f"-p {server.port} -k {data_dir} -c listen_addresses=127.0.0.1 -c fsync=off"
+        server._pg_ctl("start", "-w", "-l", str(data_dir / "server.log"), "-o", options)
+        return server
 
-def database_url(name: str) -> str:
-    return f"postgres://{PG['user']}@{PG['host']}:{PG['port']}/{name}"
-
-
-def _template_database() -> str:
-    """Migrate one database per test run; every cluster starts as a copy of it."""
-    global _template_ready
-    if not _template_ready:
-        admin_execute(f"DROP DATABASE IF EXISTS {_TEMPLATE}")
-        admin_execute(f"CREATE DATABASE {_TEMPLATE}")
-        env = {
-            **os.environ,
-            "DJANGO_SETTINGS_MODULE": "orchestrator_site.settings",
-            "DATABASE_URL": database_url(_TEMPLATE),
-            "DATA_DIR": tempfile.mkdtemp(prefix="flotilla-rel-migrate-"),
-        }
+    def _pg_ctl(self, *args: str) -> None:
+        assert self.data_dir is not None, "the machine's server is not ours to start or stop"
+        bin_dir = max(
+            Path("/usr/lib/postgresql").glob("*/bin"), key=lambda path: int(path.parent.name)
+        )
         subprocess.run(
-            [sys.executable, "manage.py", "migrate", "--no-input"],
-            cwd=ROOT,
-            env=env,
+            [
+                "runuser",
+                "-u",
+                "postgres",
+                "--",
+                str(bin_dir / "pg_ctl"),
+                "-D",
+                str(self.data_dir),
+                *args,
+            ],
             check=True,
             capture_output=True,
+            timeout=120,
         )
-        _template_ready = True
-    return _TEMPLATE
+
+    def restart(self) -> None:
+        """Stop the server (every connection to it drops), then start it with the same options."""
+        assert self.data_dir is not None
+        # The log file, not pg_ctl's output: the new postmaster would hold that pipe open.
+        self._pg_ctl("restart", "-w", "-m", "fast", "-l", str(self.data_dir / "server.log"))
+
+    def stop(self) -> None:
+        if self.data_dir is None:
+            self.execute_each(
+                f"DROP DATABASE IF EXISTS {name} WITH (FORCE)" for name in self.templates
+            )
+            return
+        with contextlib.suppress(subprocess.CalledProcessError):
+            self._pg_ctl("stop", "-w", "-m", "immediate")
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def connect(self, dbname: str = "postgres", **options: Any) -> psycopg.Connection:
+        return psycopg.connect(
+            dbname=dbname, host=self.host, port=self.port, user=self.user, **options
+        )
+
+    def available(self) -> bool:
+        try:
+            with self.connect(connect_timeout=2):
+                return True
+        except psycopg.OperationalError:
+            return False
+
+    def execute(self, sql: str) -> None:
+        with self.connect(autocommit=True) as connection:
+            connection.execute(sql)
+
+    def execute_each(self, statements: Iterable[str]) -> None:
+        for statement in statements:
+            with contextlib.suppress(psycopg.OperationalError):
+                self.execute(statement)
+
+    def url(self, name: str) -> str:
+        return f"postgres://{self.user}@{self.host}:{self.port}/{name}"
+
+    def template(self) -> str:
+        """Migrate one database per server and test run; every cluster starts as a copy of it."""
+        if _TEMPLATE not in self.templates:
+            self.execute(f"DROP DATABASE IF EXISTS {_TEMPLATE}")
+            self.execute(f"CREATE DATABASE {_TEMPLATE}")
+            env = {
+                **os.environ,
+                "DJANGO_SETTINGS_MODULE": "orchestrator_site.settings",
+                "DATABASE_URL": self.url(_TEMPLATE),
+                "DATA_DIR": tempfile.mkdtemp(prefix="flotilla-rel-migrate-"),
+            }
+            subprocess.run(
+                [sys.executable, "manage.py", "migrate", "--no-input"],
+                cwd=ROOT,
+                env=env,
+                check=True,
+                capture_output=True,
+            )
+            self.templates.add(_TEMPLATE)
+        return _TEMPLATE
+
+
+# The machine's server (127.0.0.1:5432), which every test session shares.
+SHARED_SERVER = PostgresServer()
+
+
+def postgres_available() -> bool:
+    return SHARED_SERVER.available()
 
 
 def template_drop() -> None:
-    if _template_ready:
-        admin_execute(f"DROP DATABASE IF EXISTS {_TEMPLATE} WITH (FORCE)")
+    SHARED_SERVER.stop()
 
 
 @dataclass
@@ -124,7 +206,9 @@ class Cluster:
         capacity: int = 20,
         redis_url: str = "",
         extra_env: dict[str, str] | None = None,
+        server: PostgresServer = SHARED_SERVER,
     ) -> None:
+        self.server = server
         self.id = uuid.uuid4().hex[:8]
         self.database = f"flotilla_rel_{self.id}"
         self.root = Path(tempfile.mkdtemp(prefix=f"flotilla-rel-{self.id}-"))
@@ -133,7 +217,7 @@ class Cluster:
         self.base_env = {
             **base,
             "DJANGO_SETTINGS_MODULE": "orchestrator_site.settings",
-            "DATABASE_URL": database_url(self.database),
+            "DATABASE_URL": server.url(self.database),
             "Q_CLUSTER_NAME": f"rel-{self.id}",
             "MAX_CONCURRENT_AGENTS": "500",
             "FLOTILLA_NODE_CAPACITY": str(capacity),
@@ -165,7 +249,7 @@ class Cluster:
     # --- lifecycle ------------------------------------------------------------
 
     def start(self) -> "Cluster":
-        admin_execute(f"CREATE DATABASE {self.database} TEMPLATE {_template_database()}")
+        self.server.execute(f"CREATE DATABASE {self.database} TEMPLATE {self.server.template()}")
         done = self.manage(self.webs[0], "shell", "-c", _CREATE_USERS)
         self.staff_token, self.user_token = done.strip().splitlines()[-1].split()
         for worker in self.workers:
@@ -180,7 +264,7 @@ class Cluster:
         for node in [*self.webs, *self.workers]:
             self.kill(node)
         with contextlib.suppress(psycopg.OperationalError):
-            admin_execute(f"DROP DATABASE IF EXISTS {self.database} WITH (FORCE)")
+            self.server.execute(f"DROP DATABASE IF EXISTS {self.database} WITH (FORCE)")
         if not os.environ.get("FLOTILLA_KEEP_CLUSTER"):
             shutil.rmtree(self.root, ignore_errors=True)
 
@@ -234,7 +318,7 @@ class Cluster:
         return response.json()["agent_id"]
 
     def query(self, sql: str, *params: Any) -> list[tuple]:
-        with psycopg.connect(dbname=self.database, **PG) as connection:
+        with self.server.connect(self.database) as connection:
             return connection.execute(sql, params).fetchall()
 
     def states(self, ids: list[str] | None = None) -> dict[str, str]:

@@ -18,10 +18,8 @@ def pytest_collection_modifyitems(config, items) -> None:
     ours = [item for item in items if Path(item.fspath).is_relative_to(here)]
     if not ours:
         return
-    # The fault tests restart PostgreSQL, which drops every open connection to
-    # it, the test session's own included: they run last.
-    faults = [item for item in ours if Path(item.fspath).name == "test_multinode_faults.py"]
-    items[:] = [item for item in items if item not in faults] + faults
+    for item in ours:
+        item.add_marker(pytest.mark.reliability)
     reason = ""
     if not postgres_available():
         reason = "the reliability suite needs PostgreSQL on 127.0.0.1:5432"

@@ -8,11 +8,13 @@ import subprocess
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 import requests
 
 from tests.reliability.cluster import (
+    Cluster,
+    PostgresServer,
     agent_cgroups,
-    postgres_available,
     sandbox_processes,
     wait_until,
 )
@@ -92,23 +94,16 @@ def test_a_worker_sigkilled_mid_run_loses_nothing_and_leaves_no_sandbox(cluster,
     assert_no_orphan_sandbox(cluster, ids)
 
 
-def restart_postgresql() -> None:
-    """Restart the server; whatever happens, make sure it is up again before returning."""
+@pytest.fixture(scope="module")
+def cluster():
+    """The conftest's cluster, on a PostgreSQL server of its own: this module restarts it."""
+    server = PostgresServer.private()
+    running = Cluster(workers=2, webs=2, capacity=22, server=server)
     try:
-        subprocess.run(
-            ["pg_ctlcluster", "--skip-systemctl-redirect", "15", "main", "restart"],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
+        yield running.start()
     finally:
-        if not postgres_available():
-            subprocess.run(
-                ["pg_ctlcluster", "--skip-systemctl-redirect", "15", "main", "start"],
-                capture_output=True,
-                timeout=60,
-            )
-        wait_until(postgres_available, 60, "PostgreSQL back up", every=0.2)
+        running.stop()
+        server.stop()
 
 
 def test_a_postgresql_restart_mid_run_loses_nothing_and_kills_still_reach_the_nodes(
@@ -121,7 +116,7 @@ def test_a_postgresql_restart_mid_run_loses_nothing_and_kills_still_reach_the_no
     ]
     wait_until(lambda: set(cluster.states(ids).values()) == {"running"}, 60, "running agents")
 
-    restart_postgresql()
+    cluster.server.restart()
 
     wait_until(lambda: set(cluster.states(ids).values()) <= FINAL, 90, "every agent final")
     agents = assert_nothing_lost_or_pushed_twice(cluster, repository, ids)
