@@ -102,7 +102,7 @@ def wait_for_state(agent_id, states, timeout: float = 30.0) -> Agent:
             raise AssertionError(f"agent ended {agent.state} ({agent.error}), wanted {wanted}")
         return None
 
-    return wait_until(reached, timeout, f"agent {agent_id} to be {wanted}", every=0.02)
+    return wait_until(reached, timeout, f"agent {agent_id} to be {wanted}")
 
 
 def subprocess_env() -> dict[str, str]:

@@ -48,7 +48,7 @@ def free_port() -> int:
 
 
 def wait_until(
-    check: Callable[[], T], timeout: float = 30.0, what: str = "", every: float = 0.05
+    check: Callable[[], T], timeout: float = 30.0, what: str = "", every: float = 0.1
 ) -> T:
     """Poll ``check`` until it returns something true, and return that; fail naming ``what``.
 
