@@ -12,6 +12,9 @@ sends none: the command would then run on as an orphan of a dead node (a
 rehearsal found a sandbox alive 30 s after its node's SIGKILL). So the
 command starts only if its parent is still the process that started it: a
 shell, run once the signal is set, compares its ``$PPID`` with that pid.
+
+A bwrap sandbox cannot rely on this: bwrap forks its sandbox's first process
+and sets that one's signal later. It ends on a lifeline instead (``local_exec``).
 """
 
 import functools

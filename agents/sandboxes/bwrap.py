@@ -1,9 +1,8 @@
 """Bubblewrap sandbox: every namespace unshared, the worktree the only writable place."""
 
-import contextlib
-import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path, PurePosixPath
 
 from django.conf import settings
@@ -76,25 +75,23 @@ class BwrapSandbox(Sandbox):
         timeout_s: float,
         on_output: OutputSink | None = None,
     ) -> ExecResult:
-        # bwrap reports on this pipe when the sandboxed command has exited; a
+        # bwrap reports on this file when the sandboxed command has exited; a
         # run that ends without that report never got as far as the command.
-        status_read, status_write = os.pipe()
-        try:
+        # A file, not a pipe: bwrap's monitor writes to it before it lets the
+        # sandbox go on, and that write to a pipe whose reader (a dead node)
+        # is gone would kill it there, leaving the sandbox waiting for ever.
+        with tempfile.TemporaryFile() as status_file:
             result = local_exec(
                 handle,
-                self.argv(handle, command, status_fd=status_write),
+                self.argv(handle, command, status_fd=status_file.fileno()),
                 cwd=Path(handle["workspace"]),
                 timeout_s=timeout_s,
                 on_output=on_output,
-                pass_fds=(status_write,),
+                pass_fds=(status_file.fileno(),),
+                lifeline=True,
             )
-            os.close(status_write)
-            status_write = -1
-            status = _read_available(status_read)
-        finally:
-            os.close(status_read)
-            if status_write >= 0:
-                os.close(status_write)
+            status_file.seek(0)
+            status = status_file.read()
         ended_by_itself = not result.timed_out and (result.exit_code or 0) >= 0
         if ended_by_itself and b'"exit-code"' not in status:
             raise SandboxError(f"the bwrap sandbox could not start: {_start_problem(result)}")
@@ -126,7 +123,17 @@ class BwrapSandbox(Sandbox):
         0700 DATA_DIR. It keeps only CAP_SETUID and CAP_SETGID for setpriv,
         which gives them up with every other capability, clears the groups,
         sets no_new_privs and becomes the sandbox user before anything of the
-        agent's runs.
+        agent's runs; and CAP_KILL for the lifeline's watcher (``_WATCH_LIFELINE``),
+        root but not the sandbox user, which could not signal the agent's
+        processes without it.
+
+        The sandbox ends when its watcher reads the end of its lifeline, not
+        by parent-death signals (``--die-with-parent``, ``dying_with_parent``):
+        the sandbox's first process, forked by bwrap's monitor, waits for the
+        monitor's go-ahead and gets its signal only once the sandbox is built,
+        so a monitor that died with its node before either (as one did on a
+        loaded machine) left it waiting for ever, or running, with no parent.
+        Without that signal, the monitor always gives the go-ahead.
         """
         uid = str(handle["uid"])
         workspace = handle["workspace"]
@@ -137,7 +144,6 @@ class BwrapSandbox(Sandbox):
             "--unshare-net",
             "--unshare-uts",
             "--unshare-cgroup-try",
-            "--die-with-parent",
             "--new-session",
             "--hostname",
             "sandbox",
@@ -145,6 +151,8 @@ class BwrapSandbox(Sandbox):
             "CAP_SETUID",
             "--cap-add",
             "CAP_SETGID",
+            "--cap-add",
+            "CAP_KILL",
             "--ro-bind",
             "/usr",
             "/usr",
@@ -220,7 +228,21 @@ class BwrapSandbox(Sandbox):
         file_limit = int(handle.get("max_file_bytes") or 0)
         if file_limit:
             drop += ["--", self.prlimit, f"--fsize={file_limit}:{file_limit}"]
-        return [*argv, "--", *drop, "--", *sandbox_command(handle, command)]
+        watch = ["/bin/sh", "-c", _WATCH_LIFELINE, "sh"]
+        return [*argv, "--", *watch, *drop, "--", *sandbox_command(handle, command)]
+
+
+# The sandbox's first process, root in its pid namespace, runs this before it
+# becomes the command: it leaves a watcher holding its stdin, the lifeline of
+# ``local_exec``, which only the node can write to. Once the node has closed
+# it (the command exited) or died, whenever that happened, even before the
+# watcher started, the watcher reads end of file and kills every process of
+# the namespace but bwrap's init, which then exits with nothing left to reap.
+# The command (the sandbox user's) can neither kill the watcher nor keep the
+# sandbox alive: it gets /dev/null as stdin.
+_WATCH_LIFELINE = (
+    'exec 3<&0 </dev/null; ( (read _ <&3; kill -KILL -1) >/dev/null 2>&1 & ); exec "$@" 3<&-'
+)
 
 
 def _hand_over(workspace: Path, uid: int) -> None:
@@ -252,15 +274,6 @@ def _parents_reachable(destination: str) -> list[str]:
 
 # Mount points made before any bind below them; nothing is created inside these.
 _PREMOUNTED = ("/usr", "/proc", "/dev", "/tmp", *SYSTEM_DIRS)
-
-
-def _read_available(descriptor: int) -> bytes:
-    os.set_blocking(descriptor, False)
-    chunks = []
-    with contextlib.suppress(BlockingIOError):
-        while chunk := os.read(descriptor, 65536):
-            chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _start_problem(result: ExecResult) -> str:

@@ -71,7 +71,18 @@ def local_exec(
     on_output: OutputSink | None,
     extra_env: dict[str, str] | None = None,
     pass_fds: tuple[int, ...] = (),
+    lifeline: bool = False,
 ) -> ExecResult:
+    """Run ``argv`` in a session of its own (and the agent's cgroup), collecting its output.
+
+    With ``lifeline``, the command's stdin is a pipe that the node never writes
+    to and closes once the command has exited: end of file on it tells the
+    command that its node is done with it, or dead. The command must end
+    everything it started then (bwrap's sandbox does, see ``BwrapSandbox.argv``),
+    and it gets no parent-death signal: for bwrap that signal is the race, as
+    it can kill bwrap's monitor after it made the sandbox's first process but
+    before it let it go on, which then waits for ever, with no parent.
+    """
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": os.environ.get("HOME", "/tmp"),
@@ -84,10 +95,10 @@ def local_exec(
         argv = ["/bin/sh", "-c", _JOIN_CGROUP, "sh", *argv]
     started = time.monotonic()
     process = subprocess.Popen(
-        dying_with_parent(argv),
+        argv if lifeline else dying_with_parent(argv),
         cwd=cwd,
         env=env,
-        stdin=subprocess.DEVNULL,
+        stdin=subprocess.PIPE if lifeline else subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -105,6 +116,10 @@ def local_exec(
         timed_out = True
         local_kill(handle, extra_pgids=[process.pid])
         process.wait()
+    finally:
+        # The command has exited: the end of its lifeline ends whatever it left.
+        if process.stdin:
+            process.stdin.close()
     reader.join(timeout=5)
     # A process that outlived its command's exit (a daemon it forked) must
     # not keep running into the next step: the command's group ends with it.
