@@ -17,9 +17,11 @@ A bwrap sandbox cannot rely on this: bwrap forks its sandbox's first process
 and sets that one's signal later. It ends on a lifeline instead (``local_exec``).
 """
 
+import ctypes
 import functools
 import os
 import shutil
+import signal
 
 # Run after the parent-death signal is set: exec the command only while the
 # parent that started it lives (a dead parent's child has a new $PPID).
@@ -41,3 +43,23 @@ def dying_with_parent(argv: list[str]) -> list[str]:
         return argv
     checked = ["/bin/sh", "-c", _PARENT_CHECK, "sh", str(os.getpid()), *argv]
     return [setpriv, "--pdeathsig", "KILL", "--", *checked]
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def forked_child_detach(*, parent: int, keep: int) -> None:
+    """In a child forked without exec: die with the node, and hold none of its descriptors.
+
+    A fork inherits every descriptor the node has open at that moment: the
+    lifelines of the sandboxes its other threads run among them, which would
+    then outlive a dead node for as long as the child computes. Only ``keep``
+    stays open. The child gets SIGKILL when the thread that forked it dies,
+    and leaves at once if that happened before (its parent is not ``parent``).
+    """
+    os.closerange(3, keep)
+    os.closerange(keep + 1, os.sysconf("SC_OPEN_MAX"))
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(137)

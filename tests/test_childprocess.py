@@ -196,3 +196,36 @@ def test_a_sandbox_whose_node_died_while_bwrap_started_it_does_not_run_on(bwrap_
             os.kill(first, signal.SIGKILL)
         if kept >= 0:
             os.close(kept)
+
+
+@pytest.mark.one_database
+def test_a_forked_file_tool_child_holds_no_descriptor_of_the_node_but_its_answer_pipe():
+    """The Claude search runs in a fork of the node: it must not hold another sandbox's lifeline.
+
+    A lifeline's write end is only the node's; a fork that kept a copy (while
+    a hostile regex keeps it computing) would keep that sandbox alive after
+    the node died.
+    """
+    from agents.runtimes.claude.files import _killable
+
+    lifeline_read, lifeline_write = os.pipe()
+    try:
+        held = _killable(open_descriptors, timeout_s=30, refusal="the child did not answer")
+        lifeline = os.readlink(f"/proc/self/fd/{lifeline_write}")
+    finally:
+        os.close(lifeline_read)
+        os.close(lifeline_write)
+
+    assert lifeline.startswith("pipe:")
+    assert lifeline not in held
+    assert len(held) == 1, held  # its answer pipe
+
+
+def open_descriptors() -> list[str]:
+    """What this process's descriptors above 2 are open on (the listing's own left out)."""
+    held = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(FileNotFoundError):
+            if int(fd) > 2:
+                held.append(os.readlink(f"/proc/self/fd/{fd}"))
+    return sorted(held)

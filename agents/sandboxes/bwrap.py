@@ -239,9 +239,14 @@ class BwrapSandbox(Sandbox):
 # watcher started, the watcher reads end of file and kills every process of
 # the namespace but bwrap's init, which then exits with nothing left to reap.
 # The command (the sandbox user's) can neither kill the watcher nor keep the
-# sandbox alive: it gets /dev/null as stdin.
+# sandbox alive: it gets /dev/null as stdin, and the watcher ignores the
+# signals the kernel sends a whole process group without asking whose it is
+# (the watcher shares bwrap's group with the agent's processes: an orphaned
+# group with a stopped member gets SIGHUP).
 _WATCH_LIFELINE = (
-    'exec 3<&0 </dev/null; ( (read _ <&3; kill -KILL -1) >/dev/null 2>&1 & ); exec "$@" 3<&-'
+    "exec 3<&0 </dev/null; "
+    "( (trap '' HUP INT QUIT TSTP TTIN TTOU; read _ <&3; kill -KILL -1) >/dev/null 2>&1 & ); "
+    'exec "$@" 3<&-'
 )
 
 

@@ -28,6 +28,8 @@ from typing import Any
 
 from django.conf import settings
 
+from agents.childprocess import forked_child_detach
+
 # The worktree's .git file points the hub's git at its metadata: an agent may
 # neither redirect it nor wander into it.
 _METADATA = ".git"
@@ -344,10 +346,11 @@ def _killable(work: Callable[[], Any], *, timeout_s: float, refusal: str) -> Any
     its threads' state) is touched twice. A child that never answers is killed.
     """
     read_end, write_end = os.pipe()
+    parent = os.getpid()
     child = os.fork()
     if child == 0:  # pragma: no cover - runs in the child
         try:
-            os.close(read_end)
+            forked_child_detach(parent=parent, keep=write_end)
             try:
                 answer: dict[str, Any] = {"value": work()}
             except FileToolError as error:
