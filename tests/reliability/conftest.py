@@ -18,12 +18,9 @@ def pytest_collection_modifyitems(config, items) -> None:
     if not ours:
         return
     # The clusters have PostgreSQL databases of their own, whatever the test
-    # session's database: scripts/test runs the suite once, the node-kill
-    # bursts in one session and the rest in another (see there).
+    # session's database: scripts/test runs the suite once (see there).
     for item in ours:
         item.add_marker(pytest.mark.reliability)
-        if Path(item.fspath).name == "test_node_supervisor.py":
-            item.add_marker(pytest.mark.bursts)
     if not postgres_available():
         reason = "the reliability suite needs PostgreSQL on 127.0.0.1:5432"
         skip = pytest.mark.skip(reason=reason)
