@@ -177,6 +177,7 @@ class NodeSupervisor:
             with self._lock:
                 self.runs.pop(str(run.agent.id), None)
             self._wake.set()
+            logger.info("node %s: the run of agent %s ended", self.config.node, run.agent.id)
 
     # --- leases ---------------------------------------------------------------
 
@@ -210,6 +211,9 @@ class NodeSupervisor:
         run.released = True
         run.stopping.set()
         _sandbox_kill(run.handle)
+        logger.warning(
+            "node %s let go of agent %s: another node holds it now", self.config.node, agent_id
+        )
 
     # --- stopping -------------------------------------------------------------
 

@@ -26,6 +26,11 @@ def manage(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     )
 
 
+# Command-line mechanics, the same on both databases: run once (one_database).
+# runhub itself runs on both: on PostgreSQL it starts the kill listener too.
+ONCE = pytest.mark.one_database
+
+
 def test_runhub_serves_the_api_runs_agents_and_stops_every_process_on_sigterm(
     transactional_db, remote_repo
 ):
@@ -66,6 +71,7 @@ def test_runhub_serves_the_api_runs_agents_and_stops_every_process_on_sigterm(
     assert all(not os.path.exists(f"/proc/{pid}") for pid in children)
 
 
+@ONCE
 def test_runhub_refuses_a_bad_port():
     result = manage("runhub", "--port", "70000")
 
@@ -73,6 +79,7 @@ def test_runhub_refuses_a_bad_port():
     assert "--port must be between 1 and 65535" in result.stderr
 
 
+@ONCE
 def test_demo_creates_a_repository_an_admin_and_agents_that_run(hub):
     result = manage("demo")
 
@@ -86,6 +93,7 @@ def test_demo_creates_a_repository_an_admin_and_agents_that_run(hub):
     wait_for_state(agents["demo-long"].id, AgentState.RUNNING)
 
 
+@ONCE
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -25,6 +25,11 @@ ST = Path(sys.executable).with_name("st")
 EXCLUDED = r"agents/kill-all$|killswitch/|/resume$|peers/connect$"
 
 
+# A hub of its own on SQLite: nothing here depends on the session's database,
+# so scripts/test runs it once, beside the sandbox and browser tests.
+pytestmark = pytest.mark.one_database
+
+
 @pytest.fixture(scope="module")
 def fuzz_hub():
     hub = Hub("fuzzed", env={"FLOTILLA_WORKERS": "2", "FLOTILLA_DEFAULT_TIMEOUT_S": "60"}).start()
