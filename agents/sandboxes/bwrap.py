@@ -1,8 +1,12 @@
 """Bubblewrap sandbox: every namespace unshared, the worktree the only writable place."""
 
+import contextlib
+import json
+import logging
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path, PurePosixPath
 
 from django.conf import settings
@@ -36,6 +40,8 @@ from agents.sandboxes.local import (
     local_live_agent_ids,
     local_remove,
 )
+
+logger = logging.getLogger(__name__)
 
 
 class BwrapSandbox(Sandbox):
@@ -92,6 +98,10 @@ class BwrapSandbox(Sandbox):
             )
             status_file.seek(0)
             status = status_file.read()
+        # The command has exited and its lifeline is closed: the sandbox's
+        # init ends once the watcher has killed what the command left. Wait
+        # for it, so nothing of this command is left when exec returns.
+        _wait_gone(_sandbox_init_pid(status))
         ended_by_itself = not result.timed_out and (result.exit_code or 0) >= 0
         if ended_by_itself and b'"exit-code"' not in status:
             raise SandboxError(f"the bwrap sandbox could not start: {_start_problem(result)}")
@@ -279,6 +289,32 @@ def _parents_reachable(destination: str) -> list[str]:
 
 # Mount points made before any bind below them; nothing is created inside these.
 _PREMOUNTED = ("/usr", "/proc", "/dev", "/tmp", *SYSTEM_DIRS)
+
+
+def _sandbox_init_pid(status: bytes) -> int | None:
+    """The host pid of the sandbox's first process, from bwrap's JSON status lines."""
+    for line in status.splitlines():
+        with contextlib.suppress(ValueError, AttributeError):
+            pid = json.loads(line).get("child-pid")
+            if isinstance(pid, int) and pid > 0:
+                return pid
+    return None
+
+
+def _wait_gone(pid: int | None, timeout_s: float = 5.0) -> None:
+    """Until ``pid`` has exited (a zombie has: it only awaits reaping), at most ``timeout_s``."""
+    if pid is None:
+        return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return
+        if stat.rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+            return
+        time.sleep(0.002)
+    logger.warning("the bwrap sandbox's init %s outlived its command by %s s", pid, timeout_s)
 
 
 def _start_problem(result: ExecResult) -> str:
