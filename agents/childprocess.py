@@ -22,6 +22,7 @@ import functools
 import os
 import shutil
 import signal
+from pathlib import Path
 
 # Run after the parent-death signal is set: exec the command only while the
 # parent that started it lives (a dead parent's child has a new $PPID).
@@ -48,18 +49,36 @@ def dying_with_parent(argv: list[str]) -> list[str]:
 _PR_SET_PDEATHSIG = 1
 
 
+def parent_death_signal(sig: int, *, parent: int) -> None:
+    """In a forked child: get ``sig`` when the thread that forked it dies.
+
+    The signal cannot come for a parent that died before it was set, so a
+    child whose parent is no longer ``parent`` gets ``sig`` at once.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+    if os.getppid() != parent:
+        os.kill(os.getpid(), sig)
+
+
 def forked_child_detach(*, parent: int, keep: int) -> None:
     """In a child forked without exec: die with the node, and hold none of its descriptors.
 
     A fork inherits every descriptor the node has open at that moment: the
     lifelines of the sandboxes its other threads run among them, which would
     then outlive a dead node for as long as the child computes. Only ``keep``
-    stays open. The child gets SIGKILL when the thread that forked it dies,
-    and leaves at once if that happened before (its parent is not ``parent``).
+    stays open.
     """
     os.closerange(3, keep)
     os.closerange(keep + 1, os.sysconf("SC_OPEN_MAX"))
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:
-        os._exit(137)
+    parent_death_signal(signal.SIGKILL, parent=parent)
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """When ``pid`` started, in clock ticks since boot; None when it is gone or a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return None if fields[0] in ("Z", "X") else int(fields[19])

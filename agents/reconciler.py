@@ -28,6 +28,7 @@ from django.conf import settings
 from django.db.models.functions import Now
 
 from agents import workspace
+from agents.childprocess import process_start_ticks
 from agents.models import LIVE_STATES, Agent, AgentState
 from agents.sandboxes import sandbox_backend
 from agents.sandboxes.base import SandboxError, SandboxUnavailable
@@ -76,16 +77,6 @@ class ReconcileReport:
 
 
 # --- supervisors --------------------------------------------------------------
-
-
-def process_start_ticks(pid: int) -> int | None:
-    """When ``pid`` started, in clock ticks since boot; None when it is gone or a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return None if fields[0] in ("Z", "X") else int(fields[19])
 
 
 def supervisor_identity() -> dict[str, Any]:

@@ -11,6 +11,7 @@ from pathlib import Path, PurePosixPath
 
 from django.conf import settings
 
+from agents.childprocess import process_start_ticks
 from agents.sandboxes.base import (
     AGENT_HOME,
     EGRESS_SOCKET,
@@ -307,11 +308,7 @@ def _wait_gone(pid: int | None, timeout_s: float = 5.0) -> None:
         return
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            return
-        if stat.rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+        if process_start_ticks(pid) is None:
             return
         time.sleep(0.002)
     logger.warning("the bwrap sandbox's init %s outlived its command by %s s", pid, timeout_s)

@@ -7,7 +7,6 @@ running. The supervisor's sandboxes die with it (bwrap ``--die-with-parent``).
 """
 
 import contextlib
-import ctypes
 import io
 import os
 import signal
@@ -21,11 +20,12 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connection
 
+from agents.childprocess import parent_death_signal
+
 ROLES = ("all", "web", "worker")
 # A stop waits this long past the supervisor's own FLOTILLA_NODE_STOP_S for
 # the children to exit by themselves, then kills what is left.
 STOP_GRACE_S = 1.0
-_PR_SET_PDEATHSIG = 1
 
 
 class Command(BaseCommand):
@@ -88,7 +88,10 @@ class Command(BaseCommand):
     def _start(self, argv: list[str]) -> subprocess.Popen[bytes]:
         # The child stays in this process group, so a kill of the group reaches
         # it and everything it starts, and it gets SIGTERM should runhub die alone.
-        return subprocess.Popen(argv, cwd=settings.BASE_DIR, preexec_fn=_terminate_with_parent)
+        parent = os.getpid()
+        return subprocess.Popen(
+            argv, cwd=settings.BASE_DIR, preexec_fn=lambda: _terminate_with_parent(parent)
+        )
 
     def _supervise(self, children: dict[str, subprocess.Popen[bytes]]) -> None:
         stopping = False
@@ -129,12 +132,9 @@ class Command(BaseCommand):
                 child.wait()
 
 
-def _terminate_with_parent() -> None:
+def _terminate_with_parent(parent: int) -> None:
     """In the child before exec: SIGTERM when runhub dies, however it dies."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    if os.getppid() == 1:
-        os.kill(os.getpid(), signal.SIGTERM)  # runhub died before the prctl took hold
+    parent_death_signal(signal.SIGTERM, parent=parent)
 
 
 def _descendants(pid: int) -> list[int]:
