@@ -128,17 +128,26 @@ def _record(path: Path) -> Path:
     return Path(settings.DATA_DIR) / "gitscratch" / f"{path.name}-{digest}"
 
 
-def _git_dir_of(path: Path, mirror: Path | None) -> Path:
-    """The mirror's directory for this worktree, found from the mirror's side only.
+def mirror_registration(path: Path, mirror: Path | None = None) -> Path | None:
+    """The mirror's directory for the worktree at ``path``, found from the mirror's side only.
 
-    The worktree's own ``.git`` file is the agent's to rewrite, so it is never read.
+    The worktree's own ``.git`` file is the agent's to rewrite, so it is never
+    read. None when no mirror (or not ``mirror``) knows the worktree.
     """
     expected = str(path / ".git")
     mirrors = [mirror] if mirror else sorted((Path(settings.DATA_DIR) / "mirrors").glob("*.git"))
     for pointer in (pointer for m in mirrors for pointer in (m / "worktrees").glob("*/gitdir")):
-        if pointer.read_text().strip() == expected:
-            return pointer.parent
-    raise WorkspaceError(f"no mirror knows the worktree {path}")
+        with contextlib.suppress(OSError):
+            if pointer.read_text().strip() == expected:
+                return pointer.parent
+    return None
+
+
+def _git_dir_of(path: Path, mirror: Path | None) -> Path:
+    git_dir = mirror_registration(path, mirror)
+    if git_dir is None:
+        raise WorkspaceError(f"no mirror knows the worktree {path}")
+    return git_dir
 
 
 def stage_all(tree: AgentWorktree, *flags: str) -> None:

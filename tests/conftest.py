@@ -289,6 +289,7 @@ ONE_DATABASE_MODULES = (
     "test_repository_setup_runs.py",
     "test_sandbox_tool_paths.py",
     "test_secret_scan.py",
+    "test_worktree_leftovers.py",
 )
 
 

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -100,15 +100,18 @@ def make_remote(parent: Path, files: dict[str, str] | None = None, name: str = "
 # --- processes ------------------------------------------------------------------
 
 
-def node_processes(node_name: str) -> list[int]:
-    """Live processes started for a node: every one inherits its node name."""
-    needle = f"FLOTILLA_NODE_NAME={node_name}".encode()
+def node_processes(env: Mapping[str, str]) -> list[int]:
+    """Live processes started for the node of ``env``: each inherits its name and data directory.
+
+    Both, since two clusters of the tests may each have a node of one name.
+    """
+    needles = {f"{key}={env[key]}".encode() for key in ("FLOTILLA_NODE_NAME", "DATA_DIR")}
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            if needle in (entry / "environ").read_bytes().split(b"\0"):
+            if needles <= set((entry / "environ").read_bytes().split(b"\0")):
                 found.append(int(entry.name))
         except OSError:
             continue

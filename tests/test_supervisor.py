@@ -266,7 +266,7 @@ class WorkerNode(Processes):
             return queue(repository, count, script=script, **fields)
 
     def node_pids(self) -> list[int]:
-        return node_processes(self.node)
+        return node_processes(self.env)
 
 
 @pytest.fixture

@@ -45,6 +45,10 @@ def worktree_create(*, repository: str, base_branch: str, work_branch: str, path
         # The branch is there when an earlier run of the agent kept commits
         # that never reached the remote (its node stopped and handed it back):
         # the new run continues from them rather than failing on the name.
+        if path.exists() or worktree_git.mirror_registration(path, mirror):
+            # The path is this agent's alone: what is there was left by an
+            # earlier run of it, killed half-way (a retry runs on a fresh checkout).
+            _worktree_clear(mirror, path)
         if _ref_exists(mirror, f"refs/heads/{work_branch}"):
             start = [str(path), work_branch]
         else:
@@ -145,9 +149,8 @@ def base_checkout_add(*, repository: str, commit: str, path: Path) -> Path:
     """
     mirror = mirror_path(repository)
     with _mirror_lock(mirror):
-        if path.exists():
-            shutil.rmtree(path)
-            _run(mirror, "worktree", "prune")
+        if path.exists() or worktree_git.mirror_registration(path, mirror):
+            _worktree_clear(mirror, path)
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         _run(mirror, "worktree", "add", "--quiet", "--detach", str(path), commit)
     return path
@@ -156,8 +159,7 @@ def base_checkout_add(*, repository: str, commit: str, path: Path) -> Path:
 def base_checkout_remove(*, repository: str, path: Path) -> None:
     mirror = mirror_path(repository)
     with _mirror_lock(mirror):
-        shutil.rmtree(path, ignore_errors=True)
-        _run(mirror, "worktree", "prune")
+        _worktree_clear(mirror, path)
 
 
 def worktree_remove(*, repository: str, path: Path, work_branch: str) -> RemovalReport:
@@ -169,12 +171,8 @@ def worktree_remove(*, repository: str, path: Path, work_branch: str) -> Removal
         return RemovalReport(branch_kept=False, unpushed_commits=0)
     # Each git process here runs under the mirror's lock, so a kill-all of many
     # agents of one repository waits on them in turn: run as few as possible.
-    # The hub deletes the worktree itself (without following a link) rather
-    # than have git walk the agent's files, then lets git forget it.
     with _mirror_lock(mirror):
-        shutil.rmtree(path, ignore_errors=True)
-        worktree_git.agent_worktree_forget(path)
-        _run(mirror, "worktree", "prune")
+        _worktree_clear(mirror, path)
         ref = f"refs/heads/{work_branch}"
         if not _ref_exists(mirror, ref):
             return RemovalReport(branch_kept=False, unpushed_commits=0)
@@ -182,6 +180,21 @@ def worktree_remove(*, repository: str, path: Path, work_branch: str) -> Removal
         if unpushed == 0:
             _run(mirror, "branch", "--quiet", "-D", work_branch)
     return RemovalReport(branch_kept=unpushed > 0, unpushed_commits=unpushed)
+
+
+def _worktree_clear(mirror: Path, path: Path) -> None:
+    """Under the mirror's lock: delete the worktree at ``path`` and every trace of it.
+
+    The hub deletes the directory itself (without following a link) rather
+    than have git walk the agent's files, then lets git forget it with
+    ``worktree remove --force --force``, not ``prune``: a ``git worktree add``
+    killed half-way (its node SIGKILLed, say) leaves the registration locked
+    "initializing", and ``prune`` keeps a locked one.
+    """
+    shutil.rmtree(path, ignore_errors=True)
+    worktree_git.agent_worktree_forget(path)
+    if worktree_git.mirror_registration(path, mirror) is not None:
+        _run(mirror, "worktree", "remove", "--force", "--force", str(path))
 
 
 def worktree_list(repository: str) -> list[Path]:

@@ -325,6 +325,15 @@ class Cluster:
         rows = self.query("SELECT id::text, state FROM agents_agent")
         return {agent_id: state for agent_id, state in rows if ids is None or agent_id in ids}
 
+    def history(self, agent_id: str) -> list[tuple[str, str, str]]:
+        """The agent's state changes, oldest first: (time, new state, reason)."""
+        rows = self.query(
+            "SELECT created_at::text, data->>'to', coalesce(data->>'reason', '') "
+            "FROM agents_agentevent WHERE agent_id = %s AND kind = 'state' ORDER BY id",
+            agent_id,
+        )
+        return [tuple(row) for row in rows]
+
     def agents(self) -> dict[str, dict[str, Any]]:
         rows = self.query("SELECT id::text, state, node, result::text, error FROM agents_agent")
         return {

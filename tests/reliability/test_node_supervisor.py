@@ -82,7 +82,7 @@ def test_a_worker_node_sigkilled_three_times_during_a_burst_strands_and_repeats_
         wait_until(lambda: held_by(cluster, "node-b"), 120, "node-b running agents")
         cluster.kill(node_b)
         # Everything of the node dies with its process group: no orphan keeps working.
-        wait_until(lambda: node_processes("node-b") == [], 10, "node-b's processes gone")
+        wait_until(lambda: node_processes(node_b.env) == [], 10, "node-b's processes gone")
         time.sleep(5)
         cluster.start_worker(node_b)
         cluster.wait_listening(node_b)
@@ -92,7 +92,12 @@ def test_a_worker_node_sigkilled_three_times_during_a_burst_strands_and_repeats_
     # How long the rest took is a figure (the bound is 60 s), not an assertion.
     print(f"every agent final {time.monotonic() - restarted:.1f} s after the last restart")
     agents = cluster.agents()
-    assert {agents[agent_id]["state"] for agent_id in ids} == {"completed"}
+    unfinished = {
+        agent_id: (agents[agent_id]["state"], agents[agent_id]["error"], cluster.history(agent_id))
+        for agent_id in ids
+        if agents[agent_id]["state"] != "completed"
+    }
+    assert not unfinished, "\n".join(f"{key}: {value}" for key, value in unfinished.items())
     for agent_id in ids:
         claims, retries = runs_and_retries(cluster, agent_id)
         assert claims == 1 + retries, (agent_id, claims, retries)

@@ -3,7 +3,8 @@
 Every process runhub starts stays in runhub's process group and receives
 SIGTERM when runhub dies, so killing the group (a process manager's stop, an
 operator's ``kill -9 -PGID``) or runhub alone leaves nothing of the node
-running. The supervisor's sandboxes die with it (bwrap ``--die-with-parent``).
+running. The supervisor's sandboxes end with it: each holds a lifeline the
+supervisor's death closes (docs/architecture.md).
 """
 
 import contextlib
