@@ -103,8 +103,11 @@ SECRET_KEY = _secret_key()
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
+# daphne is not an app here: the web process is ``python -m daphne`` (runhub),
+# and as an app it would only replace runserver while importing Twisted into
+# every process (node supervisors, the django-q2 cluster, each manage.py
+# command): a fifth of each one's start-up CPU.
 INSTALLED_APPS = [
-    "daphne",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
