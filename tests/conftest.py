@@ -291,13 +291,25 @@ ONE_DATABASE_MODULES = (
     "test_secret_scan.py",
     "test_worktree_leftovers.py",
 )
+# What runs once (the modules above, and the reliability suite, whose clusters
+# have databases of their own) may run in any of scripts/test's three
+# sessions. These run in the SQLite pass of everything that reads or writes
+# rows, which is otherwise the shortest: so the three sessions end together
+# and the two cores stay busy to the end (the README's test section).
+ROWS_SESSION_MODULES = (
+    "reliability/test_multinode_faults.py",
+    "reliability/test_api_fuzzing.py",
+)
 
 
 def pytest_collection_modifyitems(config, items) -> None:
     here = Path(__file__).parent
     for item in items:
-        if Path(item.fspath).relative_to(here).as_posix() in ONE_DATABASE_MODULES:
+        module = Path(item.fspath).relative_to(here).as_posix()
+        if module in ONE_DATABASE_MODULES:
             item.add_marker(pytest.mark.one_database)
+        if module in ROWS_SESSION_MODULES:
+            item.add_marker(pytest.mark.rows_session)
     docker_items = [item for item in items if item.get_closest_marker("docker")]
     if not docker_items:
         return
