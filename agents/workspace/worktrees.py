@@ -185,16 +185,18 @@ def worktree_remove(*, repository: str, path: Path, work_branch: str) -> Removal
 def _worktree_clear(mirror: Path, path: Path) -> None:
     """Under the mirror's lock: delete the worktree at ``path`` and every trace of it.
 
-    The hub deletes the directory itself (without following a link) rather
-    than have git walk the agent's files, then lets git forget it with
-    ``worktree remove --force --force``, not ``prune``: a ``git worktree add``
-    killed half-way (its node SIGKILLed, say) leaves the registration locked
-    "initializing", and ``prune`` keeps a locked one.
+    The hub deletes the directory itself (without following a link), then the
+    mirror's registration of it, as ``git worktree remove`` would, but with no
+    git process: git would read the worktree's ``.git`` file and walk what is
+    left of the agent's files as root. ``prune`` is not enough either: a
+    ``git worktree add`` killed half-way (its node SIGKILLed, say) leaves the
+    registration locked "initializing", and ``prune`` keeps a locked one.
     """
     shutil.rmtree(path, ignore_errors=True)
     worktree_git.agent_worktree_forget(path)
-    if worktree_git.mirror_registration(path, mirror) is not None:
-        _run(mirror, "worktree", "remove", "--force", "--force", str(path))
+    registration = worktree_git.mirror_registration(path, mirror)
+    if registration is not None:
+        shutil.rmtree(registration, ignore_errors=True)
 
 
 def worktree_list(repository: str) -> list[Path]:
