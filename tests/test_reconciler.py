@@ -220,7 +220,12 @@ def test_sandbox_of_an_agent_unknown_here_is_reported_not_killed(db, node):
 
 
 def test_a_queued_agent_no_wake_up_announced_is_still_claimed_and_run(hub, remote_repo):
+    # Written straight to the database, whole (a supervisor may claim it at
+    # once): no node was woken for it, so it is found by the supervisor's poll.
+    agent_id = uuid.uuid4()
     agent = Agent.objects.create(
+        id=agent_id,
+        work_branch=f"flotilla/{agent_id}",
         task_id="task-1",
         agent_type="worker",
         runtime="script",
@@ -231,9 +236,6 @@ def test_a_queued_agent_no_wake_up_announced_is_still_claimed_and_run(hub, remot
         timeout_s=60,
         requested_by="user:test",
     )
-    # Written straight to the database: no node was woken for it, so it is
-    # found by the supervisor's poll.
-    Agent.objects.filter(id=agent.id).update(work_branch=f"flotilla/{agent.id}")
 
     wait_for_state(agent.id, AgentState.COMPLETED)
     assert git(remote_repo, "show", f"flotilla/{agent.id}:late.txt") == "late"

@@ -8,10 +8,12 @@ locked one. The agent's retry then failed: "'<path>' is a missing but locked
 worktree". The tests make that state with git's own ``--lock``.
 """
 
+import os
 import uuid
 from pathlib import Path
 
 from agents import workspace
+from agents.treeremoval import tree_remove
 from tests.conftest import git
 
 
@@ -55,3 +57,47 @@ def test_the_next_run_gets_a_fresh_worktree_whatever_the_killed_one_left(remote_
         assert (run_path / "README.md").read_text() == "# sample\n"
         assert not (run_path / "half-done.txt").exists()
     assert sorted(workspace.worktree_list(repository)) == sorted([path, other_path])
+
+
+def _deep_tree(top: Path, depth: int) -> None:
+    """``top/d/d/…/d``, ``depth`` levels, made through descriptors (no path is that long)."""
+    directory = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(depth):
+        os.mkdir("d", dir_fd=directory)
+        child = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=directory)
+        os.close(directory)
+        directory = child
+    os.close(directory)
+
+
+def test_a_worktree_its_agent_made_thousands_of_directories_deep_is_removed(remote_repo):
+    # shutil.rmtree recursed once per level: 1,500 levels raised RecursionError
+    # (ignore_errors does not catch it), out of every cleanup and reconciler pass.
+    repository = workspace.repository_normalise(str(remote_repo))
+    agent_id = str(uuid.uuid4())
+    path = workspace.worktree_path(agent_id=agent_id, task_id="t")
+    branch = f"flotilla/{agent_id}"
+    workspace.worktree_create(
+        repository=repository, base_branch="main", work_branch=branch, path=path
+    )
+    _deep_tree(path, 1500)
+
+    workspace.worktree_remove(repository=repository, path=path, work_branch=branch)
+
+    assert not path.exists()
+    assert workspace.worktree_list(repository) == []
+
+
+def test_removing_a_tree_never_follows_a_link_out_of_it(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("not the agent's\n")
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "sub" / "link").symlink_to(outside)
+    (tree / "file").symlink_to(outside / "keep.txt")
+
+    tree_remove(tree)
+
+    assert not tree.exists()
+    assert (outside / "keep.txt").read_text() == "not the agent's\n"

@@ -15,6 +15,7 @@ from django.conf import settings
 
 from agents import worktree_git
 from agents.gitexec import WorkspaceError, git_checked
+from agents.treeremoval import tree_remove
 from agents.workspace.mirrors import (
     _identity,
     _mirror_lock,
@@ -166,7 +167,7 @@ def worktree_remove(*, repository: str, path: Path, work_branch: str) -> Removal
     """Remove the worktree; delete its branch only when it holds no unpushed commit."""
     mirror = mirror_path(repository)
     if not (mirror / "HEAD").exists():
-        shutil.rmtree(path, ignore_errors=True)
+        tree_remove(path)
         worktree_git.agent_worktree_forget(path)
         return RemovalReport(branch_kept=False, unpushed_commits=0)
     # Each git process here runs under the mirror's lock, so a kill-all of many
@@ -185,14 +186,14 @@ def worktree_remove(*, repository: str, path: Path, work_branch: str) -> Removal
 def _worktree_clear(mirror: Path, path: Path) -> None:
     """Under the mirror's lock: delete the worktree at ``path`` and every trace of it.
 
-    The hub deletes the directory itself (without following a link), then the
+    The hub deletes the directory itself (``tree_remove``), then the
     mirror's registration of it, as ``git worktree remove`` would, but with no
     git process: git would read the worktree's ``.git`` file and walk what is
     left of the agent's files as root. ``prune`` is not enough either: a
     ``git worktree add`` killed half-way (its node SIGKILLed, say) leaves the
     registration locked "initializing", and ``prune`` keeps a locked one.
     """
-    shutil.rmtree(path, ignore_errors=True)
+    tree_remove(path)
     worktree_git.agent_worktree_forget(path)
     registration = worktree_git.mirror_registration(path, mirror)
     if registration is not None:
@@ -220,7 +221,7 @@ def worktree_dirs() -> list[Path]:
 
 def worktree_discard(path: Path) -> None:
     """Delete a worktree directory that no mirror knows (it holds no commit of its own)."""
-    shutil.rmtree(path, ignore_errors=True)
+    tree_remove(path)
     worktree_git.agent_worktree_forget(path)
 
 

@@ -17,12 +17,12 @@ The agent owns everything inside, so the hub only ever writes its own files
 
 import contextlib
 import os
-import shutil
 from pathlib import Path
 
 from django.conf import settings
 
 from agents.sandboxes.base import AGENT_HOME, SandboxError
+from agents.treeremoval import tree_remove
 
 
 def cli_home_path(*, agent_id: str) -> Path:
@@ -33,7 +33,7 @@ def cli_home_prepare(*, agent_id: str, fresh: bool) -> Path:
     """The agent's home, made for the sandbox user; ``fresh`` empties what an earlier run left."""
     home = cli_home_path(agent_id=agent_id)
     if fresh:
-        shutil.rmtree(home, ignore_errors=True)
+        tree_remove(home)
     home.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
         home.mkdir(mode=0o700)
@@ -45,7 +45,7 @@ def cli_home_prepare(*, agent_id: str, fresh: bool) -> Path:
 
 
 def cli_home_remove(*, agent_id: str) -> None:
-    shutil.rmtree(cli_home_path(agent_id=agent_id), ignore_errors=True)
+    tree_remove(cli_home_path(agent_id=agent_id))
 
 
 def cli_home_write(*, agent_id: str, name: str, text: str) -> str:
