@@ -1,7 +1,10 @@
 """Deleting a directory tree an agent wrote, whatever its shape."""
 
+import logging
 import subprocess
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 
 def tree_remove(path: Path) -> None:
@@ -13,9 +16,13 @@ def tree_remove(path: Path) -> None:
     cleanup and reconciler pass. ``rm`` walks any depth with fts, and
     ``--one-file-system`` keeps it off anything mounted below ``path``.
     """
-    subprocess.run(
-        ["rm", "-rf", "--one-file-system", "--", str(path)],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        check=False,
-    )
+    try:
+        subprocess.run(
+            ["rm", "-rf", "--one-file-system", "--", str(path)],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            check=False,
+        )
+    except OSError as error:
+        # As rmtree's ignore_errors did: a cleanup goes on, and the reconciler retries later.
+        logger.warning("could not start rm to delete %s: %s", path, error)
