@@ -43,13 +43,13 @@ def worktree_create(*, repository: str, base_branch: str, work_branch: str, path
     with _mirror_lock(mirror):
         _mirror_sync_locked(repository, mirror)
         path.parent.mkdir(parents=True, exist_ok=True)
-        # The branch is there when an earlier run of the agent kept commits
-        # that never reached the remote (its node stopped and handed it back):
-        # the new run continues from them rather than failing on the name.
         if path.exists() or worktree_git.mirror_registration(path, mirror):
             # The path is this agent's alone: what is there was left by an
             # earlier run of it, killed half-way (a retry runs on a fresh checkout).
             _worktree_clear(mirror, path)
+        # The branch is there when an earlier run of the agent kept commits
+        # that never reached the remote (its node stopped and handed it back):
+        # the new run continues from them rather than failing on the name.
         if _ref_exists(mirror, f"refs/heads/{work_branch}"):
             start = [str(path), work_branch]
         else:
